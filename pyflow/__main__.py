@@ -1,0 +1,98 @@
+"""Command line: ``python -m pyflow`` runs the example flow once, in this process."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from pyflow.errors import PyflowError, SettingsError
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Describe the command line."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pyflow",
+        description=(
+            "Consolidate WARN Act layoff notices from many sources into notices.csv, "
+            "rejects.csv and summary.json. Options override the PYFLOW_ settings (see .env.example)."
+        ),
+    )
+    parser.add_argument(
+        "--source",
+        dest="sources",
+        action="append",
+        metavar="LOCATION[#key=value,...]",
+        help=(
+            "a file, URL or fsspec URL to read, with constants for fields the file lacks, "
+            "such as data/ca.csv#state=CA; repeat for more (default: PYFLOW_SOURCES, "
+            "else the bundled sample)"
+        ),
+    )
+    parser.add_argument(
+        "--output",
+        metavar="DIR_OR_URL",
+        help="folder or fsspec URL to write to (default: PYFLOW_OUTPUT, else data/output)",
+    )
+    parser.add_argument(
+        "--runner",
+        choices=["threads", "dask"],
+        help="task runner (default: PYFLOW_TASK_RUNNER, else threads in development)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="worker processes of a local Dask cluster (default: PYFLOW_DASK_WORKERS, else CPUs)",
+    )
+    parser.add_argument(
+        "--dask-address",
+        metavar="ADDRESS",
+        help="use a running Dask scheduler, such as tcp://127.0.0.1:8786 (default: PYFLOW_DASK_ADDRESS)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the flow once with the options given; print a summary or one error message.
+
+    Returns:
+        The exit status: 0 on success, 1 if the run failed, 2 for invalid options or settings.
+    """
+    args = build_parser().parse_args(argv)
+    from pyflow import runtime
+    from pyflow.config import get_settings
+
+    try:
+        settings = get_settings(
+            sources=args.sources,
+            output=args.output,
+            task_runner=args.runner,
+            dask_workers=args.workers,
+            dask_address=args.dask_address,
+        )
+        runtime.preflight(settings)
+        runtime.quiet_logging()
+        summary = runtime.run_flow(settings)
+    except SettingsError as error:
+        print(f"pyflow: invalid settings: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except PyflowError as error:
+        print(f"pyflow: the run failed: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    print(
+        f"pyflow: read {summary.rows_in:,} rows from {len(summary.sources)} sources: "
+        f"{summary.rows_out:,} notices, {summary.rows_rejected:,} rejected, "
+        f"{summary.rows_duplicate:,} duplicates dropped."
+    )
+    print(f"pyflow: wrote {summary.notices} and {summary.rejects}")
+    return 0
+
+
+if __name__ == "__main__":
+    logging.captureWarnings(True)
+    sys.exit(main())

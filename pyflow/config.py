@@ -1,0 +1,303 @@
+"""Settings from the environment and ``.env``: the only module that reads them.
+
+``PREFECT_FLOW_ENV`` picks the environment (``development`` or ``production``, as in the
+original template); every other setting is a ``PYFLOW_`` variable. Settings left unset take
+the environment's default from `ENVIRONMENT_DEFAULTS`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from pyflow.errors import SettingsError
+from pyflow.schema import Aliases, Source, load_aliases
+
+if TYPE_CHECKING:
+    from prefect.task_runners import TaskRunner
+
+Environment = Literal["development", "production"]
+Runner = Literal["threads", "dask"]
+
+ENV_PREFIX = "PYFLOW_"
+ENVIRONMENT_VARIABLE = "PREFECT_FLOW_ENV"
+SAMPLE_STATES = {"ca": "CA", "tx": "TX", "ny": None, "wa": "WA"}
+"""The bundled sample files, and the state each one lacks a column for."""
+
+
+def sample_sources() -> list[Source]:
+    """Return the bundled sample sources, with the constants their files need."""
+    folder = resources.files("pyflow") / "sample"
+    return [
+        Source(
+            location=str(folder / f"{stem}.csv"),
+            constants={"state": state} if state else {},
+            name=f"sample/{stem}.csv",
+        )
+        for stem, state in SAMPLE_STATES.items()
+    ]
+
+
+ENVIRONMENT_DEFAULTS: dict[str, dict[str, Any]] = {
+    "development": {
+        "output": "data/output",
+        "task_runner": "threads",
+        "work_pool": "pyflow-local",
+    },
+    "production": {
+        "output": None,
+        "task_runner": "dask",
+        "work_pool": "pyflow-kubernetes",
+    },
+}
+"""Defaults that differ between environments; ``None`` means the setting is required."""
+
+
+def available_cpus() -> int:
+    """Return the CPUs this process may use: its CPU affinity, capped by a cgroup CPU limit."""
+    count = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+    except (OSError, ValueError):
+        return count
+    if quota == "max":
+        return count
+    return max(1, min(count, math.ceil(int(quota) / int(period))))
+
+
+class Settings(BaseSettings):
+    """pyflow's settings, read from the environment and ``.env``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
+        populate_by_name=True,
+    )
+
+    env: Environment = Field(
+        default="development",
+        validation_alias=AliasChoices(ENVIRONMENT_VARIABLE),
+        description="Environment: `development` (local defaults) or `production` (GKE).",
+    )
+    sources: Annotated[list[Source], NoDecode] = Field(
+        default_factory=sample_sources,
+        description=(
+            "Sources to read: a JSON list, or locations separated by spaces, each "
+            "`LOCATION[#key=value,...]` (such as `data/ca.csv#state=CA`)."
+        ),
+    )
+    output: str | None = Field(
+        default=None,
+        description=(
+            "Where to write notices.csv, rejects.csv and summary.json: a folder or fsspec URL "
+            "(such as `gs://bucket/warn`)."
+        ),
+    )
+    task_runner: Runner | None = Field(
+        default=None,
+        description="How tasks run: `threads` (one process) or `dask` (a Dask cluster).",
+    )
+    dask_address: str | None = Field(
+        default=None,
+        description="Address of a running Dask scheduler (such as `tcp://10.0.0.5:8786`); unset starts a local cluster.",
+    )
+    dask_workers: int | None = Field(
+        default=None,
+        ge=1,
+        description="Worker processes of a local Dask cluster; unset: the CPUs the process may use (a pod's CPU limit).",
+    )
+    dask_threads: int = Field(default=1, ge=1, description="Threads per local Dask worker process.")
+    aliases_file: Path | None = Field(
+        default=None,
+        description="A TOML file of extra column names per field, added to the bundled `pyflow/aliases.toml`.",
+    )
+    fetch_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds to wait on an HTTP(S) source before giving up."
+    )
+    fetch_retries: int = Field(
+        default=3, ge=0, description="Retries for an HTTP(S) source that fails."
+    )
+    fetch_backoff: float = Field(
+        default=2.0,
+        ge=0,
+        description="Seconds before the first retry; each further retry waits twice as long.",
+    )
+    work_pool: str | None = Field(
+        default=None,
+        description="Prefect work pool the deployments run on.",
+    )
+    gcp_project: str = Field(default="your-project-id", description="Google Cloud project ID.")
+    gcp_region: str = Field(
+        default="us-central1",
+        description="Google Cloud region of the Artifact Registry repository.",
+    )
+    artifact_repository: str = Field(
+        default="pyflow", description="Artifact Registry Docker repository."
+    )
+    image_name: str = Field(
+        default="pyflow", description="Image name inside the Artifact Registry repository."
+    )
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _split_sources(cls, value: Any) -> Any:
+        """Accept a JSON list or space-separated source strings."""
+        if isinstance(value, str):
+            text = value.strip()
+            return json.loads(text) if text.startswith("[") else text.split()
+        return value
+
+    @field_validator("sources")
+    @classmethod
+    def _require_sources(cls, value: list[Source]) -> list[Source]:
+        """Refuse an empty list of sources."""
+        if not value:
+            raise ValueError("at least one source is needed")
+        return value
+
+    @model_validator(mode="after")
+    def _apply_environment_defaults(self) -> Settings:
+        """Fill unset settings from the environment's defaults; refuse missing required ones."""
+        missing = []
+        for name, default in ENVIRONMENT_DEFAULTS[self.env].items():
+            if getattr(self, name) is None:
+                if default is None:
+                    missing.append(name)
+                setattr(self, name, default)
+        if missing:
+            names = ", ".join(f"{ENV_PREFIX}{name.upper()}" for name in missing)
+            raise ValueError(f"{names} must be set in {self.env}")
+        return self
+
+    @cached_property
+    def aliases(self) -> Aliases:
+        """The column alias table: the bundled one plus ``aliases_file``."""
+        try:
+            return load_aliases(self.aliases_file)
+        except (OSError, ValueError) as error:
+            raise SettingsError(
+                f"PYFLOW_ALIASES_FILE='{self.aliases_file}' cannot be used: {error}"
+            ) from None
+
+    @property
+    def image_repository(self) -> str:
+        """The image's Artifact Registry path, ``REGION-docker.pkg.dev/PROJECT/REPOSITORY/IMAGE``."""
+        return (
+            f"{self.gcp_region}-docker.pkg.dev/{self.gcp_project}/"
+            f"{self.artifact_repository}/{self.image_name}"
+        )
+
+    @property
+    def retry_delays(self) -> list[float]:
+        """Seconds to wait before each retry of a failed fetch (exponential backoff)."""
+        return [self.fetch_backoff * 2**attempt for attempt in range(self.fetch_retries)]
+
+    def build_task_runner(self) -> TaskRunner:
+        """Create the task runner these settings choose."""
+        if self.task_runner == "threads":
+            from prefect.task_runners import ThreadPoolTaskRunner
+
+            return ThreadPoolTaskRunner(max_workers=max(4, available_cpus() * 2))
+        from prefect_dask import DaskTaskRunner
+
+        if self.dask_address:
+            return DaskTaskRunner(address=self.dask_address)
+        return DaskTaskRunner(
+            cluster_kwargs={
+                "n_workers": self.dask_workers or available_cpus(),
+                "threads_per_worker": self.dask_threads,
+                "processes": True,
+                "dashboard_address": None,
+            }
+        )
+
+
+def variable_name(field: str) -> str:
+    """Return the environment variable that sets a field."""
+    if field in {"env", ENVIRONMENT_VARIABLE}:
+        return ENVIRONMENT_VARIABLE
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def get_settings(**overrides: Any) -> Settings:
+    """Read and validate the settings; keyword arguments take precedence over the environment.
+
+    Raises:
+        SettingsError: Naming every invalid or missing variable, its value and the fix.
+    """
+    given = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as error:
+        raise SettingsError(format_validation_error(error)) from None
+
+
+def format_validation_error(error: ValidationError) -> str:
+    """Turn a settings `ValidationError` into one message naming each variable and the fix."""
+    problems = []
+    for detail in error.errors():
+        location = [str(part) for part in detail["loc"]]
+        message = detail["msg"].removeprefix("Value error, ")
+        if not location:
+            problems.append(message)
+            continue
+        name = variable_name(location[0])
+        where = f" (item {location[1]})" if len(location) > 1 else ""
+        value = detail.get("input")
+        shown = f"={json.dumps(value)}" if isinstance(value, str | int | float) else ""
+        problems.append(f"{name}{shown}{where} is invalid: {message}")
+    return (
+        "; ".join(problems)
+        + ". Fix it in .env or the environment (see .env.example), or with the matching option."
+    )
+
+
+def _default_text(name: str) -> str:
+    """Describe a setting's default for the configuration table."""
+    if name in ENVIRONMENT_DEFAULTS["development"]:
+        shown = []
+        for env, defaults in ENVIRONMENT_DEFAULTS.items():
+            value = defaults[name]
+            shown.append(f"`{value}` ({env})" if value is not None else f"required ({env})")
+        return ", ".join(shown)
+    field = Settings.model_fields[name]
+    if field.default_factory is not None:
+        return "the bundled sample"
+    return "unset" if field.default is None else f"`{field.default}`"
+
+
+def configuration_table() -> str:
+    """Render every setting as a markdown table: variable, default, meaning."""
+    lines = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        lines.append(f"| `{variable_name(name)}` | {_default_text(name)} | {field.description} |")
+    return "\n".join(lines) + "\n"
+
+
+TABLE_START = "<!-- configuration-table: start (generated by `invoke docs`) -->"
+TABLE_END = "<!-- configuration-table: end -->"
+
+
+def with_configuration_table(readme: str) -> str:
+    """Return README text with the generated configuration table between its markers."""
+    head, _, rest = readme.partition(TABLE_START)
+    _, _, tail = rest.partition(TABLE_END)
+    return f"{head}{TABLE_START}\n{configuration_table()}{TABLE_END}{tail}"
+
+
+if __name__ == "__main__":
+    readme_path = Path("README.md")
+    readme_path.write_text(
+        with_configuration_table(readme_path.read_text(encoding="utf-8")), encoding="utf-8"
+    )

@@ -1,0 +1,21 @@
+"""Errors pyflow raises for bad input: each message names the problem and the fix."""
+
+
+class PyflowError(Exception):
+    """An error whose message is meant for the user, shown without a traceback."""
+
+
+class SettingsError(PyflowError):
+    """A setting (environment variable, .env entry or option) is missing or invalid."""
+
+
+class SourceError(PyflowError):
+    """A source cannot be found, fetched or read."""
+
+
+class OutputError(PyflowError):
+    """The output location cannot be written."""
+
+
+class FetchError(SourceError):
+    """A network source failed in a way that may pass: a timeout, a dropped connection or a 5xx."""

@@ -1,0 +1,439 @@
+"""The ETL steps as plain functions: fetch, transform to sorted run files, merge, and write.
+
+Rows stream through every step. A transform writes its valid rows to run files, each sorted
+by the deduplication key, and its rejects to run files sorted by line; the merge reads all
+runs at once with `heapq.merge`, so duplicates arrive side by side and the output order is
+the same whatever the number of sources, partitions or workers. Memory holds one run per
+transform and one line per run during the merge, never a whole source.
+"""
+
+from __future__ import annotations
+
+import csv
+import heapq
+import io
+import json
+import logging
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import IO
+
+import fsspec
+import httpx
+from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
+
+from pyflow.errors import FetchError, OutputError, SourceError
+from pyflow.schema import (
+    FIELDS,
+    REJECT_FIELDS,
+    REQUIRED_FIELDS,
+    Aliases,
+    RowError,
+    Source,
+    map_columns,
+    normalise_row,
+    source_label_from,
+)
+
+logger = logging.getLogger(__name__)
+
+RUN_ROWS = 200_000
+"""Rows a transform sorts in memory before it writes them out as one run file."""
+
+NOTICES_FILE = "notices.csv"
+REJECTS_FILE = "rejects.csv"
+SUMMARY_FILE = "summary.json"
+WORK_DIR_NAME = ".pyflow-work"
+"""Folder inside the output location for a run's intermediate files; removed after the run."""
+
+_KEY_END = "\x1e"
+_TEXT_START = "\t"
+
+
+@dataclass(frozen=True)
+class PartResult:
+    """What one transform hands to the merge: counts and the paths of its run files."""
+
+    source: str
+    rows_in: int
+    rows_rejected: int
+    notice_runs: list[str] = field(default_factory=list)
+    reject_runs: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    """What the merge wrote: row counts and the final file locations."""
+
+    rows_out: int
+    rows_duplicate: int
+    notices: str
+    rejects: str
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A run's summary, written as ``summary.json``."""
+
+    sources: list[str]
+    rows_in: int
+    rows_out: int
+    rows_rejected: int
+    rows_duplicate: int
+    started_at: str
+    finished_at: str
+    notices: str
+    rejects: str
+
+    def to_json(self) -> str:
+        """Return the summary as indented JSON text."""
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+
+def utc_now() -> str:
+    """Return the current UTC time in ISO 8601 form, to the second."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def csv_line(values: Iterable[str]) -> str:
+    """Render values as one CSV line (quoted where needed), ending in a newline."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(values)
+    return buffer.getvalue()
+
+
+def join_path(base: str, *parts: str) -> str:
+    """Join path parts onto a local path or URL with forward slashes."""
+    return "/".join([base.rstrip("/"), *parts])
+
+
+def prepare_output(output: str) -> str:
+    """Create the output location if needed and prove it can be written.
+
+    Args:
+        output: A local directory or fsspec URL.
+
+    Returns:
+        The location in canonical form (absolute path for local directories).
+
+    Raises:
+        OutputError: If the location cannot be created or written.
+    """
+    try:
+        fs, path = url_to_fs(output)
+        fs.makedirs(path, exist_ok=True)
+        probe = join_path(path, f".pyflow-probe-{uuid.uuid4().hex}")
+        with fs.open(probe, "wb") as handle:
+            handle.write(b"ok")
+        fs.rm(probe)
+    except (OSError, ValueError, ImportError) as error:
+        raise OutputError(
+            f"output location '{output}' cannot be written ({error}): choose another with "
+            "--output or PYFLOW_OUTPUT, or fix its permissions"
+        ) from None
+    return path if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(path)
+
+
+def new_work_dir(output: str) -> str:
+    """Return a fresh folder for one run's intermediate files, inside the output location."""
+    return join_path(output, WORK_DIR_NAME, uuid.uuid4().hex)
+
+
+def remove_work_dir(work_dir: str) -> None:
+    """Delete a run's intermediate files; a folder that is already gone is fine."""
+    fs, path = url_to_fs(work_dir)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+    parent = path.rsplit("/", 1)[0]
+    if fs.exists(parent) and not fs.ls(parent):
+        fs.rmdir(parent)
+
+
+def check_source_exists(source: Source) -> None:
+    """Check that a file source (local or fsspec, not HTTP) exists.
+
+    Raises:
+        SourceError: If it does not exist or its file system cannot be reached.
+    """
+    try:
+        fs, path = url_to_fs(source.location)
+        exists = fs.isfile(path)
+    except (OSError, ValueError, ImportError) as error:
+        raise SourceError(f"source '{source.location}' cannot be opened: {error}") from None
+    if not exists:
+        raise SourceError(
+            f"source '{source.location}' not found: check the path or URL given with "
+            "--source or PYFLOW_SOURCES"
+        )
+
+
+def fetch_source(source: Source, work_dir: str, timeout: float) -> str:
+    """Make a source readable: download HTTP(S) sources, check that others exist.
+
+    Args:
+        source: The source to fetch.
+        work_dir: The run's folder for intermediate files; downloads go below it.
+        timeout: Seconds to wait for the server to connect or send data.
+
+    Returns:
+        The location the transform reads: the download, or the source's own location.
+
+    Raises:
+        SourceError: If the source does not exist or the server does not answer with it.
+    """
+    if not source.is_remote_http:
+        check_source_exists(source)
+        return source.location
+    target = join_path(
+        work_dir, "fetched", f"{uuid.uuid4().hex}-{source_label_from(source.location)}"
+    )
+    try:
+        with (
+            httpx.stream(
+                "GET", source.location, timeout=timeout, follow_redirects=True
+            ) as response,
+            _atomic_open(target) as handle,
+        ):
+            response.raise_for_status()
+            for chunk in response.iter_bytes():
+                handle.write(chunk)
+    except httpx.HTTPStatusError as error:
+        status = error.response.status_code
+        kind = FetchError if status >= 500 or status == 429 else SourceError
+        raise kind(f"source '{source.location}' answered HTTP {status}: check the URL") from None
+    except httpx.HTTPError as error:
+        raise FetchError(
+            f"source '{source.location}' could not be fetched ({type(error).__name__}: {error}): "
+            "check the URL and the network"
+        ) from None
+    return target
+
+
+@contextmanager
+def _atomic_open(target: str) -> Iterator[IO[bytes]]:
+    """Open a temporary file beside ``target`` for writing, and move it into place on success."""
+    fs, path = url_to_fs(target)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    temporary = f"{path}.tmp-{uuid.uuid4().hex}"
+    try:
+        with fs.open(temporary, "wb") as handle:
+            yield handle
+        fs.mv(temporary, path)
+    except BaseException:
+        if fs.exists(temporary):
+            fs.rm(temporary)
+        raise
+
+
+class _RunWriter:
+    """Collects lines, and writes each full batch, sorted, as one run file."""
+
+    def __init__(self, prefix: str, run_rows: int) -> None:
+        self.prefix = prefix
+        self.run_rows = run_rows
+        self.lines: list[str] = []
+        self.paths: list[str] = []
+
+    def add(self, line: str) -> None:
+        self.lines.append(line)
+        if len(self.lines) >= self.run_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.lines:
+            return
+        self.lines.sort()
+        path = f"{self.prefix}-{len(self.paths):05d}.run"
+        with fsspec.open(path, "w", encoding="utf-8", newline="", auto_mkdir=True) as handle:
+            handle.writelines(self.lines)
+        self.paths.append(path)
+        self.lines = []
+
+
+def _sort_head(source_index: int, line: int) -> str:
+    return f"{source_index:06d}\x1f{line:012d}"
+
+
+def transform_source(
+    source_index: int,
+    source: Source,
+    location: str,
+    aliases: Aliases,
+    work_dir: str,
+    run_rows: int = RUN_ROWS,
+) -> PartResult:
+    """Read one source, normalise every row, and write sorted run files of notices and rejects.
+
+    Args:
+        source_index: The source's position in the run's list; orders rejects and duplicates.
+        source: The source, for its constants, label and encoding.
+        location: Where to read it (the fetched copy for HTTP sources).
+        aliases: The column alias table.
+        work_dir: The run's folder for intermediate files.
+        run_rows: Rows per sorted run file.
+
+    Returns:
+        The counts and the run files written.
+
+    Raises:
+        SourceError: If the file cannot be decoded or lacks a column for a required field.
+    """
+    prefix = join_path(work_dir, "parts", f"{source_index:06d}")
+    notices, rejects = (
+        _RunWriter(f"{prefix}-notices", run_rows),
+        _RunWriter(f"{prefix}-rejects", run_rows),
+    )
+    label = source.label
+    rows_in = rows_rejected = 0
+    try:
+        with fsspec.open(location, "r", encoding=source.encoding, newline="") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if header is None:
+                raise SourceError(
+                    f"source '{label}' is empty: it needs a header row of column names"
+                )
+            columns = _check_columns(header, source, aliases)
+            width = len(header)
+            constants = source.constants
+            previous_line = reader.line_num
+            for row in reader:
+                line, previous_line = previous_line + 1, reader.line_num
+                rows_in += 1
+                try:
+                    if not any(value.strip() for value in row):
+                        raise RowError("empty row")
+                    if len(row) != width:
+                        raise RowError(f"has {len(row)} fields, the header has {width}")
+                    values = {name: row[index] for name, index in columns.items()}
+                    for name, value in constants.items():
+                        if not values.get(name, "").strip():
+                            values[name] = value
+                    notice = normalise_row(values, label)
+                except RowError as reason:
+                    rows_rejected += 1
+                    rejects.add(
+                        f"{_sort_head(source_index, line)}{_TEXT_START}"
+                        + csv_line((label, str(line), str(reason), csv_line(row).rstrip("\n")))
+                    )
+                    continue
+                notices.add(
+                    f"{notice.dedup_key()}{_KEY_END}{_sort_head(source_index, line)}{_TEXT_START}"
+                    + csv_line(notice.values())
+                )
+    except UnicodeDecodeError as error:
+        raise SourceError(
+            f"source '{label}' is not valid {source.encoding} (byte {error.start}): name its "
+            f"encoding, for example '{source.location}#encoding=cp1252'"
+        ) from None
+    except csv.Error as error:
+        raise SourceError(f"source '{label}' is not readable CSV: {error}") from None
+    notices.flush()
+    rejects.flush()
+    return PartResult(label, rows_in, rows_rejected, notices.paths, rejects.paths)
+
+
+def _check_columns(header: list[str], source: Source, aliases: Aliases) -> dict[str, int]:
+    """Map the header to fields, or fail naming each required field with no column or constant."""
+    columns = map_columns(header, aliases)
+    missing = [f for f in REQUIRED_FIELDS if f not in columns and f not in source.constants]
+    if missing:
+        details = "; ".join(
+            f"'{f}' (looked for: {', '.join(aliases.names_for(f))})" for f in missing
+        )
+        raise SourceError(
+            f"source '{source.label}' has no column for {details}. Its columns are: "
+            f"{', '.join(header)}. Add the column name to the alias table (PYFLOW_ALIASES_FILE), "
+            f"or give a constant, for example '{source.location}#{missing[0]}=...'"
+        )
+    return columns
+
+
+def _open_runs(stack: ExitStack, paths: list[str]) -> list[IO[str]]:
+    return [
+        stack.enter_context(fsspec.open(path, "r", encoding="utf-8", newline="")) for path in paths
+    ]
+
+
+def merge_outputs(parts: list[PartResult], output: str) -> MergeResult:
+    """Merge all run files into ``notices.csv`` and ``rejects.csv``, dropping duplicates.
+
+    Both files are written beside their targets under temporary names and moved into place
+    only when both are complete, so a failed merge leaves the previous outputs untouched.
+
+    Args:
+        parts: The transforms' results.
+        output: The output location.
+
+    Returns:
+        The counts and the locations written.
+    """
+    notices_path, rejects_path = join_path(output, NOTICES_FILE), join_path(output, REJECTS_FILE)
+    rows_out = rows_duplicate = 0
+    with ExitStack() as stack:
+        notices = stack.enter_context(_atomic_text(notices_path))
+        rejects = stack.enter_context(_atomic_text(rejects_path))
+        notices.write(csv_line(FIELDS))
+        last_key = None
+        runs = _open_runs(stack, [path for part in parts for path in part.notice_runs])
+        for line in heapq.merge(*runs):
+            head, _, text = line.partition(_TEXT_START)
+            key = head.partition(_KEY_END)[0]
+            if key == last_key:
+                rows_duplicate += 1
+                continue
+            last_key = key
+            notices.write(text)
+            rows_out += 1
+        rejects.write(csv_line(REJECT_FIELDS))
+        for line in heapq.merge(
+            *_open_runs(stack, [p for part in parts for p in part.reject_runs])
+        ):
+            rejects.write(line.partition(_TEXT_START)[2])
+    return MergeResult(rows_out, rows_duplicate, notices_path, rejects_path)
+
+
+@contextmanager
+def _atomic_text(target: str) -> Iterator[IO[str]]:
+    """Like `_atomic_open`, for UTF-8 text with Unix line endings."""
+    with _atomic_open(target) as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+        yield text
+        text.flush()
+        text.detach()
+
+
+def summarise(
+    sources: list[Source], parts: list[PartResult], merged: MergeResult, started_at: str
+) -> Summary:
+    """Add up a run's counts.
+
+    Raises:
+        RuntimeError: If the counts do not add up, which would mean a row was lost.
+    """
+    summary = Summary(
+        sources=[source.label for source in sources],
+        rows_in=sum(part.rows_in for part in parts),
+        rows_out=merged.rows_out,
+        rows_rejected=sum(part.rows_rejected for part in parts),
+        rows_duplicate=merged.rows_duplicate,
+        started_at=started_at,
+        finished_at=utc_now(),
+        notices=merged.notices,
+        rejects=merged.rejects,
+    )
+    if summary.rows_in != summary.rows_out + summary.rows_rejected + summary.rows_duplicate:
+        raise RuntimeError(f"row counts do not add up: {summary}")
+    return summary
+
+
+def write_summary(summary: Summary, output: str) -> str:
+    """Write ``summary.json`` atomically; return its location."""
+    target = join_path(output, SUMMARY_FILE)
+    with _atomic_text(target) as handle:
+        handle.write(summary.to_json())
+    return target

@@ -1,0 +1,108 @@
+"""Running the flow from the command line: checks first, readable logs, one error per failure."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from pyflow import etl
+from pyflow.config import Settings
+from pyflow.errors import PyflowError
+
+NOISY_LOGGERS = ("distributed", "bokeh", "tornado")
+"""Libraries whose INFO lines drown the flow's own; the CLI shows only their warnings."""
+
+
+class HideExpectedTracebacks(logging.Filter):
+    """Drop the traceback from log records about a `PyflowError`: its message says it all."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Keep the record; strip its traceback when the error is an expected one."""
+        if record.exc_info and isinstance(record.exc_info[1], PyflowError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def quiet_logging() -> None:
+    """Set up Prefect's logging, hide tracebacks of expected errors, and quiet Dask's INFO lines.
+
+    Dask worker processes read ``DASK_LOGGING__DISTRIBUTED`` when they start, so the variable is
+    set here, for the processes this one starts.
+    """
+    import prefect.main  # noqa: F401  (importing it configures Prefect's logging)
+
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, HideExpectedTracebacks) for f in handler.filters):
+            handler.addFilter(HideExpectedTracebacks())
+
+
+def preflight(settings: Settings) -> None:
+    """Fail fast, before Prefect starts, on an unwritable output or a missing local source.
+
+    Raises:
+        PyflowError: Naming the output or source and the fix.
+    """
+    etl.prepare_output(settings.output)
+    for source in settings.sources:
+        if not source.is_remote_http:
+            etl.check_source_exists(source)
+
+
+@contextmanager
+def prefect_api() -> Iterator[str]:
+    """Use the Prefect API that is configured, or run a temporary local server for this block.
+
+    Prefect would start a temporary server by itself, but one per process: every Dask worker
+    process would start its own. This starts one, gives its URL to every process started inside
+    the block, and stops it only after the run's logs have been sent to it.
+
+    Yields:
+        The API URL in use.
+    """
+    from prefect.logging.handlers import APILogWorker
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    configured = PREFECT_API_URL.value()
+    if configured:
+        yield configured
+        return
+    server = SubprocessASGIServer()
+    server.start()
+    previous = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            yield server.api_url
+            APILogWorker.drain_all(timeout=5)
+    finally:
+        if previous is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = previous
+        server.stop()
+
+
+def run_flow(settings: Settings) -> etl.Summary:
+    """Run the example flow with the task runner the settings choose.
+
+    Raises:
+        PyflowError: The run's own error if it failed on bad input, else one naming its state.
+    """
+    from pyflow.flow import warn_notices
+
+    flow = warn_notices.with_options(task_runner=settings.build_task_runner())
+    with prefect_api():
+        state = flow(sources=settings.sources, output=settings.output, return_state=True)
+    if state.is_completed():
+        return state.result()
+    error = state.result(raise_on_failure=False)
+    if isinstance(error, PyflowError):
+        raise error
+    raise PyflowError(f"the flow run ended {state.name}: {state.message}")

@@ -1,0 +1,104 @@
+"""Shared fixtures: isolated settings, one Prefect test server per session, a local HTTP server."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "pyflow" / "sample"
+
+
+@pytest.fixture(autouse=True)
+def isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Start every test with no PYFLOW_ settings and no .env, in an empty working folder."""
+    for name in list(os.environ):
+        if name.startswith("PYFLOW_") or name == "PREFECT_FLOW_ENV":
+            monkeypatch.delenv(name)
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[None]:
+    """Run the session's flows against one temporary Prefect server and database."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+@dataclass
+class Route:
+    """What the test HTTP server answers on one path."""
+
+    body: bytes = b""
+    failures: int = 0
+    status: int = 503
+    hits: int = 0
+
+
+@dataclass
+class HttpSources:
+    """A real HTTP server on loopback whose paths serve CSV text, fail, or fail then recover."""
+
+    base_url: str
+    routes: dict[str, Route] = field(default_factory=dict)
+
+    def add(self, path: str, body: str = "", failures: int = 0, status: int = 503) -> str:
+        """Serve ``body`` at ``path`` after ``failures`` answers of ``status``; return its URL."""
+        self.routes[path] = Route(body.encode(), failures, status)
+        return f"{self.base_url}{path}"
+
+
+@pytest.fixture
+def http_sources() -> Iterator[HttpSources]:
+    """Serve test CSV files over real HTTP on 127.0.0.1, on a free port."""
+    sources = HttpSources(base_url="")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            route = sources.routes.get(self.path)
+            if route is None:
+                self.send_error(404)
+                return
+            route.hits += 1
+            if route.hits <= route.failures:
+                self.send_error(route.status)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "text/csv")
+            self.send_header("Content-Length", str(len(route.body)))
+            self.end_headers()
+            self.wfile.write(route.body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    sources.base_url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield sources
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def write_csv(tmp_path: Path) -> Callable[[str, str], Path]:
+    """Write CSV text to a file in the test's folder and return its path."""
+
+    def write(name: str, text: str) -> Path:
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    return write

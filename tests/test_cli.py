@@ -1,0 +1,110 @@
+"""The command line, run as a user runs it: a real process with Prefect's temporary server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+EXPECTED_FILES = ["notices.csv", "rejects.csv", "summary.json"]
+
+
+def run_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m pyflow`` in ``cwd`` with the project's prefect.toml and a fresh Prefect home."""
+    shutil.copy(ROOT / "prefect.toml", cwd / "prefect.toml")
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("PREFECT_", "PYFLOW_"))
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "pyflow", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_cli_help_lists_the_options(isolated_settings: Path) -> None:
+    """--help describes every option and exits 0."""
+    result = run_cli(isolated_settings, "--help")
+    assert result.returncode == 0
+    for option in ("--source", "--output", "--runner", "--workers", "--dask-address"):
+        assert option in result.stdout
+
+
+@pytest.mark.slow
+def test_cli_runs_the_sample_with_a_clean_console(isolated_settings: Path) -> None:
+    """A default run exits 0, writes the three files and prints no traceback or ERROR line."""
+    result = run_cli(isolated_settings)
+    console = result.stdout + result.stderr
+    assert result.returncode == 0, console
+    assert (
+        sorted(p.name for p in (isolated_settings / "data" / "output").iterdir()) == EXPECTED_FILES
+    )
+    assert "Traceback" not in console
+    assert "ERROR" not in console
+    assert (
+        "pyflow: read 31 rows from 4 sources: 17 notices, 12 rejected, 2 duplicates dropped."
+        in result.stdout
+    )
+    assert (isolated_settings / ".prefect").is_dir(), "Prefect's state belongs in the project"
+
+
+def test_cli_reports_a_missing_source_in_one_message(isolated_settings: Path) -> None:
+    """A missing file source exits 1 with one message naming it and the fix, before Prefect starts."""
+    result = run_cli(isolated_settings, "--source", "missing.csv#state=CA")
+    assert result.returncode == 1
+    assert result.stderr == (
+        "pyflow: the run failed: source 'missing.csv' not found: check the path or URL given "
+        "with --source or PYFLOW_SOURCES\n"
+    )
+    assert not (isolated_settings / ".prefect").exists()
+
+
+@pytest.mark.slow
+def test_cli_reports_an_unreachable_url_without_a_traceback(isolated_settings: Path) -> None:
+    """A URL that cannot be fetched fails the run (exit 1) with its message last and no traceback."""
+    (isolated_settings / ".env").write_text("PYFLOW_FETCH_RETRIES=0\n")
+    result = run_cli(isolated_settings, "--source", "http://127.0.0.1:9/warn.csv#state=CA")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stdout + result.stderr
+    failures = [line for line in result.stderr.splitlines() if line.startswith("pyflow:")]
+    assert len(failures) == 1
+    assert failures[0].startswith(
+        "pyflow: the run failed: source 'http://127.0.0.1:9/warn.csv' could not be fetched "
+        "(ConnectError"
+    )
+
+
+def test_cli_refuses_invalid_settings_before_starting(isolated_settings: Path) -> None:
+    """Invalid options exit 2 with a message naming the variable, without starting Prefect."""
+    (isolated_settings / ".env").write_text("PYFLOW_TASK_RUNNER=fork\n")
+    result = run_cli(isolated_settings)
+    assert result.returncode == 2
+    assert result.stderr == (
+        'pyflow: invalid settings: PYFLOW_TASK_RUNNER="fork" is invalid: Input should be '
+        "'threads' or 'dask'. Fix it in .env or the environment (see .env.example), or with the "
+        "matching option.\n"
+    )
+    assert not (isolated_settings / ".prefect").exists()
+
+
+def test_cli_refuses_an_unwritable_output_before_starting(isolated_settings: Path) -> None:
+    """An output that cannot be written exits 1 with the fix, before a server is started."""
+    (isolated_settings / "blocker").write_text("a file, not a folder")
+    result = run_cli(isolated_settings, "--output", "blocker/out")
+    assert result.returncode == 1
+    assert "cannot be written" in result.stderr
+    assert "--output or PYFLOW_OUTPUT" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (isolated_settings / ".prefect").exists()

@@ -1,0 +1,181 @@
+"""Tests of the settings: environment defaults, validation messages, and their documentation."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from pyflow import config
+from pyflow.config import ENVIRONMENT_DEFAULTS, Settings, get_settings, variable_name
+from pyflow.errors import SettingsError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_get_settings_defaults_to_development() -> None:
+    """With nothing set, development runs the bundled sample on threads into data/output."""
+    settings = get_settings()
+    assert settings.env == "development"
+    assert settings.task_runner == "threads"
+    assert settings.output == "data/output"
+    assert settings.work_pool == "pyflow-local"
+    assert [s.label for s in settings.sources] == [
+        "sample/ca.csv",
+        "sample/tx.csv",
+        "sample/ny.csv",
+        "sample/wa.csv",
+    ]
+    assert all(Path(s.location).is_file() for s in settings.sources)
+
+
+def test_get_settings_production_defaults_to_dask(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Production runs on Dask and the Kubernetes pool, writing where PYFLOW_OUTPUT says."""
+    monkeypatch.setenv("PREFECT_FLOW_ENV", "production")
+    monkeypatch.setenv("PYFLOW_OUTPUT", "gs://bucket/warn")
+    settings = get_settings()
+    assert (settings.task_runner, settings.work_pool, settings.output) == (
+        "dask",
+        "pyflow-kubernetes",
+        "gs://bucket/warn",
+    )
+
+
+def test_get_settings_production_requires_an_output(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Production has no default output location: the message names the variable."""
+    monkeypatch.setenv("PREFECT_FLOW_ENV", "production")
+    with pytest.raises(SettingsError, match="PYFLOW_OUTPUT must be set in production"):
+        get_settings()
+
+
+def test_get_settings_names_an_unknown_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unknown PREFECT_FLOW_ENV is refused, listing the allowed values."""
+    monkeypatch.setenv("PREFECT_FLOW_ENV", "staging")
+    with pytest.raises(SettingsError) as raised:
+        get_settings()
+    assert str(raised.value).startswith(
+        "PREFECT_FLOW_ENV=\"staging\" is invalid: Input should be 'development' or 'production'"
+    )
+    assert ".env.example" in str(raised.value)
+
+
+def test_get_settings_lists_every_invalid_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    """All invalid settings are reported at once, each with its variable and value."""
+    monkeypatch.setenv("PYFLOW_TASK_RUNNER", "fork")
+    monkeypatch.setenv("PYFLOW_FETCH_RETRIES", "-1")
+    with pytest.raises(SettingsError) as raised:
+        get_settings()
+    message = str(raised.value)
+    assert "PYFLOW_TASK_RUNNER=\"fork\" is invalid: Input should be 'threads' or 'dask'" in message
+    assert (
+        'PYFLOW_FETCH_RETRIES="-1" is invalid: Input should be greater than or equal to 0'
+        in message
+    )
+
+
+@pytest.mark.parametrize(
+    "value", ['["a.csv#state=CA", "b.csv#state=TX"]', "a.csv#state=CA  b.csv#state=TX"]
+)
+def test_get_settings_reads_sources_as_json_or_words(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """PYFLOW_SOURCES is a JSON list or space-separated source strings."""
+    monkeypatch.setenv("PYFLOW_SOURCES", value)
+    assert [str(s) for s in get_settings().sources] == ["a.csv#state=CA", "b.csv#state=TX"]
+
+
+def test_get_settings_names_a_bad_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A malformed source in PYFLOW_SOURCES names the variable and the item."""
+    monkeypatch.setenv("PYFLOW_SOURCES", "a.csv#state=Atlantis")
+    with pytest.raises(SettingsError, match=r"PYFLOW_SOURCES \(item 0\) is invalid: .*'Atlantis'"):
+        get_settings()
+
+
+def test_get_settings_reads_dot_env(isolated_settings: Path) -> None:
+    """Settings load from .env in the working folder; the environment wins over it."""
+    (isolated_settings / ".env").write_text("PYFLOW_OUTPUT=from-dot-env\nPYFLOW_TASK_RUNNER=dask\n")
+    assert get_settings().output == "from-dot-env"
+    assert get_settings(task_runner="threads").task_runner == "threads"
+
+
+def test_get_settings_overrides_take_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keyword overrides (command-line options) beat the environment; None means not given."""
+    monkeypatch.setenv("PYFLOW_OUTPUT", "from-env")
+    assert get_settings(output="from-option").output == "from-option"
+    assert get_settings(output=None).output == "from-env"
+
+
+def test_build_task_runner_follows_the_settings() -> None:
+    """The thread runner is Prefect's thread pool; dask is a local cluster or a scheduler address."""
+    from prefect.task_runners import ThreadPoolTaskRunner
+    from prefect_dask import DaskTaskRunner
+
+    assert isinstance(get_settings().build_task_runner(), ThreadPoolTaskRunner)
+    local = get_settings(task_runner="dask", dask_workers=3).build_task_runner()
+    assert isinstance(local, DaskTaskRunner)
+    assert local.cluster_kwargs["n_workers"] == 3
+    remote = get_settings(
+        task_runner="dask", dask_address="tcp://10.0.0.5:8786"
+    ).build_task_runner()
+    assert remote.address == "tcp://10.0.0.5:8786"
+
+
+def test_retry_delays_double_from_the_backoff() -> None:
+    """Fetch retries wait PYFLOW_FETCH_BACKOFF seconds, then twice as long each time."""
+    assert get_settings(fetch_backoff=0.5, fetch_retries=3).retry_delays == [0.5, 1.0, 2.0]
+
+
+def test_available_cpus_honours_a_cgroup_limit(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """In a pod, the CPU limit (cgroup cpu.max) caps the CPUs the process may use."""
+    limits = {"150000 100000": 2, "max 100000": 64, "50000 100000": 1}
+    monkeypatch.setattr(config.os, "sched_getaffinity", lambda pid: set(range(64)))
+    for text, expected in limits.items():
+        cpu_max = tmp_path / "cpu.max"
+        cpu_max.write_text(text)
+        real_path = config.Path
+        monkeypatch.setattr(
+            config,
+            "Path",
+            lambda p, real_path=real_path, cpu_max=cpu_max: (
+                cpu_max if p == "/sys/fs/cgroup/cpu.max" else real_path(p)
+            ),
+        )
+        assert config.available_cpus() == expected
+
+
+def test_aliases_setting_names_a_bad_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A missing PYFLOW_ALIASES_FILE is reported with the variable's name."""
+    monkeypatch.setenv("PYFLOW_ALIASES_FILE", "missing.toml")
+    with pytest.raises(SettingsError, match=r"PYFLOW_ALIASES_FILE='missing\.toml' cannot be used"):
+        _ = get_settings().aliases
+
+
+def documented_variables(text: str) -> set[str]:
+    """Return the PYFLOW_ and PREFECT_FLOW_ENV variables a document mentions."""
+    return set(re.findall(r"\b(PYFLOW_[A-Z_]+|PREFECT_FLOW_ENV)\b", text))
+
+
+def test_readme_configuration_table_matches_the_settings() -> None:
+    """The README's configuration table is the one generated from the settings (`invoke docs`)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert config.TABLE_START in readme
+    assert readme == config.with_configuration_table(readme), "run `invoke docs`"
+    for name, field in Settings.model_fields.items():
+        assert f"| `{variable_name(name)}` |" in readme
+        assert field.description in readme
+
+
+def test_env_example_lists_every_setting() -> None:
+    """.env.example mentions every variable, so a new user sees all there is to set."""
+    text = (ROOT / ".env.example").read_text()
+    expected = {variable_name(name) for name in Settings.model_fields}
+    assert documented_variables(text) == expected
+
+
+def test_environment_defaults_name_only_real_settings() -> None:
+    """Every per-environment default belongs to a setting that can take it."""
+    for defaults in ENVIRONMENT_DEFAULTS.values():
+        assert set(defaults) <= set(Settings.model_fields)

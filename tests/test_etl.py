@@ -1,0 +1,249 @@
+"""Tests of the ETL functions: fetch, transform, merge, summary, run on real files and HTTP."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from conftest import HttpSources
+from pyflow import etl
+from pyflow.errors import FetchError, OutputError, SourceError
+from pyflow.schema import Source, load_aliases
+
+ALIASES = load_aliases()
+
+CA_TEXT = """Notice Date,Company,City,No. Of Employees,Effective Date
+01/08/2024,Sunrise Foods LLC,Fresno,112,03/08/2024
+01/09/2024,,Oakland,30,
+01/10/2024,Acme,Oakland,12
+not a date,Redwood,Sacramento,5,
+
+01/11/2024,SUNRISE FOODS LLC,fresno,112,03/08/2024
+"""
+
+
+def run_etl(sources: list[Source], output: Path, run_rows: int = etl.RUN_ROWS) -> etl.Summary:
+    """Run every step in order, in this process, as the flow does."""
+    location = etl.prepare_output(str(output))
+    work_dir = etl.new_work_dir(location)
+    parts = [
+        etl.transform_source(
+            index, source, etl.fetch_source(source, work_dir, 5), ALIASES, work_dir, run_rows
+        )
+        for index, source in enumerate(sources)
+    ]
+    merged = etl.merge_outputs(parts, location)
+    summary = etl.summarise(sources, parts, merged, etl.utc_now())
+    etl.write_summary(summary, location)
+    etl.remove_work_dir(work_dir)
+    return summary
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """Read a CSV file into dictionaries."""
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_transform_source_rejects_each_bad_row_with_its_line(
+    write_csv: Callable[[str, str], Path], tmp_path: Path
+) -> None:
+    """Every invalid row goes to the rejects with its source, line number and reason."""
+    path = write_csv("ca.csv", CA_TEXT)
+    source = Source(location=str(path), constants={"state": "CA"}, name="ca")
+    summary = run_etl([source], tmp_path / "out")
+    rejects = read_rows(tmp_path / "out" / "rejects.csv")
+    assert [(r["source"], r["line"], r["reason"]) for r in rejects] == [
+        ("ca", "3", "company: missing"),
+        ("ca", "4", "has 4 fields, the header has 5"),
+        ("ca", "5", "notice_date: unrecognised date 'not a date'"),
+        ("ca", "6", "empty row"),
+    ]
+    assert rejects[1]["raw"] == "01/10/2024,Acme,Oakland,12"
+    assert (summary.rows_in, summary.rows_out, summary.rows_rejected) == (6, 2, 4)
+
+
+def test_transform_source_fills_missing_fields_from_constants(
+    write_csv: Callable[[str, str], Path], tmp_path: Path
+) -> None:
+    """A source's constants fill fields its file lacks, and blank cells of fields it has."""
+    path = write_csv("x.csv", "Employer,Date Received,Number Affected,City\nAcme,2024-02-01,9,\n")
+    source = Source(location=str(path), constants={"state": "OR", "city": "Salem"})
+    run_etl([source], tmp_path / "out")
+    [row] = read_rows(tmp_path / "out" / "notices.csv")
+    assert row == {
+        "state": "OR",
+        "company": "Acme",
+        "city": "Salem",
+        "notice_date": "2024-02-01",
+        "effective_date": "",
+        "jobs": "9",
+        "source": str(path),
+    }
+
+
+def test_transform_source_names_a_missing_required_column(
+    write_csv: Callable[[str, str], Path], tmp_path: Path
+) -> None:
+    """A file with no column for a required field fails, naming the field, aliases and fix."""
+    path = write_csv("x.csv", "Employer,Date Received,City\nAcme,2024-02-01,Salem\n")
+    with pytest.raises(SourceError) as raised:
+        etl.transform_source(0, Source(location=str(path)), str(path), ALIASES, str(tmp_path))
+    message = str(raised.value)
+    assert "no column for 'state'" in message
+    assert "'jobs' (looked for: # of workers" in message
+    assert "PYFLOW_ALIASES_FILE" in message
+    assert f"'{path}#state=...'" in message
+
+
+def test_transform_source_names_the_encoding_fix(
+    write_csv: Callable[[str, str], Path], tmp_path: Path
+) -> None:
+    """A file that is not UTF-8 fails with a message that says how to name its encoding."""
+    path = tmp_path / "latin.csv"
+    path.write_bytes(
+        "Company,State,Notice Date,Jobs\nCaf\xe9 Uno,CA,2024-01-01,5\n".encode("cp1252")
+    )
+    with pytest.raises(SourceError, match="#encoding=cp1252"):
+        etl.transform_source(0, Source(location=str(path)), str(path), ALIASES, str(tmp_path))
+    part = etl.transform_source(
+        0, Source(location=str(path), encoding="cp1252"), str(path), ALIASES, str(tmp_path)
+    )
+    assert (part.rows_in, part.rows_rejected) == (1, 0)
+
+
+def test_transform_source_refuses_an_empty_file(tmp_path: Path) -> None:
+    """A file with no header row fails with a clear message."""
+    path = tmp_path / "empty.csv"
+    path.write_text("")
+    with pytest.raises(SourceError, match="is empty: it needs a header row"):
+        etl.transform_source(0, Source(location=str(path)), str(path), ALIASES, str(tmp_path))
+
+
+def test_merge_outputs_drops_duplicates_across_sources_and_keeps_a_stable_order(
+    write_csv: Callable[[str, str], Path], tmp_path: Path
+) -> None:
+    """The same notice in two sources is written once, from the first source, in key order."""
+    header = "State,Company,Notice Date,Jobs\n"
+    first = write_csv("a.csv", header + "TX,Zeta Corp,2024-03-01,5\nCA,Acme,2024-01-01,10\n")
+    second = write_csv("b.csv", header + "CA,ACME,1/1/2024,10\nAK,Polar,2024-05-05,3\n")
+    sources = [Source(location=str(first), name="a"), Source(location=str(second), name="b")]
+    summary = run_etl(sources, tmp_path / "out")
+    rows = read_rows(tmp_path / "out" / "notices.csv")
+    assert [(r["state"], r["company"], r["source"]) for r in rows] == [
+        ("AK", "Polar", "b"),
+        ("CA", "Acme", "a"),
+        ("TX", "Zeta Corp", "a"),
+    ]
+    assert (summary.rows_in, summary.rows_out, summary.rows_duplicate) == (4, 3, 1)
+
+
+def test_run_gives_byte_identical_outputs_whatever_the_run_size(
+    write_csv: Callable[[str, str], Path], tmp_path: Path
+) -> None:
+    """Outputs are the same bytes run after run, and however many run files the rows spill to."""
+    sample = Path(__file__).resolve().parent.parent / "pyflow" / "sample"
+    sources = [
+        Source(location=str(sample / "ca.csv"), constants={"state": "CA"}, name="ca"),
+        Source(location=str(sample / "ny.csv"), name="ny"),
+        Source(location=str(write_csv("dup.csv", CA_TEXT)), constants={"state": "CA"}),
+    ]
+    run_etl(sources, tmp_path / "one")
+    run_etl(sources, tmp_path / "two", run_rows=2)
+    for name in (etl.NOTICES_FILE, etl.REJECTS_FILE):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+    assert not (tmp_path / "two" / etl.WORK_DIR_NAME).exists()
+
+
+def test_summarise_counts_always_add_up(
+    write_csv: Callable[[str, str], Path], tmp_path: Path
+) -> None:
+    """rows_in = rows_out + rows_rejected + rows_duplicate, and summary.json says so."""
+    summary = run_etl(
+        [Source(location=str(write_csv("ca.csv", CA_TEXT)), constants={"state": "CA"})],
+        tmp_path / "out",
+    )
+    written = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert (
+        written["rows_in"]
+        == written["rows_out"] + written["rows_rejected"] + written["rows_duplicate"]
+    )
+    assert written == json.loads(summary.to_json())
+    assert set(written) >= {
+        "sources",
+        "rows_in",
+        "rows_out",
+        "rows_rejected",
+        "rows_duplicate",
+        "started_at",
+        "finished_at",
+    }
+
+
+def test_summarise_refuses_counts_that_do_not_add_up() -> None:
+    """A lost row is a bug, so the summary refuses to be written."""
+    part = etl.PartResult("a", rows_in=5, rows_rejected=1)
+    merged = etl.MergeResult(rows_out=3, rows_duplicate=0, notices="n", rejects="r")
+    with pytest.raises(RuntimeError, match="do not add up"):
+        etl.summarise([Source(location="a")], [part], merged, etl.utc_now())
+
+
+def test_merge_outputs_keeps_the_previous_files_when_it_fails(
+    write_csv: Callable[[str, str], Path], tmp_path: Path
+) -> None:
+    """A merge that fails half-way leaves the good outputs in place and no temporary files."""
+    output = tmp_path / "out"
+    sources = [Source(location=str(write_csv("ca.csv", CA_TEXT)), constants={"state": "CA"})]
+    run_etl(sources, output)
+    before = {p.name: p.read_bytes() for p in output.iterdir() if p.is_file()}
+    broken = etl.PartResult("x", 1, 0, notice_runs=[str(tmp_path / "missing.run")])
+    with pytest.raises(FileNotFoundError):
+        etl.merge_outputs([broken], str(output))
+    after = {p.name: p.read_bytes() for p in output.iterdir() if p.is_file()}
+    assert after == before
+
+
+def test_prepare_output_refuses_an_unwritable_location(tmp_path: Path) -> None:
+    """An output location that cannot be created names the setting and the fix."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(OutputError, match="--output or PYFLOW_OUTPUT"):
+        etl.prepare_output(str(blocker / "out"))
+
+
+def test_fetch_source_downloads_over_http(http_sources: HttpSources, tmp_path: Path) -> None:
+    """An HTTP(S) source is downloaded into the run's folder and read from there."""
+    url = http_sources.add("/ok.csv", CA_TEXT)
+    location = etl.fetch_source(Source(location=url), str(tmp_path), timeout=5)
+    assert Path(location).read_text() == CA_TEXT
+    assert Path(location).parent == tmp_path / "fetched"
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"), [(503, FetchError), (500, FetchError), (404, SourceError)]
+)
+def test_fetch_source_tells_transient_from_permanent_failures(
+    http_sources: HttpSources, tmp_path: Path, status: int, kind: type[SourceError]
+) -> None:
+    """5xx answers may pass and are retried (FetchError); a 404 will not and is not."""
+    url = http_sources.add("/x.csv", failures=99, status=status)
+    with pytest.raises(SourceError, match=f"answered HTTP {status}") as raised:
+        etl.fetch_source(Source(location=url), str(tmp_path), timeout=5)
+    assert type(raised.value) is kind
+    assert not (tmp_path / "fetched").exists() or not list((tmp_path / "fetched").iterdir())
+
+
+def test_fetch_source_reports_an_unreachable_server(tmp_path: Path) -> None:
+    """A server that refuses the connection gives a FetchError naming the URL."""
+    with pytest.raises(FetchError, match=r"could not be fetched .*check the URL and the network"):
+        etl.fetch_source(Source(location="http://127.0.0.1:9/x.csv"), str(tmp_path), timeout=2)
+
+
+def test_fetch_source_refuses_a_missing_file(tmp_path: Path) -> None:
+    """A local source that does not exist names the option and setting to fix."""
+    with pytest.raises(SourceError, match=r"'nope\.csv' not found: .*--source or PYFLOW_SOURCES"):
+        etl.fetch_source(Source(location="nope.csv"), str(tmp_path), timeout=5)

@@ -1,0 +1,172 @@
+"""Tests of the invoke tasks in tasks.py: the exact commands they run, and their helpers."""
+
+from __future__ import annotations
+
+import sys
+from subprocess import CompletedProcess
+
+import pytest
+from invoke import Config, MockContext, Result
+from pytest_mock import MockerFixture
+
+import tasks
+
+POETRY = "poetry"
+
+
+def mock_context(**results: Result) -> MockContext:
+    """Return a MockContext with the project's configuration and Poetry on PATH."""
+    config = Config(overrides={"pyflow": {"poetry": POETRY}, "run": {"echo": True}})
+    return MockContext(config=config, run=results or Result(), repeat=True)
+
+
+def commands(c: MockContext) -> list[str]:
+    """Return the commands a MockContext was asked to run, in order."""
+    return [call.args[0] for call in c.run.call_args_list]
+
+
+def test_run_passes_every_option_to_the_cli() -> None:
+    """`invoke run` turns its flags into `python -m pyflow` options, quoted for the shell."""
+    c = mock_context()
+    tasks.run(
+        c,
+        source=["a b.csv#state=CA", "https://x.test/t.csv"],
+        output="out",
+        runner="dask",
+        workers=2,
+    )
+    assert commands(c) == [
+        "poetry run python -m pyflow --source 'a b.csv#state=CA' "
+        "--source https://x.test/t.csv --output out --runner dask --workers 2"
+    ]
+
+
+def test_run_without_flags_runs_the_defaults() -> None:
+    """With no flags the flow runs on its settings' defaults."""
+    c = mock_context()
+    tasks.run(c)
+    assert commands(c) == ["poetry run python -m pyflow"]
+
+
+def test_lint_runs_ruff_and_checks_the_lock() -> None:
+    """`invoke lint` runs ruff's linter and format check, then `poetry check --lock`."""
+    c = mock_context()
+    tasks.lint(c)
+    assert commands(c) == [
+        "poetry run ruff check .",
+        "poetry run ruff format --check .",
+        "poetry check --lock",
+    ]
+
+
+def test_format_formats_then_fixes() -> None:
+    """`invoke format` formats with ruff and applies its safe fixes."""
+    c = mock_context()
+    tasks.format_(c)
+    assert commands(c) == ["poetry run ruff format .", "poetry run ruff check --fix ."]
+
+
+def test_check_validates_the_flows() -> None:
+    """`invoke check` runs the flow checks module."""
+    c = mock_context()
+    tasks.check(c)
+    assert commands(c) == ["poetry run python -m pyflow.checks"]
+
+
+def test_docs_regenerates_the_configuration_table() -> None:
+    """`invoke docs` rewrites the README's table from the settings."""
+    c = mock_context()
+    tasks.docs(c)
+    assert commands(c) == ["poetry run python -m pyflow.config"]
+
+
+@pytest.mark.parametrize(
+    ("fast", "opts", "command"),
+    [
+        (False, "", "poetry run pytest"),
+        (True, "", 'poetry run pytest -m "not slow"'),
+        (True, "-k flow -x", 'poetry run pytest -m "not slow" -k flow -x'),
+    ],
+)
+def test_test_passes_fast_and_opts_to_pytest(fast: bool, opts: str, command: str) -> None:
+    """`invoke test --fast` leaves out slow tests; --opts reaches pytest as given."""
+    c = mock_context()
+    tasks.test(c, fast=fast, opts=opts)
+    assert commands(c) == [command]
+
+
+def test_setup_installs_the_project_through_pips_index() -> None:
+    """With Poetry present, `invoke setup` runs `poetry install` against pip's index."""
+    c = mock_context()
+    tasks.setup(c, index_url="https://mirror.test/simple")
+    assert commands(c) == ["poetry install"]
+    assert c.run.call_args.kwargs["env"] == {"POETRY_PYPI_MIRROR_URL": "https://mirror.test/simple"}
+
+
+def test_setup_installs_poetry_when_it_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without Poetry, `invoke setup` installs it (with the mirror plugin) into this Python first."""
+    monkeypatch.setattr(tasks.shutil, "which", lambda name: None)
+    python = sys.executable
+    config = Config(overrides={"pyflow": {"poetry": f"{python} -m poetry"}})
+    c = MockContext(
+        config=config,
+        run={
+            f"{python} -m poetry --version": Result(exited=1),
+            f"{python} -m pip install --quiet {tasks.POETRY_PACKAGES}": Result(),
+            f"{python} -m poetry install": Result(),
+        },
+    )
+    tasks.setup(c, index_url="https://mirror.test/simple")
+    assert commands(c) == [
+        f"{python} -m poetry --version",
+        f"{python} -m pip install --quiet {tasks.POETRY_PACKAGES}",
+        f"{python} -m poetry install",
+    ]
+
+
+def test_pip_index_url_prefers_pip_index_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PIP_INDEX_URL, when set, is the index."""
+    monkeypatch.setenv("PIP_INDEX_URL", "https://proxy.test/simple")
+    assert tasks.pip_index_url() == "https://proxy.test/simple"
+
+
+@pytest.mark.parametrize(
+    ("returncode", "stdout", "expected"),
+    [(0, "https://corp.test/simple\n", "https://corp.test/simple"), (1, "", None)],
+)
+def test_pip_index_url_reads_pip_config_then_falls_back_to_the_default(
+    monkeypatch: pytest.MonkeyPatch,
+    mocker: MockerFixture,
+    returncode: int,
+    stdout: str,
+    expected: str | None,
+) -> None:
+    """Without PIP_INDEX_URL, pip's configured index is used, else pip's own default."""
+    from pip._internal.models.index import PyPI
+
+    monkeypatch.delenv("PIP_INDEX_URL", raising=False)
+    run = mocker.patch.object(
+        tasks.subprocess, "run", return_value=CompletedProcess([], returncode, stdout, "")
+    )
+    assert tasks.pip_index_url() == (expected or PyPI.simple_url)
+    run.assert_called_once_with(
+        [sys.executable, "-m", "pip", "config", "get", "global.index-url"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_ci_runs_lint_check_and_test_in_order() -> None:
+    """The default task is `ci`, and it runs lint, check and test before itself."""
+    assert tasks.ns.default == "ci"
+    assert [t.name for t in tasks.ci.pre] == ["lint", "check", "test"]
+
+
+def test_every_task_and_flag_is_documented() -> None:
+    """Every task has a docstring and every flag a help entry."""
+    for name in tasks.ns.task_names:
+        task = tasks.ns[name]
+        assert task.__doc__ and task.__doc__.strip(), name
+        for argument in task.get_arguments():
+            assert argument.help, f"{name} --{argument.name}"
