@@ -16,7 +16,7 @@ from pathlib import Path
 from invoke import Collection, Context, task
 
 ROOT = Path(__file__).resolve().parent
-POETRY_PACKAGES = "poetry>=2.2,<3 poetry-plugin-pypi-mirror>=0.6"
+POETRY_PACKAGES = "'poetry>=2.2,<3' 'poetry-plugin-pypi-mirror>=0.6'"
 """What `invoke setup` installs when Poetry is missing."""
 
 
@@ -149,7 +149,7 @@ def hooks(c: Context) -> None:
 @task
 def docs(c: Context) -> None:
     """Regenerate the README's configuration table from the settings in pyflow/config.py."""
-    c.run(in_env(c, "python -m pyflow.config"))
+    c.run(in_env(c, "python -m pyflow.config readme"))
 
 
 @task(

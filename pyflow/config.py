@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
@@ -296,8 +297,33 @@ def with_configuration_table(readme: str) -> str:
     return f"{head}{TABLE_START}\n{configuration_table()}{TABLE_END}{tail}"
 
 
+def settings_json(settings: Settings) -> str:
+    """Return the resolved settings as JSON, for tools outside the package (the invoke tasks)."""
+    data = settings.model_dump(mode="json")
+    data["sources"] = [str(source) for source in settings.sources]
+    data["image_repository"] = settings.image_repository
+    return json.dumps(data, indent=2)
+
+
+def main(argv: list[str]) -> int:
+    """``python -m pyflow.config json`` prints the settings; ``readme`` regenerates the table."""
+    command = argv[0] if argv else "json"
+    if command == "readme":
+        path = Path("README.md")
+        path.write_text(
+            with_configuration_table(path.read_text(encoding="utf-8")), encoding="utf-8"
+        )
+        return 0
+    if command != "json":
+        print(f"usage: python -m pyflow.config [json|readme], not '{command}'", file=sys.stderr)
+        return 2
+    try:
+        print(settings_json(get_settings()))
+    except SettingsError as error:
+        print(f"pyflow: invalid settings: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    readme_path = Path("README.md")
-    readme_path.write_text(
-        with_configuration_table(readme_path.read_text(encoding="utf-8")), encoding="utf-8"
-    )
+    sys.exit(main(sys.argv[1:]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -179,3 +180,21 @@ def test_environment_defaults_name_only_real_settings() -> None:
     """Every per-environment default belongs to a setting that can take it."""
     for defaults in ENVIRONMENT_DEFAULTS.values():
         assert set(defaults) <= set(Settings.model_fields)
+
+
+def test_config_json_prints_the_resolved_settings(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`python -m pyflow.config json` gives the invoke tasks the settings, image path included."""
+    monkeypatch.setenv("PYFLOW_GCP_PROJECT", "acme-data")
+    assert config.main(["json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["image_repository"] == "us-central1-docker.pkg.dev/acme-data/pyflow/pyflow"
+    assert data["work_pool"] == "pyflow-local"
+    assert data["sources"][0].endswith("ca.csv#state=CA,name=sample/ca.csv")
+
+
+def test_config_main_refuses_an_unknown_command(capsys: pytest.CaptureFixture[str]) -> None:
+    """An unknown command exits 2 with the usage line."""
+    assert config.main(["yaml"]) == 2
+    assert "usage: python -m pyflow.config [json|readme]" in capsys.readouterr().err

@@ -77,7 +77,7 @@ def test_docs_regenerates_the_configuration_table() -> None:
     """`invoke docs` rewrites the README's table from the settings."""
     c = mock_context()
     tasks.docs(c)
-    assert commands(c) == ["poetry run python -m pyflow.config"]
+    assert commands(c) == ["poetry run python -m pyflow.config readme"]
 
 
 @pytest.mark.parametrize(
