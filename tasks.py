@@ -16,6 +16,8 @@ from pathlib import Path
 from invoke import Collection, Context, task
 
 ROOT = Path(__file__).resolve().parent
+PREFECT_HOME = ROOT / ".prefect"
+"""Prefect's state for this project: the local server's database, logs and process ID."""
 POETRY_PACKAGES = "'poetry>=2.2,<3' 'poetry-plugin-pypi-mirror>=0.6'"
 """What `invoke setup` installs when Poetry is missing."""
 
@@ -62,6 +64,16 @@ def run_options(sources: list[str], output: str, runner: str, workers: int) -> s
     if workers:
         options.append(f"--workers {workers}")
     return " ".join(options)
+
+
+def port_option(port: int) -> str:
+    """Return the ``--port`` option, or nothing to use the setting's default."""
+    return f" --port {port}" if port else ""
+
+
+def local_command(command: str, port: int = 0) -> str:
+    """Return a ``python -m pyflow.local`` command for this project's Prefect home."""
+    return f"python -m pyflow.local {command} --home {shlex.quote(str(PREFECT_HOME))}{port_option(port)}"
 
 
 def pytest_options(fast: bool, opts: str) -> str:
@@ -119,6 +131,39 @@ def run(
     c.run(in_env(c, f"python -m pyflow {options}".strip()))
 
 
+@task(
+    help={
+        "port": "port to serve on (default: PYFLOW_SERVER_PORT, else 4200)",
+        "stop": "stop this project's server instead of starting it (default: start)",
+    }
+)
+def server(c: Context, port: int = 0, stop: bool = False) -> None:
+    """Start this project's Prefect server (API and UI) in the background, or reuse it."""
+    c.run(in_env(c, local_command("stop" if stop else "server", 0 if stop else port)))
+
+
+@task(
+    help={"env": "environment to register, development or production (default: PREFECT_FLOW_ENV)"}
+)
+def deploy(c: Context, env: str = "") -> None:
+    """Register every flow's deployment with the Prefect API the environment points at."""
+    variables = {"PREFECT_FLOW_ENV": env} if env else {}
+    home = shlex.quote(str(PREFECT_HOME))
+    c.run(in_env(c, f"python -m pyflow.deploy --home {home}"), env=variables)
+
+
+@task(help={"port": "port of the local server (default: PYFLOW_SERVER_PORT, else 4200)"})
+def dev(c: Context, port: int = 0) -> None:
+    """Start the server, register the deployments and run a worker in the foreground (Ctrl-C stops all)."""
+    c.run(in_env(c, local_command("dev", port)), pty=sys.stdout.isatty())
+
+
+@task
+def reset(c: Context) -> None:
+    """Stop this project's server and delete its state (.prefect) and the outputs (data/output)."""
+    c.run(in_env(c, local_command("reset")))
+
+
 @task
 def lint(c: Context) -> None:
     """Check style and formatting with ruff, and that poetry.lock matches pyproject.toml."""
@@ -168,5 +213,5 @@ def ci(c: Context) -> None:
     """Run everything CI runs, in order: lint, check, test (the default task)."""
 
 
-ns = Collection(setup, run, lint, format_, check, hooks, docs, test, ci)
+ns = Collection(setup, run, server, deploy, dev, reset, lint, format_, check, hooks, docs, test, ci)
 ns.configure({"pyflow": {"poetry": default_poetry()}, "run": {"echo": True}})

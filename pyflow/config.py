@@ -138,6 +138,19 @@ class Settings(BaseSettings):
         default=None,
         description="Prefect work pool the deployments run on.",
     )
+    schedule: str | None = Field(
+        default=None,
+        description="Cron schedule of the deployments (such as `0 6 * * *`); unset: runs start only when triggered.",
+    )
+    schedule_timezone: str = Field(
+        default="UTC", description="Time zone of the schedule (such as `America/Chicago`)."
+    )
+    server_port: int = Field(
+        default=4200,
+        ge=1,
+        le=65535,
+        description="Port of this project's local Prefect server (`invoke server`, `invoke dev`).",
+    )
     gcp_project: str = Field(default="your-project-id", description="Google Cloud project ID.")
     gcp_region: str = Field(
         default="us-central1",
@@ -149,6 +162,19 @@ class Settings(BaseSettings):
     image_name: str = Field(
         default="pyflow", description="Image name inside the Artifact Registry repository."
     )
+
+    @field_validator("schedule")
+    @classmethod
+    def _check_schedule(cls, value: str | None) -> str | None:
+        """Refuse a cron expression Prefect cannot schedule."""
+        if value:
+            from prefect.client.schemas.schedules import CronSchedule
+
+            try:
+                CronSchedule(cron=value)
+            except ValidationError:
+                raise ValueError("not a cron expression such as '0 6 * * *'") from None
+        return value
 
     @field_validator("sources", mode="before")
     @classmethod

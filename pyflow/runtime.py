@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from pyflow import etl
 from pyflow.config import Settings
 from pyflow.errors import PyflowError
+
+logger = logging.getLogger("pyflow")
 
 NOISY_LOGGERS = ("distributed", "bokeh", "tornado")
 """Libraries whose INFO lines drown the flow's own; the CLI shows only their warnings."""
@@ -35,6 +39,7 @@ def quiet_logging() -> None:
     import prefect.main  # noqa: F401  (importing it configures Prefect's logging)
 
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    logger.setLevel(logging.INFO)
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     for handler in logging.getLogger().handlers:
@@ -55,26 +60,60 @@ def preflight(settings: Settings) -> None:
 
 
 @contextmanager
+def _output_to(log_path: Path) -> Iterator[None]:
+    """Point this process's stdout and stderr at a file, for the processes it starts meanwhile."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with log_path.open("ab") as log:
+        try:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for descriptor in saved:
+                os.close(descriptor)
+
+
+@contextmanager
 def prefect_api() -> Iterator[str]:
     """Use the Prefect API that is configured, or run a temporary local server for this block.
 
     Prefect would start a temporary server by itself, but one per process: every Dask worker
     process would start its own. This starts one, gives its URL to every process started inside
-    the block, and stops it only after the run's logs have been sent to it.
+    the block, and stops it only after the run's logs have been sent to it. The server's own
+    output (including the tracebacks its background services print when they are stopped
+    mid-batch) goes to ``temporary-server.log`` in Prefect's home, not to the console.
 
     Yields:
         The API URL in use.
+
+    Raises:
+        PyflowError: If the temporary server does not start, with the end of its log.
     """
     from prefect.logging.handlers import APILogWorker
     from prefect.server.api.server import SubprocessASGIServer
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
     configured = PREFECT_API_URL.value()
     if configured:
         yield configured
         return
+    home = Path(PREFECT_HOME.value()).expanduser()
+    home.mkdir(parents=True, exist_ok=True)
+    log_path = home / "temporary-server.log"
     server = SubprocessASGIServer()
-    server.start()
+    logger.info("Starting a temporary Prefect server (its log: %s)", log_path)
+    try:
+        with _output_to(log_path):
+            server.start()
+    except RuntimeError as error:
+        server.stop()
+        raise PyflowError(
+            f"Prefect's temporary server did not start ({error}); see {log_path}"
+        ) from None
     previous = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = server.api_url
     try:

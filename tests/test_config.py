@@ -198,3 +198,13 @@ def test_config_main_refuses_an_unknown_command(capsys: pytest.CaptureFixture[st
     """An unknown command exits 2 with the usage line."""
     assert config.main(["yaml"]) == 2
     assert "usage: python -m pyflow.config [json|readme]" in capsys.readouterr().err
+
+
+def test_get_settings_refuses_an_invalid_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cron expression Prefect cannot read is refused, naming PYFLOW_SCHEDULE."""
+    monkeypatch.setenv("PYFLOW_SCHEDULE", "every morning")
+    with pytest.raises(SettingsError) as raised:
+        get_settings()
+    assert str(raised.value).startswith(
+        "PYFLOW_SCHEDULE=\"every morning\" is invalid: not a cron expression such as '0 6 * * *'"
+    )

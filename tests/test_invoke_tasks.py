@@ -170,3 +170,46 @@ def test_every_task_and_flag_is_documented() -> None:
         assert task.__doc__ and task.__doc__.strip(), name
         for argument in task.get_arguments():
             assert argument.help, f"{name} --{argument.name}"
+
+
+HOME = tasks.shlex.quote(str(tasks.PREFECT_HOME))
+
+
+@pytest.mark.parametrize(
+    ("port", "stop", "command"),
+    [
+        (0, False, f"poetry run python -m pyflow.local server --home {HOME}"),
+        (4300, False, f"poetry run python -m pyflow.local server --home {HOME} --port 4300"),
+        (4300, True, f"poetry run python -m pyflow.local stop --home {HOME}"),
+    ],
+)
+def test_server_starts_or_stops_the_projects_server(port: int, stop: bool, command: str) -> None:
+    """`invoke server` starts (or with --stop, stops) the server with the project's Prefect home."""
+    c = mock_context()
+    tasks.server(c, port=port, stop=stop)
+    assert commands(c) == [command]
+
+
+def test_dev_runs_the_local_loop_in_the_foreground() -> None:
+    """`invoke dev` runs the whole loop with the project's home and the chosen port."""
+    c = mock_context()
+    tasks.dev(c, port=4321)
+    assert commands(c) == [f"poetry run python -m pyflow.local dev --home {HOME} --port 4321"]
+
+
+@pytest.mark.parametrize(
+    ("env", "variables"), [("", {}), ("production", {"PREFECT_FLOW_ENV": "production"})]
+)
+def test_deploy_registers_for_the_chosen_environment(env: str, variables: dict[str, str]) -> None:
+    """`invoke deploy --env X` registers with PREFECT_FLOW_ENV=X; without it, the setting decides."""
+    c = mock_context()
+    tasks.deploy(c, env=env)
+    assert commands(c) == [f"poetry run python -m pyflow.deploy --home {HOME}"]
+    assert c.run.call_args.kwargs["env"] == variables
+
+
+def test_reset_deletes_local_state() -> None:
+    """`invoke reset` stops the server and removes the project's Prefect state and outputs."""
+    c = mock_context()
+    tasks.reset(c)
+    assert commands(c) == [f"poetry run python -m pyflow.local reset --home {HOME}"]

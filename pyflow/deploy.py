@@ -1,0 +1,178 @@
+"""Registering deployments: one code path for the local process pool and for production.
+
+``python -m pyflow.deploy`` registers every flow in `pyflow.flow.FLOWS` with the Prefect API
+the environment points at (what `invoke deploy` runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect import Flow
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
+from prefect.client.schemas.schedules import CronSchedule
+from prefect.exceptions import ObjectNotFound
+
+from pyflow.config import Settings, get_settings
+from pyflow.errors import PyflowError
+
+logger = logging.getLogger(__name__)
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+"""The project folder: flows run from here in development, and from the image's WORKDIR in production."""
+
+
+class DeployError(PyflowError):
+    """A work pool or deployment cannot be registered."""
+
+
+@dataclass(frozen=True)
+class Registered:
+    """One registered deployment."""
+
+    name: str
+    id: str
+    work_pool: str
+
+
+def entrypoint(flow: Flow[Any, Any]) -> str:
+    """Return a flow's entrypoint, ``path/to/module.py:function``, relative to the project."""
+    source = Path(inspect.getsourcefile(flow.fn) or "").resolve()
+    return f"{source.relative_to(PROJECT_DIR).as_posix()}:{flow.fn.__name__}"
+
+
+def deployment_name(settings: Settings) -> str:
+    """Return the name of every flow's deployment: the environment's name."""
+    return settings.env
+
+
+def ensure_work_pool(
+    client: SyncPrefectClient,
+    name: str,
+    pool_type: str,
+    base_job_template: dict[str, Any] | None = None,
+) -> bool:
+    """Create a work pool, or update its base job template; return whether it was created.
+
+    Raises:
+        DeployError: If a pool of that name exists with another type.
+    """
+    try:
+        pool = client.read_work_pool(name)
+    except ObjectNotFound:
+        client.create_work_pool(
+            WorkPoolCreate(name=name, type=pool_type, base_job_template=base_job_template or {})
+        )
+        return True
+    if pool.type != pool_type:
+        raise DeployError(
+            f"work pool '{name}' exists with type '{pool.type}', not '{pool_type}': "
+            "set PYFLOW_WORK_POOL to another name, or delete the pool"
+        )
+    if base_job_template is not None and pool.base_job_template != base_job_template:
+        client.update_work_pool(name, WorkPoolUpdate(base_job_template=base_job_template))
+    return False
+
+
+def register(
+    settings: Settings,
+    flows: tuple[Flow[Any, Any], ...] | None = None,
+    image: str | None = None,
+    job_variables: dict[str, Any] | None = None,
+) -> list[Registered]:
+    """Register a deployment of every flow with the current Prefect API.
+
+    Without an image, the deployment runs the project's code in place (a process pool in
+    development, so code edits are picked up without registering again). With an image, it runs
+    the code baked into the image, whose working directory holds the entrypoint's path.
+
+    Args:
+        settings: The settings; their environment names the deployments and their work pool.
+        flows: The flows to register; default: every flow in `pyflow.flow.FLOWS`.
+        image: The image a container work pool runs; none for code in place.
+        job_variables: Work pool job variables, such as CPU and memory requests.
+
+    Returns:
+        What was registered.
+    """
+    if flows is None:
+        from pyflow.flow import FLOWS
+
+        flows = FLOWS
+    schedule = (
+        CronSchedule(cron=settings.schedule, timezone=settings.schedule_timezone)
+        if settings.schedule
+        else None
+    )
+    registered = []
+    for flow in flows:
+        source = flow if image else Flow.from_source(str(PROJECT_DIR), entrypoint(flow))
+        deployment = source.to_deployment(
+            name=deployment_name(settings),
+            work_pool_name=settings.work_pool,
+            job_variables=job_variables or {},
+            schedules=[schedule] if schedule else [],
+            description=flow.description,
+            tags=["pyflow", settings.env],
+        )
+        if image:
+            deployment.entrypoint = entrypoint(flow)
+        deployment_id = deployment.apply(image=image)
+        registered.append(
+            Registered(f"{flow.name}/{deployment.name}", str(deployment_id), settings.work_pool)
+        )
+    return registered
+
+
+def deploy_local(settings: Settings) -> list[Registered]:
+    """Create or update the process work pool, then register every flow to it."""
+    with get_client(sync_client=True) as client:
+        ensure_work_pool(client, settings.work_pool, "process")
+    return register(settings)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Register the deployments with PREFECT_API_URL, else with this project's local server."""
+    parser = argparse.ArgumentParser(prog="python -m pyflow.deploy", description=main.__doc__)
+    parser.add_argument(
+        "--home",
+        type=Path,
+        default=Path(".prefect"),
+        help="Prefect's state folder (default: .prefect)",
+    )
+    args = parser.parse_args(argv)
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from pyflow.local import is_healthy, read_state
+
+    try:
+        settings = get_settings()
+        api_url = PREFECT_API_URL.value()
+        if not api_url:
+            local = read_state(args.home.resolve())
+            if local is None or not is_healthy(local.api_url):
+                raise DeployError(
+                    "there is no Prefect server to register with: PREFECT_API_URL is not set and "
+                    "this project's server is not running. Start it with `invoke server` (or "
+                    "`invoke dev`), or set PREFECT_API_URL in .env"
+                )
+            api_url = local.api_url
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            registered = deploy_local(settings)
+    except PyflowError as error:
+        print(f"pyflow deploy: {error}", file=sys.stderr)
+        return 1
+    for item in registered:
+        print(f"pyflow deploy: registered {item.name} on work pool '{item.work_pool}' at {api_url}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

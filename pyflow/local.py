@@ -1,0 +1,363 @@
+"""The local orchestration loop: this project's Prefect server, its process work pool and a worker.
+
+``python -m pyflow.local server|stop|dev|reset`` (what `invoke server`, `invoke dev` and
+`invoke reset` run). The server's state (SQLite database, logs, its process ID) lives in the
+project's ``.prefect/`` folder, so two projects never share a server. Every process started here
+runs in a session of its own and gets ``PREFECT_API_URL``, and everything started is stopped
+again: on Ctrl-C, on SIGTERM, and when a step fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+
+from pyflow.config import Settings, get_settings
+from pyflow.errors import PyflowError
+
+HOST = "127.0.0.1"
+STATE_FILE = "server.json"
+SERVER_LOG = "server.log"
+STARTUP_TIMEOUT = 90.0
+LOG_TAIL_LINES = 20
+
+
+class LocalError(PyflowError):
+    """The local server or worker cannot be started."""
+
+
+@dataclass(frozen=True)
+class ServerState:
+    """This project's running server: what `server.json` records."""
+
+    pid: int
+    port: int
+
+    @property
+    def url(self) -> str:
+        """The server's address (the UI)."""
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        """The server's API address, for ``PREFECT_API_URL``."""
+        return f"{self.url}/api"
+
+
+def is_healthy(api_url: str, timeout: float = 2.0) -> bool:
+    """Return whether a Prefect API answers its health check."""
+    try:
+        return httpx.get(f"{api_url}/health", timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def port_is_free(port: int) -> bool:
+    """Return whether nothing listens on the loopback port."""
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def read_state(home: Path) -> ServerState | None:
+    """Return this project's server if its process is still alive, else None."""
+    try:
+        state = ServerState(**json.loads((home / STATE_FILE).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+    return state if psutil.pid_exists(state.pid) else None
+
+
+def child_env(home: Path, api_url: str | None) -> dict[str, str]:
+    """Return the environment of a process started here: this project's home and API."""
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    return env
+
+
+def prefect_command(*args: str) -> list[str]:
+    """Return the command line of the Prefect CLI in this environment."""
+    return [sys.executable, "-m", "prefect", *args]
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """Return the last lines of a log file, indented, for an error message."""
+    try:
+        text = path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return "  (no log)"
+    return "\n".join(f"  {line}" for line in text)
+
+
+def stop_tree(pid: int, first: signal.Signals = signal.SIGTERM, timeout: float = 10.0) -> None:
+    """Stop a process and every descendant: ``first`` to it, then SIGTERM to the rest, then SIGKILL.
+
+    The process is asked first, alone, so that it can stop its children in order (a worker
+    cancels its flow runs); whatever is still alive after ``timeout`` seconds is killed.
+    """
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    with contextlib.suppress(psutil.NoSuchProcess):
+        root.send_signal(first)
+    _, alive = psutil.wait_procs(processes, timeout=timeout)
+    for process in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.terminate()
+    _, alive = psutil.wait_procs(alive, timeout=2.0)
+    for process in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    psutil.wait_procs(alive, timeout=timeout)
+
+
+def start_server(home: Path, port: int) -> tuple[ServerState, bool]:
+    """Start this project's server, or reuse it if it already runs on that port.
+
+    Returns:
+        The server, and whether this call started it.
+
+    Raises:
+        LocalError: If the port is taken by another program, or the server does not start.
+    """
+    home.mkdir(parents=True, exist_ok=True)
+    running = read_state(home)
+    if running and is_healthy(running.api_url):
+        if running.port != port:
+            raise LocalError(
+                f"this project's server already runs on port {running.port}: use --port "
+                f"{running.port}, or stop it first with `invoke server --stop`"
+            )
+        return running, False
+    if running:
+        stop_tree(running.pid)
+    if not port_is_free(port):
+        raise LocalError(
+            f"port {port} on {HOST} is taken by another program: stop it, or choose a free "
+            "port with --port (or PYFLOW_SERVER_PORT)"
+        )
+    log_path = home / SERVER_LOG
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            prefect_command("server", "start", "--host", HOST, "--port", str(port)),
+            env=child_env(home, None),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    state = ServerState(process.pid, port)
+    (home / STATE_FILE).write_text(json.dumps(asdict(state)))
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while not is_healthy(state.api_url, timeout=1.0):
+        if process.poll() is not None or time.monotonic() > deadline:
+            reason = (
+                f"exited with status {process.returncode}"
+                if process.poll() is not None
+                else f"did not answer within {STARTUP_TIMEOUT:.0f} s"
+            )
+            stop_server(home)
+            raise LocalError(
+                f"the Prefect server {reason}. The end of its log ({log_path}):\n"
+                f"{log_tail(log_path)}"
+            )
+        time.sleep(0.2)
+    return state, True
+
+
+def stop_server(home: Path) -> bool:
+    """Stop this project's server if it runs; return whether it did."""
+    state_path = home / STATE_FILE
+    state = read_state(home)
+    if state:
+        stop_tree(state.pid)
+    state_path.unlink(missing_ok=True)
+    return state is not None
+
+
+def wait_for_worker(api_url: str, pool: str, worker: subprocess.Popen[bytes]) -> None:
+    """Wait until a worker polls the pool (its first heartbeat reaches the server).
+
+    Raises:
+        LocalError: If the worker exits or does not poll within the startup timeout.
+    """
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    url = f"{api_url}/work_pools/{pool}/workers/filter"
+    while time.monotonic() < deadline:
+        if worker.poll() is not None:
+            raise LocalError(
+                f"the worker exited with status {worker.returncode}; see its log above"
+            )
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.post(url, json={}, timeout=2.0).json():
+                return
+        time.sleep(0.2)
+    raise LocalError(f"the worker did not poll work pool '{pool}' within {STARTUP_TIMEOUT:.0f} s")
+
+
+@contextlib.contextmanager
+def interrupt_on_stop_signals() -> Iterator[None]:
+    """Raise KeyboardInterrupt on SIGINT (Ctrl-C) or SIGTERM inside the block, so cleanup runs.
+
+    SIGINT is set explicitly because a process started in the background may inherit it ignored.
+    """
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def dev(settings: Settings, home: Path, port: int) -> int:
+    """Start (or reuse) the server, register the deployments, and run a worker until stopped.
+
+    Returns:
+        The exit status: 0 after Ctrl-C or SIGTERM, 1 if the worker stopped on its own.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from pyflow.deploy import ensure_work_pool, register
+
+    started_at = time.monotonic()
+    server: ServerState | None = None
+    started_server = False
+    worker: subprocess.Popen[bytes] | None = None
+    with interrupt_on_stop_signals():
+        try:
+            server, started_server = start_server(home, port)
+            print(
+                f"pyflow dev: {'started' if started_server else 'reusing'} the Prefect server at {server.url}",
+                flush=True,
+            )
+            with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+                with get_client(sync_client=True) as client:
+                    ensure_work_pool(client, settings.work_pool, "process")
+                worker = subprocess.Popen(
+                    prefect_command(
+                        "worker",
+                        "start",
+                        "--pool",
+                        settings.work_pool,
+                        "--type",
+                        "process",
+                        "--name",
+                        f"pyflow-dev-{socket.gethostname()}",
+                    ),
+                    env=child_env(home, server.api_url),
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+                registered = register(settings)
+            wait_for_worker(server.api_url, settings.work_pool, worker)
+            print(
+                ready_message(server, [r.name for r in registered], time.monotonic() - started_at),
+                flush=True,
+            )
+            status = worker.wait()
+            print(f"pyflow dev: the worker stopped with status {status}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            if worker is not None:
+                stop_tree(worker.pid, first=signal.SIGINT)
+            if started_server:
+                stop_server(home)
+            print("pyflow dev: stopped everything it started", flush=True)
+
+
+def ready_message(server: ServerState, deployments: list[str], seconds: float) -> str:
+    """Tell the user where the UI is and how to trigger a run."""
+    runs = "\n".join(
+        f"  PREFECT_API_URL={server.api_url} poetry run prefect deployment run {name}"
+        for name in deployments
+    )
+    return (
+        f"pyflow dev: ready in {seconds:.1f} s: server healthy, "
+        f"{len(deployments)} deployment(s) registered, worker polling.\n"
+        f"  UI: {server.url}\n"
+        f"Trigger a run from the UI (Deployments, then Run), or from another terminal:\n{runs}\n"
+        "Press Ctrl-C to stop the worker and everything this command started."
+    )
+
+
+def reset(home: Path, output: Path) -> list[Path]:
+    """Stop this project's server and delete its state and the development outputs."""
+    stop_server(home)
+    removed = []
+    for path in (home, output):
+        if path.exists():
+            shutil.rmtree(path)
+            removed.append(path)
+    return removed
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``server``, ``stop``, ``dev`` or ``reset`` for this project."""
+    parser = argparse.ArgumentParser(prog="python -m pyflow.local", description=__doc__)
+    parser.add_argument("command", choices=["server", "stop", "dev", "reset"])
+    parser.add_argument(
+        "--home",
+        type=Path,
+        default=Path(".prefect"),
+        help="Prefect's state folder (default: .prefect)",
+    )
+    parser.add_argument(
+        "--port", type=int, help="server port (default: PYFLOW_SERVER_PORT, else 4200)"
+    )
+    args = parser.parse_args(argv)
+    home = args.home.resolve()
+    try:
+        settings = get_settings(server_port=args.port)
+        if args.command == "server":
+            server, started = start_server(home, settings.server_port)
+            print(
+                f"pyflow: {'started' if started else 'already running:'} the Prefect server at {server.url} (log: {home / SERVER_LOG})"
+            )
+            print(f"pyflow: use it from this shell with: export PREFECT_API_URL={server.api_url}")
+        elif args.command == "stop":
+            stopped = stop_server(home)
+            print(
+                "pyflow: stopped the Prefect server" if stopped else "pyflow: no server was running"
+            )
+        elif args.command == "reset":
+            removed = reset(home, Path(settings.output or "data/output").resolve())
+            print(f"pyflow: removed {', '.join(map(str, removed)) or 'nothing'}")
+        else:
+            return dev(settings, home, settings.server_port)
+    except PyflowError as error:
+        print(f"pyflow {args.command}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
