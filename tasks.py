@@ -185,6 +185,24 @@ def check(c: Context) -> None:
     c.run(in_env(c, "python -m pyflow.checks"))
 
 
+@task(
+    help={
+        "rows": "rows of synthetic input to generate (default: 1,000,000)",
+        "files": "files to spread the rows over (default: 8)",
+        "workers": "Dask worker processes for the Dask variants (default: 2)",
+        "variants": "which of a (plain), b (threads), c (temporary Dask), d (running Dask) to run (default: abcd)",
+    }
+)
+def bench(
+    c: Context, rows: int = 1_000_000, files: int = 8, workers: int = 2, variants: str = "abcd"
+) -> None:
+    """Benchmark plain Python against the flow on threads and on Dask, and check the outputs agree."""
+    options = (
+        f"--rows {rows} --files {files} --workers {workers} --variants {shlex.quote(variants)}"
+    )
+    c.run(in_env(c, f"python -m pyflow.bench {options}"))
+
+
 @task
 def hooks(c: Context) -> None:
     """Run the pre-commit hooks (ruff and file hygiene) on every file, as a commit would."""
@@ -213,5 +231,7 @@ def ci(c: Context) -> None:
     """Run everything CI runs, in order: lint, check, test (the default task)."""
 
 
-ns = Collection(setup, run, server, deploy, dev, reset, lint, format_, check, hooks, docs, test, ci)
+ns = Collection(
+    setup, run, server, deploy, dev, reset, bench, lint, format_, check, hooks, docs, test, ci
+)
 ns.configure({"pyflow": {"poetry": default_poetry()}, "run": {"echo": True}})

@@ -119,6 +119,11 @@ class Settings(BaseSettings):
         description="Worker processes of a local Dask cluster; unset: the CPUs the process may use (a pod's CPU limit).",
     )
     dask_threads: int = Field(default=1, ge=1, description="Threads per local Dask worker process.")
+    partition_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=0,
+        description="Sources larger than this many bytes are split into partitions of about this size, read in parallel; 0: never split.",
+    )
     aliases_file: Path | None = Field(
         default=None,
         description="A TOML file of extra column names per field, added to the bundled `pyflow/aliases.toml`.",

@@ -9,11 +9,14 @@ transform and one line per run during the merge, never a whole source.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import heapq
 import io
 import json
 import logging
+import math
+import re
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -56,13 +59,16 @@ _TEXT_START = "\t"
 
 @dataclass(frozen=True)
 class PartResult:
-    """What one transform hands to the merge: counts and the paths of its run files."""
+    """What one transform hands to the merge: counts, lines read and the paths of its run files."""
 
     source: str
     rows_in: int
     rows_rejected: int
     notice_runs: list[str] = field(default_factory=list)
     reject_runs: list[str] = field(default_factory=list)
+    source_index: int = 0
+    index: int = 0
+    lines: int = 0
 
 
 @dataclass(frozen=True)
@@ -99,11 +105,21 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+_NEEDS_QUOTES = re.compile(r'[",\r\n]')
+
+
 def csv_line(values: Iterable[str]) -> str:
-    """Render values as one CSV line (quoted where needed), ending in a newline."""
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerow(values)
-    return buffer.getvalue()
+    """Render values as one CSV line, quoted where needed (as `csv.writer` does), ending in a newline."""
+    values = tuple(values)
+    if not _NEEDS_QUOTES.search("".join(values)):
+        return ",".join(values) + "\n"
+    return (
+        ",".join(
+            f'"{value.replace(chr(34), chr(34) * 2)}"' if _NEEDS_QUOTES.search(value) else value
+            for value in values
+        )
+        + "\n"
+    )
 
 
 def join_path(base: str, *parts: str) -> str:
@@ -254,45 +270,124 @@ class _RunWriter:
         self.lines = []
 
 
-def _sort_head(source_index: int, line: int) -> str:
-    return f"{source_index:06d}\x1f{line:012d}"
+@dataclass(frozen=True)
+class Partition:
+    """A byte range of one source: the unit of work of a transform.
+
+    A line belongs to the partition its first byte falls in, so partitions split a file at line
+    boundaries; a record whose quoted field holds a line break must not cross one, so files
+    with such records should not be split (``PYFLOW_PARTITION_BYTES=0``).
+    """
+
+    source_index: int
+    index: int
+    source: Source
+    location: str
+    start: int = 0
+    end: int | None = None
+
+    @property
+    def name(self) -> str:
+        """A short name for logs: the source's label, and the byte range of a split source."""
+        if self.end is None:
+            return self.source.label
+        return f"{self.source.label} (bytes {self.start:,} to {self.end:,})"
+
+
+def plan_partitions(
+    source_index: int, source: Source, location: str, partition_bytes: int
+) -> list[Partition]:
+    """Split a source into byte ranges of about ``partition_bytes``; 0 keeps it whole.
+
+    Args:
+        source_index: The source's position in the run's list.
+        source: The source.
+        location: Where to read it.
+        partition_bytes: Target size of a partition; 0 or a larger file size: one partition.
+
+    Returns:
+        The partitions, in file order; together they cover the whole file.
+    """
+    if partition_bytes <= 0:
+        return [Partition(source_index, 0, source, location)]
+    fs, path = url_to_fs(location)
+    size = fs.size(path)
+    count = max(1, math.ceil(size / partition_bytes))
+    if count == 1:
+        return [Partition(source_index, 0, source, location)]
+    bounds = [size * i // count for i in range(count + 1)]
+    return [
+        Partition(source_index, i, source, location, bounds[i], bounds[i + 1]) for i in range(count)
+    ]
+
+
+def _sort_head(partition: Partition, line: int) -> str:
+    """Return the part of a sort key that orders rows by source, partition and line."""
+    return f"{partition.source_index:06d}\x1f{partition.index:06d}\x1f{line:012d}"
+
+
+def _read_header(location: str, encoding: str) -> list[str] | None:
+    """Return a file's first CSV record: its column names."""
+    with fsspec.open(location, "r", encoding=encoding, newline="") as handle:
+        return next(csv.reader(handle), None)
+
+
+def _partition_lines(raw: IO[bytes], partition: Partition, counter: list[int]) -> Iterator[str]:
+    """Yield the decoded lines that start inside the partition's byte range.
+
+    Lines are split on the newline byte, which is safe for the ASCII-compatible encodings
+    state files use (UTF-8, Windows-1252, Latin-1); a byte order mark is dropped.
+    """
+    encoding = codecs.lookup(partition.source.encoding).name
+    if partition.start > 0:
+        raw.seek(partition.start - 1)
+        raw.readline()
+    elif encoding == "utf-8-sig":
+        raw.seek(len(codecs.BOM_UTF8) if raw.read(3) == codecs.BOM_UTF8 else 0)
+    if encoding == "utf-8-sig":
+        encoding = "utf-8"
+    position = raw.tell()
+    end = partition.end
+    for line in raw:
+        if end is not None and position >= end:
+            return
+        position += len(line)
+        counter[0] += 1
+        yield line.decode(encoding)
 
 
 def transform_source(
-    source_index: int,
-    source: Source,
-    location: str,
-    aliases: Aliases,
-    work_dir: str,
-    run_rows: int = RUN_ROWS,
+    partition: Partition, aliases: Aliases, work_dir: str, run_rows: int = RUN_ROWS
 ) -> PartResult:
-    """Read one source, normalise every row, and write sorted run files of notices and rejects.
+    """Read one partition of a source, normalise every row, and write sorted run files.
 
     Args:
-        source_index: The source's position in the run's list; orders rejects and duplicates.
-        source: The source, for its constants, label and encoding.
-        location: Where to read it (the fetched copy for HTTP sources).
+        partition: The byte range to read (a whole file is one partition).
         aliases: The column alias table.
         work_dir: The run's folder for intermediate files.
         run_rows: Rows per sorted run file.
 
     Returns:
-        The counts and the run files written.
+        The counts, the number of lines read, and the run files written.
 
     Raises:
         SourceError: If the file cannot be decoded or lacks a column for a required field.
     """
-    prefix = join_path(work_dir, "parts", f"{source_index:06d}")
-    notices, rejects = (
-        _RunWriter(f"{prefix}-notices", run_rows),
-        _RunWriter(f"{prefix}-rejects", run_rows),
-    )
+    source = partition.source
+    prefix = join_path(work_dir, "parts", f"{partition.source_index:06d}-{partition.index:06d}")
+    notices = _RunWriter(f"{prefix}-notices", run_rows)
+    rejects = _RunWriter(f"{prefix}-rejects", run_rows)
     label = source.label
     rows_in = rows_rejected = 0
+    lines_read = [0]
     try:
-        with fsspec.open(location, "r", encoding=source.encoding, newline="") as handle:
-            reader = csv.reader(handle)
-            header = next(reader, None)
+        with fsspec.open(partition.location, "rb") as raw:
+            reader = csv.reader(_partition_lines(raw, partition, lines_read))
+            header = (
+                next(reader, None)
+                if partition.index == 0
+                else _read_header(partition.location, source.encoding)
+            )
             if header is None:
                 raise SourceError(
                     f"source '{label}' is empty: it needs a header row of column names"
@@ -317,24 +412,36 @@ def transform_source(
                 except RowError as reason:
                     rows_rejected += 1
                     rejects.add(
-                        f"{_sort_head(source_index, line)}{_TEXT_START}"
-                        + csv_line((label, str(line), str(reason), csv_line(row).rstrip("\n")))
+                        f"{_sort_head(partition, line)}{_TEXT_START}"
+                        + csv_line((label, str(reason), csv_line(row).rstrip("\n")))
                     )
                     continue
                 notices.add(
-                    f"{notice.dedup_key()}{_KEY_END}{_sort_head(source_index, line)}{_TEXT_START}"
+                    f"{notice.dedup_key()}{_KEY_END}{_sort_head(partition, line)}{_TEXT_START}"
                     + csv_line(notice.values())
                 )
-    except UnicodeDecodeError as error:
+    except UnicodeDecodeError:
+        where = f"line {lines_read[0]}" + (
+            f" after byte {partition.start:,}" if partition.start else ""
+        )
         raise SourceError(
-            f"source '{label}' is not valid {source.encoding} (byte {error.start}): name its "
-            f"encoding, for example '{source.location}#encoding=cp1252'"
+            f"source '{label}' is not valid {source.encoding} ({where}): name its encoding, "
+            f"for example '{source.location}#encoding=cp1252'"
         ) from None
     except csv.Error as error:
         raise SourceError(f"source '{label}' is not readable CSV: {error}") from None
     notices.flush()
     rejects.flush()
-    return PartResult(label, rows_in, rows_rejected, notices.paths, rejects.paths)
+    return PartResult(
+        label,
+        rows_in,
+        rows_rejected,
+        notices.paths,
+        rejects.paths,
+        source_index=partition.source_index,
+        index=partition.index,
+        lines=lines_read[0],
+    )
 
 
 def _check_columns(header: list[str], source: Source, aliases: Aliases) -> dict[str, int]:
@@ -357,6 +464,16 @@ def _open_runs(stack: ExitStack, paths: list[str]) -> list[IO[str]]:
     return [
         stack.enter_context(fsspec.open(path, "r", encoding="utf-8", newline="")) for path in paths
     ]
+
+
+def _first_lines(parts: list[PartResult]) -> dict[tuple[int, int], int]:
+    """Return the file line number of each partition's first line (partitions count their own)."""
+    first: dict[tuple[int, int], int] = {}
+    next_line: dict[int, int] = {}
+    for part in sorted(parts, key=lambda p: (p.source_index, p.index)):
+        first[part.source_index, part.index] = next_line.get(part.source_index, 1)
+        next_line[part.source_index] = first[part.source_index, part.index] + part.lines
+    return first
 
 
 def merge_outputs(parts: list[PartResult], output: str) -> MergeResult:
@@ -390,10 +507,15 @@ def merge_outputs(parts: list[PartResult], output: str) -> MergeResult:
             notices.write(text)
             rows_out += 1
         rejects.write(csv_line(REJECT_FIELDS))
+        first_lines = _first_lines(parts)
         for line in heapq.merge(
             *_open_runs(stack, [p for part in parts for p in part.reject_runs])
         ):
-            rejects.write(line.partition(_TEXT_START)[2])
+            head, _, text = line.partition(_TEXT_START)
+            source_index, part_index, relative = (int(n) for n in head.split("\x1f"))
+            label, reason, raw = next(csv.reader([text]))
+            number = first_lines[source_index, part_index] + relative - 1
+            rejects.write(csv_line((label, str(number), reason, raw)))
     return MergeResult(rows_out, rows_duplicate, notices_path, rejects_path)
 
 

@@ -1,4 +1,9 @@
-"""Flow assembly: the flows compose the tasks of `pyflow.tasks` and do no work themselves."""
+"""Flow assembly: the flows compose the tasks of `pyflow.tasks` and do no work themselves.
+
+Each flow's task runner comes from the settings when this module is imported, so a deployment's
+runs pick theirs from the environment of the process that runs them: set ``PYFLOW_TASK_RUNNER``
+(and ``PYFLOW_DASK_ADDRESS`` or ``PYFLOW_DASK_WORKERS``) as job variables, no code edit needed.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from pyflow.tasks import (
     clean_up,
     fetch_source,
     merge_outputs,
+    plan_partitions,
     prepare_output,
     publish_summary,
     transform_source,
@@ -18,7 +24,7 @@ from pyflow.tasks import (
 )
 
 
-@flow(name="warn-notices")
+@flow(name="warn-notices", task_runner=get_settings().build_task_runner())
 def warn_notices(sources: list[Source] | None = None, output: str | None = None) -> etl.Summary:
     """Consolidate WARN Act layoff notices from many sources into one clean dataset.
 
@@ -36,12 +42,15 @@ def warn_notices(sources: list[Source] | None = None, output: str | None = None)
             retries=settings.fetch_retries, retry_delay_seconds=settings.retry_delays
         )
         fetched = fetch.map(settings.sources, unmapped(work_dir), unmapped(settings.fetch_timeout))
-        parts = transform_source.map(
+        planned = plan_partitions.map(
             range(len(settings.sources)),
             settings.sources,
             fetched.result(),
-            unmapped(settings.aliases),
-            unmapped(work_dir),
+            unmapped(settings.partition_bytes),
+        ).result()
+        partitions = [partition for source_partitions in planned for partition in source_partitions]
+        parts = transform_source.map(
+            partitions, unmapped(settings.aliases), unmapped(work_dir)
         ).result()
         merged = merge_outputs(parts, location)
         summary = write_summary(settings.sources, parts, merged, started_at, location)

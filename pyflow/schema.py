@@ -10,7 +10,7 @@ from datetime import date
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -256,9 +256,12 @@ def map_columns(header: list[str], aliases: Aliases) -> dict[str, int]:
 
 def clean_text(value: str) -> str:
     """Collapse runs of white space and drop control characters."""
-    return " ".join(_CONTROL.sub(" ", value).split())
+    if not value.isprintable():
+        value = _CONTROL.sub(" ", value)
+    return " ".join(value.split())
 
 
+@lru_cache(maxsize=65536)
 def normalise_name(value: str) -> str:
     """Clean a company or city name, recasing it when it is all capitals or all lower case."""
     text = clean_text(value)
@@ -295,7 +298,6 @@ def _year(text: str) -> int:
     return year
 
 
-@lru_cache(maxsize=8192)
 def _parse_date(text: str) -> date:
     if match := _ISO.fullmatch(text):
         year, month, day = int(match[1]), int(match[2]), int(match[3])
@@ -327,16 +329,24 @@ def normalise_date(value: str, field: str, *, required: bool) -> str:
     Raises:
         RowError: If the date is missing but required, or cannot be read.
     """
+    iso, problem = _read_date(value)
+    if problem:
+        raise RowError(f"{field}: {problem}")
+    if not iso and required:
+        raise RowError(f"{field}: missing")
+    return iso
+
+
+@lru_cache(maxsize=65536)
+def _read_date(value: str) -> tuple[str, str]:
+    """Return ``(iso_date, "")``, ``("", "")`` for a blank, or ``("", problem)``."""
     text = clean_text(value)
     if text.lower() in NULL_DATES:
-        if required:
-            raise RowError(f"{field}: missing")
-        return ""
-    text = _RANGE.split(text, maxsplit=1)[0]
+        return "", ""
     try:
-        return _parse_date(text).isoformat()
+        return _parse_date(_RANGE.split(text, maxsplit=1)[0]).isoformat(), ""
     except RowError as error:
-        raise RowError(f"{field}: {error}") from None
+        return "", str(error)
 
 
 def normalise_jobs(value: str) -> int:
@@ -359,9 +369,8 @@ def normalise_jobs(value: str) -> int:
     return int(number)
 
 
-@dataclass(frozen=True, slots=True)
-class Notice:
-    """One clean notice row."""
+class Notice(NamedTuple):
+    """One clean notice row, its fields in `FIELDS` order."""
 
     state: str
     company: str
@@ -377,15 +386,9 @@ class Notice:
         Its fields are joined by a control character that no clean value contains, so the
         key sorts as the tuple would: by state, notice date, company, city, jobs, effective date.
         """
-        return "\x1f".join(
-            (
-                self.state,
-                self.notice_date,
-                self.company.casefold(),
-                self.city.casefold(),
-                f"{self.jobs:012d}",
-                self.effective_date,
-            )
+        return (
+            f"{self.state}\x1f{self.notice_date}\x1f{self.company.casefold()}\x1f"
+            f"{self.city.casefold()}\x1f{self.jobs:012d}\x1f{self.effective_date}"
         )
 
     def values(self) -> tuple[str, ...]:

@@ -50,16 +50,25 @@ def fetch_source(source: Source, work_dir: str, timeout: float) -> str:
     return location
 
 
+@task(name="plan-partitions", cache_policy=NO_CACHE)
+def plan_partitions(
+    source_index: int, source: Source, location: str, partition_bytes: int
+) -> list[etl.Partition]:
+    """Split a large source into byte ranges, so that its rows spread over all workers."""
+    partitions = etl.plan_partitions(source_index, source, location, partition_bytes)
+    if len(partitions) > 1:
+        get_run_logger().info("Split %s into %s partitions", source.label, len(partitions))
+    return partitions
+
+
 @task(name="transform-source", cache_policy=NO_CACHE)
-def transform_source(
-    source_index: int, source: Source, location: str, aliases: Aliases, work_dir: str
-) -> etl.PartResult:
-    """Normalise one source's rows into sorted run files of notices and rejects."""
-    part = etl.transform_source(source_index, source, location, aliases, work_dir)
+def transform_source(partition: etl.Partition, aliases: Aliases, work_dir: str) -> etl.PartResult:
+    """Normalise one partition's rows into sorted run files of notices and rejects."""
+    part = etl.transform_source(partition, aliases, work_dir)
     get_run_logger().info(
         "Read %s rows from %s: %s valid, %s rejected",
         f"{part.rows_in:,}",
-        part.source,
+        partition.name,
         f"{part.rows_in - part.rows_rejected:,}",
         f"{part.rows_rejected:,}",
     )

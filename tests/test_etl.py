@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import io
+import itertools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -26,21 +28,33 @@ not a date,Redwood,Sacramento,5,
 """
 
 
-def run_etl(sources: list[Source], output: Path, run_rows: int = etl.RUN_ROWS) -> etl.Summary:
+def run_etl(
+    sources: list[Source],
+    output: Path,
+    run_rows: int = etl.RUN_ROWS,
+    partition_bytes: int = 0,
+) -> etl.Summary:
     """Run every step in order, in this process, as the flow does."""
     location = etl.prepare_output(str(output))
     work_dir = etl.new_work_dir(location)
-    parts = [
-        etl.transform_source(
-            index, source, etl.fetch_source(source, work_dir, 5), ALIASES, work_dir, run_rows
-        )
+    partitions = [
+        partition
         for index, source in enumerate(sources)
+        for partition in etl.plan_partitions(
+            index, source, etl.fetch_source(source, work_dir, 5), partition_bytes
+        )
     ]
+    parts = [etl.transform_source(p, ALIASES, work_dir, run_rows) for p in partitions]
     merged = etl.merge_outputs(parts, location)
     summary = etl.summarise(sources, parts, merged, etl.utc_now())
     etl.write_summary(summary, location)
     etl.remove_work_dir(work_dir)
     return summary
+
+
+def whole(source: Source, path: Path | None = None) -> etl.Partition:
+    """Return the one partition that covers a whole source."""
+    return etl.Partition(0, 0, source, str(path or source.location))
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -92,7 +106,7 @@ def test_transform_source_names_a_missing_required_column(
     """A file with no column for a required field fails, naming the field, aliases and fix."""
     path = write_csv("x.csv", "Employer,Date Received,City\nAcme,2024-02-01,Salem\n")
     with pytest.raises(SourceError) as raised:
-        etl.transform_source(0, Source(location=str(path)), str(path), ALIASES, str(tmp_path))
+        etl.transform_source(whole(Source(location=str(path))), ALIASES, str(tmp_path))
     message = str(raised.value)
     assert "no column for 'state'" in message
     assert "'jobs' (looked for: # of workers" in message
@@ -109,9 +123,9 @@ def test_transform_source_names_the_encoding_fix(
         "Company,State,Notice Date,Jobs\nCaf\xe9 Uno,CA,2024-01-01,5\n".encode("cp1252")
     )
     with pytest.raises(SourceError, match="#encoding=cp1252"):
-        etl.transform_source(0, Source(location=str(path)), str(path), ALIASES, str(tmp_path))
+        etl.transform_source(whole(Source(location=str(path))), ALIASES, str(tmp_path))
     part = etl.transform_source(
-        0, Source(location=str(path), encoding="cp1252"), str(path), ALIASES, str(tmp_path)
+        whole(Source(location=str(path), encoding="cp1252")), ALIASES, str(tmp_path)
     )
     assert (part.rows_in, part.rows_rejected) == (1, 0)
 
@@ -121,7 +135,7 @@ def test_transform_source_refuses_an_empty_file(tmp_path: Path) -> None:
     path = tmp_path / "empty.csv"
     path.write_text("")
     with pytest.raises(SourceError, match="is empty: it needs a header row"):
-        etl.transform_source(0, Source(location=str(path)), str(path), ALIASES, str(tmp_path))
+        etl.transform_source(whole(Source(location=str(path))), ALIASES, str(tmp_path))
 
 
 def test_merge_outputs_drops_duplicates_across_sources_and_keeps_a_stable_order(
@@ -247,3 +261,78 @@ def test_fetch_source_refuses_a_missing_file(tmp_path: Path) -> None:
     """A local source that does not exist names the option and setting to fix."""
     with pytest.raises(SourceError, match=r"'nope\.csv' not found: .*--source or PYFLOW_SOURCES"):
         etl.fetch_source(Source(location="nope.csv"), str(tmp_path), timeout=5)
+
+
+def big_source(path: Path, rows: int) -> Source:
+    """Write a source of ``rows`` rows with some bad rows and duplicates; return it."""
+    lines = ["Company,Notice Date,Jobs,City"]
+    for i in range(rows):
+        if i % 17 == 0:
+            lines.append(f"Firm {i},not a date,{i + 1},Town {i % 7}")
+        elif i % 13 == 0:
+            lines.append(f"FIRM {i - 1},2024-01-{1 + (i - 1) % 28:02d},{i},town {(i - 1) % 7}")
+        else:
+            lines.append(f"Firm {i},2024-01-{1 + i % 28:02d},{i + 1},Town {i % 7}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return Source(location=str(path), constants={"state": "CA"}, name="big")
+
+
+def test_plan_partitions_covers_the_file_in_byte_ranges(tmp_path: Path) -> None:
+    """A file larger than the partition size is split into contiguous ranges covering all of it."""
+    source = big_source(tmp_path / "big.csv", 500)
+    size = (tmp_path / "big.csv").stat().st_size
+    partitions = etl.plan_partitions(3, source, source.location, size // 4 + 1)
+    assert len(partitions) == 4
+    assert partitions[0].start == 0 and partitions[-1].end == size
+    assert all(a.end == b.start for a, b in itertools.pairwise(partitions))
+    assert {p.source_index for p in partitions} == {3}
+    assert etl.plan_partitions(3, source, source.location, 0) == [
+        etl.Partition(3, 0, source, source.location)
+    ]
+    assert len(etl.plan_partitions(3, source, source.location, size)) == 1
+
+
+@pytest.mark.parametrize("parts", [2, 3, 7, 50])
+def test_transform_source_split_gives_the_same_output_as_unsplit(
+    tmp_path: Path, parts: int
+) -> None:
+    """A source split into partitions gives byte-identical outputs, line numbers included."""
+    source = big_source(tmp_path / "big.csv", 2000)
+    size = (tmp_path / "big.csv").stat().st_size
+    whole_run = run_etl([source], tmp_path / "whole")
+    split_run = run_etl([source], tmp_path / "split", run_rows=97, partition_bytes=size // parts)
+    for name in (etl.NOTICES_FILE, etl.REJECTS_FILE):
+        assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "split" / name).read_bytes()
+    assert (whole_run.rows_in, whole_run.rows_duplicate) == (
+        split_run.rows_in,
+        split_run.rows_duplicate,
+    )
+    assert whole_run.rows_rejected > 100 and whole_run.rows_duplicate > 100
+    rejects = read_rows(tmp_path / "split" / "rejects.csv")
+    assert rejects[0]["line"] == "2" and rejects[0]["raw"].startswith("Firm 0,not a date")
+    line = int(rejects[-1]["line"])
+    assert (tmp_path / "big.csv").read_text().splitlines()[line - 1] == rejects[-1]["raw"]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        ("a", "b", ""),
+        ("comma, inside", 'quote " inside', "line\nbreak", " padded "),
+        ("", "", ""),
+        ("plain",),
+    ],
+)
+def test_csv_line_matches_the_csv_module(values: tuple[str, ...]) -> None:
+    """The fast CSV renderer writes exactly what csv.writer writes, quoting included."""
+    expected = io.StringIO()
+    csv.writer(expected, lineterminator="\n").writerow(values)
+    assert etl.csv_line(values) == expected.getvalue()
+
+
+def test_csv_line_quotes_a_carriage_return_so_it_reads_back() -> None:
+    """A carriage return inside a value is quoted, so a CSV reader gets the value back whole."""
+    values = ("cr\rreturn", "x")
+    line = etl.csv_line(values)
+    assert line == '"cr\rreturn",x\n'
+    assert next(csv.reader(io.StringIO(line, newline=""))) == list(values)

@@ -213,3 +213,12 @@ def test_reset_deletes_local_state() -> None:
     c = mock_context()
     tasks.reset(c)
     assert commands(c) == [f"poetry run python -m pyflow.local reset --home {HOME}"]
+
+
+def test_bench_passes_its_sizes_to_the_benchmark() -> None:
+    """`invoke bench` runs the benchmark module with the rows, files, workers and variants given."""
+    c = mock_context()
+    tasks.bench(c, rows=1000, files=2, workers=3, variants="ad")
+    assert commands(c) == [
+        "poetry run python -m pyflow.bench --rows 1000 --files 2 --workers 3 --variants ad"
+    ]

@@ -1,0 +1,178 @@
+"""The flow on real Dask clusters: a scheduler and worker processes on loopback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+from prefect_dask import DaskTaskRunner
+
+from pyflow import bench, etl
+from pyflow.errors import SourceError
+from pyflow.flow import warn_notices
+from pyflow.local import port_is_free
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
+
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class DaskCluster:
+    """A real scheduler and worker processes, started by the test."""
+
+    address: str
+    scheduler: subprocess.Popen[bytes]
+    workers: list[subprocess.Popen[bytes]]
+
+
+def worker_env() -> dict[str, str]:
+    """Return the environment of the Dask processes: the test's Prefect API, quiet logs."""
+    from prefect.settings import PREFECT_API_URL
+
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PYFLOW_")},
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "DASK_LOGGING__DISTRIBUTED": "error",
+    }
+
+
+def start_worker(address: str) -> subprocess.Popen[bytes]:
+    """Start one `dask worker` process (one thread) for the scheduler at ``address``."""
+    return subprocess.Popen(
+        [BIN / "dask", "worker", address, "--nthreads", "1", "--no-dashboard"],
+        env=worker_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """Kill a process and its children at once (SIGKILL), as a lost machine would go."""
+    try:
+        family = [
+            psutil.Process(process.pid),
+            *psutil.Process(process.pid).children(recursive=True),
+        ]
+    except psutil.NoSuchProcess:
+        return
+    for member in family:
+        member.kill()
+    psutil.wait_procs(family, timeout=10)
+
+
+@pytest.fixture
+def dask_cluster() -> Iterator[DaskCluster]:
+    """Start `dask scheduler` and two `dask worker` processes on loopback; stop them after."""
+    from distributed import Client
+
+    port = next(p for p in range(18786, 19786) if port_is_free(p))
+    address = f"tcp://127.0.0.1:{port}"
+    scheduler = subprocess.Popen(
+        [
+            BIN / "dask",
+            "scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dashboard-address",
+            ":0",
+        ],
+        env=worker_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    workers = [start_worker(address) for _ in range(2)]
+    with Client(address, timeout=60) as client:
+        client.wait_for_workers(2, timeout=120)
+    cluster = DaskCluster(address, scheduler, workers)
+    yield cluster
+    for process in [*cluster.workers, scheduler]:
+        stop(process)
+
+
+def outputs(folder: Path) -> tuple[bytes, bytes]:
+    """Return the bytes of notices.csv and rejects.csv."""
+    return (folder / etl.NOTICES_FILE).read_bytes(), (folder / etl.REJECTS_FILE).read_bytes()
+
+
+def test_flow_on_a_running_cluster_matches_the_thread_runner(
+    dask_cluster: DaskCluster, tmp_path: Path
+) -> None:
+    """The sample run on two Dask worker processes writes the same bytes as on threads."""
+    on_threads = warn_notices(output=str(tmp_path / "threads"))
+    on_dask = warn_notices.with_options(task_runner=DaskTaskRunner(address=dask_cluster.address))(
+        output=str(tmp_path / "dask")
+    )
+    assert outputs(tmp_path / "dask") == outputs(tmp_path / "threads")
+    assert (on_dask.rows_in, on_dask.rows_out) == (on_threads.rows_in, on_threads.rows_out)
+
+
+def test_flow_spreads_a_split_source_over_the_workers_with_the_same_output(
+    dask_cluster: DaskCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large source split into partitions gives the same output as unsplit, on Dask."""
+    sources = [str(s) for s in bench.generate(tmp_path / "in", 20_000, 2)]
+    warn_notices(sources=sources, output=str(tmp_path / "whole"))
+    monkeypatch.setenv("PYFLOW_PARTITION_BYTES", "100000")
+    flow = warn_notices.with_options(task_runner=DaskTaskRunner(address=dask_cluster.address))
+    flow(sources=sources, output=str(tmp_path / "split"))
+    assert outputs(tmp_path / "split") == outputs(tmp_path / "whole")
+
+
+def test_flow_survives_losing_a_worker(
+    dask_cluster: DaskCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killing a worker process mid-run: Dask reschedules its tasks and the output is unchanged."""
+    from distributed import Client
+
+    sources = [str(s) for s in bench.generate(tmp_path / "in", 200_000, 4)]
+    warn_notices(sources=sources, output=str(tmp_path / "expected"))
+    monkeypatch.setenv("PYFLOW_PARTITION_BYTES", "1000000")
+    flow = warn_notices.with_options(task_runner=DaskTaskRunner(address=dask_cluster.address))
+    result: dict[str, object] = {}
+    run = threading.Thread(
+        target=lambda: result.update(summary=flow(sources=sources, output=str(tmp_path / "dask"))),
+        daemon=True,
+    )
+    run.start()
+    with Client(dask_cluster.address, timeout=30) as client:
+        deadline = time.monotonic() + 120
+        while not any(client.processing().values()):
+            assert time.monotonic() < deadline, "no task ever started"
+            time.sleep(0.05)
+        busy = [w for w, tasks in client.processing().items() if tasks]
+        worker_pids = client.run(os.getpid, workers=busy[:1])
+    killed = next(iter(worker_pids.values()))
+    owner = next(
+        p
+        for p in dask_cluster.workers
+        if killed in {p.pid, *(c.pid for c in psutil.Process(p.pid).children(recursive=True))}
+    )
+    assert "summary" not in result, "the run ended before a worker could be lost"
+    stop(owner)
+    assert not psutil.pid_exists(killed) or psutil.Process(killed).status() == psutil.STATUS_ZOMBIE
+    run.join(timeout=300)
+    assert "summary" in result, "the run did not finish"
+    assert outputs(tmp_path / "dask") == outputs(tmp_path / "expected")
+
+
+def test_flow_fails_cleanly_when_a_task_keeps_failing(
+    dask_cluster: DaskCluster, tmp_path: Path
+) -> None:
+    """A source that fails on every try fails the run with its message and writes no output."""
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes("Company,State,Notice Date,Jobs\nCaf\xe9,CA,2024-01-01,5\n".encode("cp1252"))
+    flow = warn_notices.with_options(task_runner=DaskTaskRunner(address=dask_cluster.address))
+    with pytest.raises(SourceError, match=r"is not valid utf-8-sig \(line 2\): name its encoding"):
+        flow(sources=[str(bad)], output=str(tmp_path / "out"))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []
