@@ -6,14 +6,21 @@ build and run commands; every decision worth testing is a small helper function 
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
+import time
+import tomllib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from invoke import Collection, Context, task
+from invoke import Collection, Context, Exit, task
 
 ROOT = Path(__file__).resolve().parent
 PREFECT_HOME = ROOT / ".prefect"
@@ -96,6 +103,305 @@ def in_env(c: Context, command: str) -> str:
     return f"{poetry(c)} run {command}"
 
 
+# --- the image: invoke build, invoke push --------------------------------------------------
+
+ENGINES = ("docker", "podman")
+PLACEHOLDER_PROJECT = "your-project-id"
+TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+SECRET_ID = re.compile(r"[A-Za-z0-9_.-]+")
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+SEMVER_TAG = re.compile(r"v?(\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?)")
+"""A release tag: ``1.2.3`` or ``v1.2.3`` (a pre-release suffix such as ``-rc.1`` is allowed)."""
+
+
+def project_version(pyproject: Path = ROOT / "pyproject.toml") -> str:
+    """Return the project's version, from pyproject.toml."""
+    return tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["version"]
+
+
+def container_engine(flag: str, settings: dict[str, Any]) -> str:
+    """Return the engine to use: the flag, else PYFLOW_CONTAINER_ENGINE, else docker.
+
+    Raises:
+        ValueError: If it is neither docker nor podman.
+    """
+    engine = flag or settings.get("container_engine") or "docker"
+    if engine not in ENGINES:
+        source = "--engine" if flag else "PYFLOW_CONTAINER_ENGINE"
+        raise ValueError(f"{source}={engine!r} is not an engine: use docker or podman")
+    return engine
+
+
+def image_repository(settings: dict[str, Any], registry: str = "") -> str:
+    """Return ``REGISTRY/IMAGE`` with ``registry``, else the Artifact Registry path.
+
+    Raises:
+        ValueError: If the Artifact Registry path still holds the template's placeholder project.
+    """
+    if registry:
+        return f"{registry.rstrip('/')}/{settings['image_name']}"
+    repository = settings["image_repository"]
+    if PLACEHOLDER_PROJECT in repository.split("/"):
+        raise ValueError(
+            f"the image repository {repository} still names the placeholder project: set "
+            "PYFLOW_GCP_PROJECT in .env (see .env.example), or pass --registry"
+        )
+    return repository
+
+
+def image_tags(repository: str, version: str, commit: str) -> list[str]:
+    """Return the image's names: the repository tagged with the version and with the commit.
+
+    Raises:
+        ValueError: If a tag is not a valid image tag.
+    """
+    for tag, source in ((version, "the version"), (commit, "the git commit")):
+        if not TAG.fullmatch(tag):
+            raise ValueError(
+                f"{source}, {tag!r}, is not a valid image tag: use letters, digits, '_', '.' "
+                "and '-' only (not '+'), at most 128 characters, not starting with '.' or '-'"
+            )
+    return [f"{repository}:{version}", f"{repository}:{commit}"]
+
+
+def release_version(tag: str) -> str:
+    """Return the version a release tag names (``v1.2.3`` gives ``1.2.3``).
+
+    Raises:
+        ValueError: If the tag is not a semantic version.
+    """
+    match = SEMVER_TAG.fullmatch(tag)
+    if not match:
+        raise ValueError(
+            f"the tag '{tag}' is not a semantic version: tag the release 1.2.3 or v1.2.3 "
+            "(GitHub: Releases, Draft a new release, Choose a tag)"
+        )
+    return match[1]
+
+
+def parse_secret(spec: str) -> tuple[str, Path]:
+    """Turn ``--secret ID=PATH`` into its id and file.
+
+    Raises:
+        ValueError: If it is not ID=PATH or the file does not exist.
+    """
+    secret_id, sep, path = spec.partition("=")
+    if not sep or not SECRET_ID.fullmatch(secret_id) or not path:
+        raise ValueError(
+            f"--secret {spec!r} is not ID=PATH, such as ca=/etc/ssl/certs/ca-certificates.crt"
+        )
+    if not Path(path).is_file():
+        raise ValueError(f"--secret {spec!r}: the file {path} does not exist")
+    return secret_id, Path(path)
+
+
+def build_command(
+    engine: str,
+    tags: list[str],
+    base_image: str = "",
+    secrets: list[tuple[str, Path]] | None = None,
+    index_url: str = "",
+    isolation: str = "",
+    labels: dict[str, str] | None = None,
+    cache: tuple[str, str] = ("", ""),
+    context: Path = ROOT,
+) -> str:
+    """Return the command that builds the image with ``engine``.
+
+    Raises:
+        ValueError: If a podman-only option (isolation) is given to docker, or a cache to podman.
+    """
+    options = []
+    if isolation:
+        if engine != "podman":
+            raise ValueError("--isolation is a podman option: docker has none")
+        options.append(f"--isolation {shlex.quote(isolation)}")
+    if base_image:
+        options.append(f"--build-arg BASE_IMAGE={shlex.quote(base_image)}")
+    if index_url:
+        options.append(f"--build-arg PIP_INDEX_URL={shlex.quote(index_url)}")
+    for secret_id, path in secrets or []:
+        options.append(f"--secret {shlex.quote(f'id={secret_id},src={path}')}")
+    for key, value in (labels or {}).items():
+        options.append(f"--label {shlex.quote(f'{key}={value}')}")
+    options.extend(f"--tag {shlex.quote(tag)}" for tag in tags)
+    command = f"{engine} build"
+    if any(cache):
+        if engine != "docker":
+            raise ValueError("--cache-from and --cache-to are docker buildx options")
+        command = "docker buildx build --load"
+        options += [
+            f"--cache-{kind} {shlex.quote(value)}"
+            for kind, value in zip(("from", "to"), cache, strict=True)
+            if value
+        ]
+    return f"{command} {' '.join(options)} {shlex.quote(str(context))}"
+
+
+def push_command(
+    engine: str, tag: str, digest_file: Path | None = None, insecure: bool = False
+) -> str:
+    """Return the command that pushes one tag; podman writes the pushed digest to ``digest_file``.
+
+    Raises:
+        ValueError: If ``insecure`` is asked of docker, which takes it from its daemon's settings.
+    """
+    if engine == "docker":
+        if insecure:
+            raise ValueError(
+                "--insecure is a podman option: docker already pushes to 127.0.0.0/8 over plain "
+                "HTTP, and reads other insecure registries from its daemon.json"
+            )
+        return f"docker push {shlex.quote(tag)}"
+    options = " --tls-verify=false" if insecure else ""
+    if digest_file:
+        options += f" --digestfile {shlex.quote(str(digest_file))}"
+    return f"podman push{options} {shlex.quote(tag)}"
+
+
+def pushed_digest(output: str) -> str:
+    """Return the digest in `docker push` output (``TAG: digest: sha256:... size: N``).
+
+    Raises:
+        ValueError: If the output holds no digest.
+    """
+    found = DIGEST.findall(output)
+    if not found:
+        raise ValueError(
+            "the push printed no digest: check the registry with `docker manifest inspect`"
+        )
+    return found[-1]
+
+
+def image_labels(version: str, commit: str) -> dict[str, str]:
+    """Return the OCI labels that say which version and commit an image was built from."""
+    return {
+        "org.opencontainers.image.version": version,
+        "org.opencontainers.image.revision": commit,
+    }
+
+
+def human_size(size: int) -> str:
+    """Return a size in bytes as megabytes, such as ``485 MB``."""
+    return f"{size / 1e6:,.0f} MB"
+
+
+def settings_of(c: Context, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Return the project's resolved settings, as `python -m pyflow.config json` prints them."""
+    result = c.run(in_env(c, "python -m pyflow.config json"), hide=True, warn=True, env=env or {})
+    if result.failed:
+        raise Exit(result.stderr.strip() or "the settings cannot be read")
+    return json.loads(result.stdout)
+
+
+def git_commit(c: Context) -> str:
+    """Return the short commit of HEAD, with ``-dirty`` when tracked files have changes."""
+    commit = c.run("git rev-parse --short=7 HEAD", hide=True).stdout.strip()
+    dirty = c.run("git status --porcelain --untracked-files=no", hide=True).stdout.strip()
+    return f"{commit}-dirty" if dirty else commit
+
+
+def image_names(
+    c: Context,
+    engine: str,
+    registry: str,
+    version: str = "",
+    settings: dict[str, Any] | None = None,
+) -> tuple[str, list[str]]:
+    """Check the engine and the settings, and return the engine and the image's two tags.
+
+    Raises:
+        Exit: If the engine is unknown or missing, the registry path a placeholder, or a tag malformed.
+    """
+    settings = settings or settings_of(c)
+    try:
+        engine = container_engine(engine, settings)
+        if shutil.which(engine) is None:
+            raise ValueError(
+                f"{engine} is not installed (or not on PATH): install it, or pass --engine"
+            )
+        repository = image_repository(settings, registry)
+        return engine, image_tags(repository, version or project_version(), git_commit(c))
+    except ValueError as error:
+        raise Exit(str(error)) from None
+
+
+def image_build_command(c: Context, engine: str, tags: list[str], options: dict[str, Any]) -> str:
+    """Return the build command for the image's tags and the build flags given.
+
+    Raises:
+        Exit: If a flag is invalid for the engine, or a secret file is missing.
+    """
+    version, commit = (tag.rpartition(":")[2] for tag in tags)
+    podman_default = c.config.pyflow.get("podman_isolation", "") if engine == "podman" else ""
+    try:
+        return build_command(
+            engine,
+            tags,
+            base_image=options.get("base_image", ""),
+            secrets=[parse_secret(spec) for spec in options.get("secret") or []],
+            index_url=options.get("index_url") or pip_index_url(),
+            isolation=options.get("isolation") or podman_default,
+            labels=image_labels(version, commit),
+            cache=(options.get("cache_from", ""), options.get("cache_to", "")),
+        )
+    except ValueError as error:
+        raise Exit(str(error)) from None
+
+
+def build_image(c: Context, engine: str, tags: list[str], options: dict[str, Any]) -> None:
+    """Build and tag the image, then report its size and the build time."""
+    command = image_build_command(c, engine, tags, options)
+    started = time.monotonic()
+    c.run(command, env={"DOCKER_BUILDKIT": "1"} if engine == "docker" else {})
+    seconds = time.monotonic() - started
+    inspect = f"{engine} image inspect --format '{{{{.Size}}}}' {shlex.quote(tags[0])}"
+    size = int(c.run(inspect, hide=True).stdout.strip() or 0)
+    print(f"Built {' and '.join(tags)}: {human_size(size)} in {seconds:.0f} s")
+
+
+def pushed_image(c: Context, engine: str, settings: dict[str, Any]) -> str:
+    """Return the image `invoke push` pushed for this version and commit, by tag and digest.
+
+    Raises:
+        Exit: If this machine has not pushed it.
+    """
+    engine, tags = image_names(c, engine, "", settings=settings)
+    inspect = (
+        f"{engine} image inspect --format '{{{{index .RepoDigests 0}}}}' {shlex.quote(tags[0])}"
+    )
+    found = c.run(inspect, hide=True, warn=True)
+    digest = DIGEST.search(found.stdout or "")
+    if found.failed or not digest:
+        raise Exit(
+            f"{tags[0]} has not been pushed from here: run `invoke build` and `invoke push`, "
+            "or pass --image REPO:TAG@sha256:DIGEST"
+        )
+    return f"{tags[0]}@{digest[0]}"
+
+
+def push_image(c: Context, engine: str, tags: list[str], insecure: bool = False) -> str:
+    """Push every tag; print and return the digest the registry stored."""
+    folder = Path(tempfile.mkdtemp(prefix="pyflow-push-"))
+    digest = ""
+    try:
+        for tag in tags:
+            digest_file = folder / "digest" if engine == "podman" else None
+            try:
+                result = c.run(push_command(engine, tag, digest_file, insecure))
+                digest = (
+                    digest_file.read_text(encoding="utf-8").strip()
+                    if digest_file
+                    else pushed_digest(result.stdout)
+                )
+            except (ValueError, OSError) as error:
+                raise Exit(f"pushing {tag} failed: {error}") from None
+            print(f"Pushed {tag} as {tag.rpartition(':')[0]}@{digest}")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return digest
+
+
 @task(
     help={
         "index-url": "package index for Poetry (default: pip's own index, as `pip config` shows it)",
@@ -143,13 +449,21 @@ def server(c: Context, port: int = 0, stop: bool = False) -> None:
 
 
 @task(
-    help={"env": "environment to register, development or production (default: PREFECT_FLOW_ENV)"}
+    help={
+        "env": "environment to register, development or production (default: PREFECT_FLOW_ENV)",
+        "image": "production: the pushed image, REPO:TAG@sha256:DIGEST (default: the image `invoke push` pushed from here)",
+        "engine": "production: the engine that pushed the image (default: PYFLOW_CONTAINER_ENGINE, else docker)",
+    }
 )
-def deploy(c: Context, env: str = "") -> None:
+def deploy(c: Context, env: str = "", image: str = "", engine: str = "") -> None:
     """Register every flow's deployment with the Prefect API the environment points at."""
     variables = {"PREFECT_FLOW_ENV": env} if env else {}
-    home = shlex.quote(str(PREFECT_HOME))
-    c.run(in_env(c, f"python -m pyflow.deploy --home {home}"), env=variables)
+    command = f"python -m pyflow.deploy --home {shlex.quote(str(PREFECT_HOME))}"
+    settings = settings_of(c, variables)
+    if settings["env"] == "production":
+        image = image or pushed_image(c, engine, settings)
+        command += f" --image {shlex.quote(image)} --version {shlex.quote(project_version())}"
+    c.run(in_env(c, command), env=variables)
 
 
 @task(help={"port": "port of the local server (default: PYFLOW_SERVER_PORT, else 4200)"})
@@ -183,6 +497,336 @@ def format_(c: Context) -> None:
 def check(c: Context) -> None:
     """Import every flow and validate it without running it: names, parameters, defaults."""
     c.run(in_env(c, "python -m pyflow.checks"))
+
+
+IMAGE_HELP = {
+    "engine": "docker or podman (default: PYFLOW_CONTAINER_ENGINE, else docker)",
+    "registry": "name the image REGISTRY/IMAGE instead of its Artifact Registry path, such as 127.0.0.1:5000/test (default: the PYFLOW_GCP_ settings)",
+    "version": "the version tag (default: the version in pyproject.toml)",
+}
+
+
+@task(
+    iterable=["secret"],
+    help={
+        **IMAGE_HELP,
+        "base-image": "the Python base image (default: the Dockerfile's, python:3.11-slim-bookworm)",
+        "secret": "a build secret ID=PATH, such as ca=/etc/ssl/certs/ca-certificates.crt for a proxy's CA; repeat for more (default: none)",
+        "index-url": "package index for the build (default: pip's own index, as `pip config` shows it)",
+        "isolation": "podman's --isolation, such as chroot where no container runtime works (default: invoke's pyflow.podman_isolation, else podman's own)",
+        "cache-from": "docker buildx --cache-from, such as type=gha (default: none)",
+        "cache-to": "docker buildx --cache-to, such as type=gha,mode=max (default: none)",
+    },
+)
+def build(
+    c: Context,
+    engine: str = "",
+    base_image: str = "",
+    secret: list[str] | None = None,
+    index_url: str = "",
+    isolation: str = "",
+    registry: str = "",
+    version: str = "",
+    cache_from: str = "",
+    cache_to: str = "",
+) -> None:
+    """Build the production image, tagged with the version and the git commit; report its size."""
+    engine, tags = image_names(c, engine, registry, version)
+    options = {
+        "base_image": base_image,
+        "secret": secret,
+        "index_url": index_url,
+        "isolation": isolation,
+        "cache_from": cache_from,
+        "cache_to": cache_to,
+    }
+    build_image(c, engine, tags, options)
+
+
+@task(
+    help={
+        **IMAGE_HELP,
+        "insecure": "push over plain HTTP without TLS checks, for a test registry on loopback; podman only (default: verify TLS)",
+    }
+)
+def push(
+    c: Context, engine: str = "", registry: str = "", version: str = "", insecure: bool = False
+) -> None:
+    """Push the image's version and commit tags, and print the digest the registry stored."""
+    engine, tags = image_names(c, engine, registry, version)
+    push_image(c, engine, tags, insecure)
+
+
+@task
+def pool(c: Context) -> None:
+    """Create or update the production Kubernetes work pool from deploy/kubernetes-job-template.json."""
+    home = shlex.quote(str(PREFECT_HOME))
+    c.run(
+        in_env(c, f"python -m pyflow.deploy --pool-only --home {home}"),
+        env={"PREFECT_FLOW_ENV": "production"},
+    )
+
+
+# --- releasing ------------------------------------------------------------------------------
+
+
+def check_step(c: Context, what: str, command: str, env: dict[str, str]) -> dict[str, Any]:
+    """Run one release check; stop the release with its message if it fails."""
+    print(f"check: {what}")
+    result = c.run(command, hide="stdout", warn=True, env=env)
+    if result.failed:
+        raise Exit(f"release stopped at the check '{what}': nothing was built or pushed")
+    return json.loads(result.stdout.strip().splitlines()[-1]) if result.stdout.strip() else {}
+
+
+@task(
+    help={
+        "engine": "docker or podman (default: PYFLOW_CONTAINER_ENGINE, else docker)",
+        "dry-run": "run the checks and print every command of the release without building, pushing or registering anything (default: release)",
+        "base-image": "the Python base image (default: the Dockerfile's)",
+        "secret": "a build secret ID=PATH, for a proxy's CA; repeat for more (default: none)",
+        "isolation": "podman's --isolation (default: invoke's pyflow.podman_isolation)",
+    },
+    iterable=["secret"],
+)
+def release(
+    c: Context,
+    engine: str = "",
+    dry_run: bool = False,
+    base_image: str = "",
+    secret: list[str] | None = None,
+    isolation: str = "",
+) -> None:
+    """Release the tagged commit: check everything, then build, push and deploy to production."""
+    env = {"PREFECT_FLOW_ENV": "production"}
+    print("check: the git working tree is clean")
+    if c.run("git status --porcelain", hide=True).stdout.strip():
+        raise Exit(
+            "the working tree has uncommitted changes: commit or stash them; a release builds "
+            "exactly what its tag points at"
+        )
+    print("check: HEAD is tagged with a semantic version")
+    described = c.run("git describe --exact-match --tags HEAD", hide=True, warn=True)
+    if described.failed:
+        raise Exit("HEAD has no tag: tag the release (1.2.3 or v1.2.3) and publish it on GitHub")
+    try:
+        version = release_version(described.stdout.strip())
+    except ValueError as error:
+        raise Exit(str(error)) from None
+    check_step(
+        c, "every production setting is set", in_env(c, "python -m pyflow.release settings"), env
+    )
+    settings = settings_of(c, env)
+    engine, tags = image_names(c, engine, "", version, settings)
+    commit = tags[1].rpartition(":")[2]
+    plan = check_step(
+        c,
+        f"Artifact Registry can take {tags[0]}",
+        in_env(
+            c,
+            f"python -m pyflow.release registry --version {shlex.quote(version)} --commit {shlex.quote(commit)}",
+        ),
+        env,
+    )
+    prefect = check_step(
+        c,
+        "the Prefect API answers and accepts the key",
+        in_env(c, "python -m pyflow.release prefect"),
+        env,
+    )
+    repository = tags[0].rpartition(":")[0]
+    options = {"base_image": base_image, "secret": secret, "isolation": isolation}
+    if plan.get("action") == "reuse":
+        digest = plan["digest"]
+        print(
+            f"{tags[0]} was pushed by an earlier attempt of this release ({digest}): not building it again"
+        )
+    elif dry_run:
+        print("dry run: the release would now run")
+        digest = "sha256:<pushed digest>"
+        c.run(image_build_command(c, engine, tags, options), dry=True)
+        for tag in tags:
+            c.run(push_command(engine, tag), dry=True)
+    else:
+        build_image(c, engine, tags, options)
+        digest = push_image(c, engine, tags)
+    image = f"{tags[0]}@{digest}"
+    home = shlex.quote(str(PREFECT_HOME))
+    deploy_command = in_env(
+        c,
+        f"python -m pyflow.deploy --home {home} --image {shlex.quote(image)} --version {shlex.quote(version)}",
+    )
+    c.run(deploy_command, env=env, dry=dry_run)
+    print(
+        f"\n{'Planned' if dry_run else 'Released'} {version}:\n"
+        f"  image:       {repository}:{version} ({digest})\n"
+        f"  deployments: registered on work pool '{settings['work_pool']}'\n"
+        f"  Prefect UI:  {prefect.get('ui_url', '')}"
+    )
+
+
+# --- one-time Google Cloud set-up: invoke gcp-setup -----------------------------------------
+
+GITHUB_ISSUER = "https://token.actions.githubusercontent.com"
+GCP_APIS = (
+    "artifactregistry.googleapis.com",
+    "iam.googleapis.com",
+    "iamcredentials.googleapis.com",
+    "sts.googleapis.com",
+)
+WORKLOAD_IDENTITY_POOL = "github-actions"
+WORKLOAD_IDENTITY_PROVIDER = "pyflow"
+ATTRIBUTE_MAPPING = (
+    "google.subject=assertion.sub,attribute.repository=assertion.repository,"
+    "attribute.repository_owner=assertion.repository_owner,attribute.ref=assertion.ref"
+)
+GITHUB_REPOSITORY = re.compile(r"[A-Za-z0-9-]+/[A-Za-z0-9._-]+")
+
+
+@dataclass(frozen=True)
+class GcpStep:
+    """One resource of the set-up: the command that finds it, and the one that makes it."""
+
+    what: str
+    create: str
+    describe: str | None = None
+
+
+def gcp_values(settings: dict[str, Any]) -> dict[str, str]:
+    """Return the set-up's names from the settings.
+
+    Raises:
+        ValueError: If the project or GitHub repository is still a placeholder, or malformed.
+    """
+    problems = []
+    if settings["gcp_project"] == PLACEHOLDER_PROJECT:
+        problems.append("PYFLOW_GCP_PROJECT is still 'your-project-id'")
+    if not GITHUB_REPOSITORY.fullmatch(settings["github_repository"]) or settings[
+        "github_repository"
+    ].startswith("your-org/"):
+        problems.append(
+            f"PYFLOW_GITHUB_REPOSITORY='{settings['github_repository']}' is not this project's "
+            "GitHub repository, OWNER/REPO"
+        )
+    if problems:
+        raise ValueError("; ".join(problems) + ": set them in .env (see .env.example)")
+    project = settings["gcp_project"]
+    return {
+        "project": project,
+        "region": settings["gcp_region"],
+        "repository": settings["artifact_repository"],
+        "github": settings["github_repository"],
+        "account": settings["release_service_account"],
+        "email": f"{settings['release_service_account']}@{project}.iam.gserviceaccount.com",
+    }
+
+
+def project_number_command(project: str) -> str:
+    """Return the command that prints a project's number (Workload Identity names use it)."""
+    return f"gcloud projects describe {shlex.quote(project)} --format='value(projectNumber)'"
+
+
+def gcp_plan(values: dict[str, str], project_number: str) -> list[GcpStep]:
+    """Return the set-up's steps in order: each `describe` is skipped-if-exists for its `create`."""
+    q = shlex.quote
+    p = f"--project={q(values['project'])}"
+    email = q(values["email"])
+    pool = f"{WORKLOAD_IDENTITY_POOL} {p} --location=global"
+    provider = f"{WORKLOAD_IDENTITY_PROVIDER} {p} --location=global --workload-identity-pool={WORKLOAD_IDENTITY_POOL}"
+    repository = f"{q(values['repository'])} {p} --location={q(values['region'])}"
+    principal = (
+        f"principalSet://iam.googleapis.com/projects/{project_number}/locations/global/"
+        f"workloadIdentityPools/{WORKLOAD_IDENTITY_POOL}/attribute.repository/{values['github']}"
+    )
+    condition = f"\"assertion.repository=='{values['github']}'\""
+    return [
+        GcpStep("the APIs it needs", f"gcloud services enable {' '.join(GCP_APIS)} {p}"),
+        GcpStep(
+            f"service account {values['email']}",
+            f"gcloud iam service-accounts create {q(values['account'])} {p} --display-name='pyflow releases (GitHub Actions)'",
+            f"gcloud iam service-accounts describe {email} {p}",
+        ),
+        GcpStep(
+            f"Artifact Registry Docker repository {values['repository']} in {values['region']}",
+            f"gcloud artifacts repositories create {repository} --repository-format=docker --immutable-tags --description='pyflow images, one tag per release'",
+            f"gcloud artifacts repositories describe {repository}",
+        ),
+        GcpStep(
+            f"Workload Identity pool {WORKLOAD_IDENTITY_POOL}",
+            f"gcloud iam workload-identity-pools create {pool} --display-name='GitHub Actions'",
+            f"gcloud iam workload-identity-pools describe {pool}",
+        ),
+        GcpStep(
+            f"OIDC provider {WORKLOAD_IDENTITY_PROVIDER}, for {values['github']} only",
+            f"gcloud iam workload-identity-pools providers create-oidc {provider} "
+            f"--issuer-uri={GITHUB_ISSUER} --attribute-mapping={q(ATTRIBUTE_MAPPING)} "
+            f"--attribute-condition={condition}",
+            f"gcloud iam workload-identity-pools providers describe {provider}",
+        ),
+        GcpStep(
+            f"{values['github']}'s workflows may act as the service account",
+            f"gcloud iam service-accounts add-iam-policy-binding {email} {p} "
+            f"--role=roles/iam.workloadIdentityUser --member={q(principal)}",
+        ),
+        GcpStep(
+            f"the service account may push to {values['repository']} (and nothing else)",
+            f"gcloud artifacts repositories add-iam-policy-binding {repository} "
+            f"--role=roles/artifactregistry.writer --member=serviceAccount:{email}",
+        ),
+    ]
+
+
+def github_variables(values: dict[str, str], project_number: str) -> dict[str, str]:
+    """Return the GitHub repository variables the release workflow reads."""
+    return {
+        "GCP_WORKLOAD_IDENTITY_PROVIDER": (
+            f"projects/{project_number}/locations/global/workloadIdentityPools/"
+            f"{WORKLOAD_IDENTITY_POOL}/providers/{WORKLOAD_IDENTITY_PROVIDER}"
+        ),
+        "GCP_SERVICE_ACCOUNT": values["email"],
+        "PYFLOW_GCP_PROJECT": values["project"],
+        "PYFLOW_GCP_REGION": values["region"],
+        "PYFLOW_ARTIFACT_REPOSITORY": values["repository"],
+    }
+
+
+@task(
+    name="gcp-setup",
+    help={
+        "dry-run": "print every gcloud command with your values and run none (default: run them)"
+    },
+)
+def gcp_setup(c: Context, dry_run: bool = False) -> None:
+    """Set up Google Cloud once for releases: service account, Workload Identity, repository, IAM."""
+    try:
+        values = gcp_values(settings_of(c))
+    except ValueError as error:
+        raise Exit(str(error)) from None
+    if not dry_run and not shutil.which("gcloud"):
+        raise Exit(
+            "gcloud is not installed: install the Google Cloud CLI, then `gcloud auth login`"
+        )
+    number_command = project_number_command(values["project"])
+    if dry_run:
+        print(number_command)
+        number = "PROJECT_NUMBER"
+    else:
+        number = c.run(number_command, hide=True).stdout.strip()
+    for step in gcp_plan(values, number):
+        if dry_run:
+            print(f"{step.describe} || {step.create}" if step.describe else step.create)
+        elif step.describe and c.run(step.describe, hide=True, warn=True).ok:
+            print(f"exists, skipped: {step.what}")
+        else:
+            c.run(step.create)
+            print(f"done: {step.what}")
+    print("\nSet these in GitHub (Settings, Secrets and variables, Actions), as variables:")
+    for name, value in github_variables(values, number).items():
+        print(f"  {name}={value}")
+    print(
+        "  PYFLOW_IMAGE_NAME, PYFLOW_OUTPUT (gs://BUCKET/PATH) and PREFECT_API_URL, as in .env\n"
+        "and as a secret:\n  PREFECT_API_KEY (a Prefect Cloud API key; none for a server without auth)"
+    )
 
 
 @task(
@@ -232,6 +876,26 @@ def ci(c: Context) -> None:
 
 
 ns = Collection(
-    setup, run, server, deploy, dev, reset, bench, lint, format_, check, hooks, docs, test, ci
+    setup,
+    run,
+    server,
+    deploy,
+    dev,
+    reset,
+    build,
+    push,
+    pool,
+    release,
+    gcp_setup,
+    bench,
+    lint,
+    format_,
+    check,
+    hooks,
+    docs,
+    test,
+    ci,
 )
-ns.configure({"pyflow": {"poetry": default_poetry()}, "run": {"echo": True}})
+ns.configure(
+    {"pyflow": {"poetry": default_poetry(), "podman_isolation": ""}, "run": {"echo": True}}
+)

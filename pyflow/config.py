@@ -62,6 +62,25 @@ ENVIRONMENT_DEFAULTS: dict[str, dict[str, Any]] = {
 """Defaults that differ between environments; ``None`` means the setting is required."""
 
 
+PLACEHOLDERS = ("your-project-id", "your-org/your-repo", "your-bucket")
+"""Values from .env.example that must be replaced before a release."""
+
+RELEASE_SETTINGS = ("output", "gcp_project", "gcp_region", "artifact_repository", "image_name")
+"""Settings a release needs, besides Prefect's PREFECT_API_URL."""
+
+FLOW_RUN_SETTINGS = (
+    "output", "sources", "task_runner", "dask_address", "dask_workers", "dask_threads",
+    "partition_bytes", "aliases_file", "fetch_timeout", "fetch_retries", "fetch_backoff",
+)  # fmt: skip
+"""Settings a flow run reads: production deployments pass them to the pod."""
+
+
+def _is_remote(location: str) -> bool:
+    """Return whether a location is a URL other than a local file."""
+    scheme = location.split("://", 1)[0] if "://" in location else ""
+    return scheme not in ("", "file", "local")
+
+
 def available_cpus() -> int:
     """Return the CPUs this process may use: its CPU affinity, capped by a cgroup CPU limit."""
     count = len(os.sched_getaffinity(0))
@@ -84,6 +103,7 @@ class Settings(BaseSettings):
         extra="ignore",
         validate_default=True,
         populate_by_name=True,
+        env_ignore_empty=True,
     )
 
     env: Environment = Field(
@@ -156,6 +176,23 @@ class Settings(BaseSettings):
         le=65535,
         description="Port of this project's local Prefect server (`invoke server`, `invoke dev`).",
     )
+    namespace: str = Field(
+        default="prefect",
+        description="Kubernetes namespace of the flow-run Jobs (where the Prefect worker runs).",
+    )
+    service_account: str = Field(
+        default="pyflow",
+        description="Kubernetes service account of the flow-run pods (bound to a Google service account with Workload Identity).",
+    )
+    cpu_request: str = Field(
+        default="500m", description="CPU a flow-run pod requests (Kubernetes quantity)."
+    )
+    cpu_limit: str = Field(
+        default="2",
+        description="CPU limit of a flow-run pod; a local Dask cluster sizes itself to it.",
+    )
+    memory_request: str = Field(default="1Gi", description="Memory a flow-run pod requests.")
+    memory_limit: str = Field(default="4Gi", description="Memory limit of a flow-run pod.")
     gcp_project: str = Field(default="your-project-id", description="Google Cloud project ID.")
     gcp_region: str = Field(
         default="us-central1",
@@ -166,6 +203,18 @@ class Settings(BaseSettings):
     )
     image_name: str = Field(
         default="pyflow", description="Image name inside the Artifact Registry repository."
+    )
+    container_engine: Literal["docker", "podman"] = Field(
+        default="docker",
+        description="Engine that builds and pushes the image (`invoke build`, `invoke push`).",
+    )
+    github_repository: str = Field(
+        default="your-org/your-repo",
+        description="The GitHub repository allowed to release (OWNER/REPO), for `invoke gcp-setup`.",
+    )
+    release_service_account: str = Field(
+        default="pyflow-release",
+        description="Google service account the release workflow acts as, for `invoke gcp-setup`.",
     )
 
     @field_validator("schedule")
@@ -229,6 +278,62 @@ class Settings(BaseSettings):
             f"{self.gcp_region}-docker.pkg.dev/{self.gcp_project}/"
             f"{self.artifact_repository}/{self.image_name}"
         )
+
+    def release_problems(self) -> list[str]:
+        """Return what stops a release: each missing or placeholder production setting."""
+        problems = []
+        if self.env != "production":
+            problems.append(f"{ENVIRONMENT_VARIABLE} must be production, not {self.env}")
+        for name in RELEASE_SETTINGS:
+            value = getattr(self, name)
+            if not value:
+                problems.append(f"{variable_name(name)} is not set")
+            elif any(marker in str(value) for marker in PLACEHOLDERS):
+                problems.append(f"{variable_name(name)} is still the placeholder '{value}'")
+        if self.output and not _is_remote(self.output):
+            problems.append(
+                f"PYFLOW_OUTPUT='{self.output}' is a local folder: production pods need a bucket "
+                "such as gs://BUCKET/warn"
+            )
+        return problems
+
+    def require_release(self) -> None:
+        """Refuse to release unless every production setting is real.
+
+        Raises:
+            SettingsError: Listing every missing or placeholder setting at once.
+        """
+        problems = self.release_problems()
+        if problems:
+            raise SettingsError(
+                "; ".join(problems) + ". Set them in .env (see .env.example) or, in GitHub "
+                "Actions, as repository variables (see the README's release set-up)"
+            )
+
+    def flow_run_env(self) -> dict[str, str]:
+        """Return the settings a production flow run needs, as the pod's environment variables."""
+        env = {ENVIRONMENT_VARIABLE: self.env}
+        for name in FLOW_RUN_SETTINGS:
+            value = getattr(self, name)
+            chosen = name in self.model_fields_set or name in ENVIRONMENT_DEFAULTS[self.env]
+            if not chosen or value is None:
+                continue
+            if name == "sources":
+                value = json.dumps([str(source) for source in value])
+            env[variable_name(name)] = str(value)
+        return env
+
+    def job_variables(self) -> dict[str, object]:
+        """Return the Kubernetes work pool's job variables for the production deployments."""
+        return {
+            "namespace": self.namespace,
+            "service_account_name": self.service_account,
+            "cpu_request": self.cpu_request,
+            "cpu_limit": self.cpu_limit,
+            "memory_request": self.memory_request,
+            "memory_limit": self.memory_limit,
+            "env": self.flow_run_env(),
+        }
 
     @property
     def retry_delays(self) -> list[float]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import json
 import logging
 import sys
 from dataclasses import dataclass
@@ -27,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 """The project folder: flows run from here in development, and from the image's WORKDIR in production."""
+
+JOB_TEMPLATE = PROJECT_DIR / "deploy" / "kubernetes-job-template.json"
+"""The Kubernetes work pool's base job template, kept in the repository."""
 
 
 class DeployError(PyflowError):
@@ -86,6 +90,7 @@ def register(
     flows: tuple[Flow[Any, Any], ...] | None = None,
     image: str | None = None,
     job_variables: dict[str, Any] | None = None,
+    version: str | None = None,
 ) -> list[Registered]:
     """Register a deployment of every flow with the current Prefect API.
 
@@ -98,6 +103,7 @@ def register(
         flows: The flows to register; default: every flow in `pyflow.flow.FLOWS`.
         image: The image a container work pool runs; none for code in place.
         job_variables: Work pool job variables, such as CPU and memory requests.
+        version: A version to record on the deployments, such as the release's.
 
     Returns:
         What was registered.
@@ -121,6 +127,7 @@ def register(
             schedules=[schedule] if schedule else [],
             description=flow.description,
             tags=["pyflow", settings.env],
+            version=version,
         )
         if image:
             deployment.entrypoint = entrypoint(flow)
@@ -138,14 +145,53 @@ def deploy_local(settings: Settings) -> list[Registered]:
     return register(settings)
 
 
+def load_job_template(path: Path = JOB_TEMPLATE) -> dict[str, Any]:
+    """Read the Kubernetes base job template kept in the repository."""
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def ensure_kubernetes_pool(settings: Settings) -> bool:
+    """Create the Kubernetes work pool, or bring its base job template up to date."""
+    with get_client(sync_client=True) as client:
+        return ensure_work_pool(client, settings.work_pool, "kubernetes", load_job_template())
+
+
+def deploy_production(
+    settings: Settings, image: str, version: str | None = None
+) -> list[Registered]:
+    """Register every flow to the Kubernetes work pool, running in ``image``.
+
+    Args:
+        settings: Production settings; they must pass `Settings.require_release`.
+        image: The pushed image, by tag and digest (``REPO:TAG@sha256:...``).
+        version: The release version, recorded on the deployments.
+
+    Returns:
+        What was registered.
+    """
+    settings.require_release()
+    ensure_kubernetes_pool(settings)
+    return register(settings, image=image, job_variables=settings.job_variables(), version=version)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Register the deployments with PREFECT_API_URL, else with this project's local server."""
+    """Register the deployments (or, with --pool-only, the work pool) with the Prefect API.
+
+    Development registers to this project's process pool, on PREFECT_API_URL or else this
+    project's local server; production registers to the Kubernetes pool, on PREFECT_API_URL,
+    with the image given.
+    """
     parser = argparse.ArgumentParser(prog="python -m pyflow.deploy", description=main.__doc__)
     parser.add_argument(
         "--home",
         type=Path,
         default=Path(".prefect"),
         help="Prefect's state folder (default: .prefect)",
+    )
+    parser.add_argument("--image", help="production: the pushed image, REPO:TAG@sha256:DIGEST")
+    parser.add_argument("--version", help="production: the release version to record")
+    parser.add_argument(
+        "--pool-only", action="store_true", help="only create or update the work pool"
     )
     args = parser.parse_args(argv)
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -155,20 +201,39 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = get_settings()
         api_url = PREFECT_API_URL.value()
-        if not api_url:
+        if not api_url and settings.env == "development":
             local = read_state(args.home.resolve())
-            if local is None or not is_healthy(local.api_url):
-                raise DeployError(
-                    "there is no Prefect server to register with: PREFECT_API_URL is not set and "
-                    "this project's server is not running. Start it with `invoke server` (or "
-                    "`invoke dev`), or set PREFECT_API_URL in .env"
-                )
-            api_url = local.api_url
+            api_url = local.api_url if local and is_healthy(local.api_url) else None
+        if not api_url:
+            raise DeployError(
+                "there is no Prefect server to register with: PREFECT_API_URL is not set and "
+                "this project's server is not running. Start it with `invoke server` (or "
+                "`invoke dev`), or set PREFECT_API_URL in .env"
+            )
         with temporary_settings(updates={PREFECT_API_URL: api_url}):
-            registered = deploy_local(settings)
+            if settings.env == "development":
+                if args.pool_only:
+                    with get_client(sync_client=True) as client:
+                        ensure_work_pool(client, settings.work_pool, "process")
+                    registered = []
+                else:
+                    registered = deploy_local(settings)
+            elif args.pool_only:
+                settings.require_release()
+                ensure_kubernetes_pool(settings)
+                registered = []
+            elif not args.image:
+                raise DeployError(
+                    "production deployments run a pushed image: pass --image "
+                    "REPO:TAG@sha256:DIGEST (`invoke push` prints it), or run `invoke release`"
+                )
+            else:
+                registered = deploy_production(settings, args.image, args.version)
     except PyflowError as error:
         print(f"pyflow deploy: {error}", file=sys.stderr)
         return 1
+    if args.pool_only:
+        print(f"pyflow deploy: work pool '{settings.work_pool}' is up to date at {api_url}")
     for item in registered:
         print(f"pyflow deploy: registered {item.name} on work pool '{item.work_pool}' at {api_url}")
     return 0

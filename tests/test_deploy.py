@@ -6,7 +6,8 @@ import pytest
 from prefect.client.orchestration import get_client
 
 from pyflow import deploy
-from pyflow.config import get_settings
+from pyflow.config import Settings, get_settings
+from pyflow.errors import SettingsError
 from pyflow.flow import warn_notices
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
@@ -62,3 +63,82 @@ def test_ensure_work_pool_refuses_a_pool_of_another_type() -> None:
             deploy.DeployError, match="exists with type 'process', not 'kubernetes'"
         ):
             deploy.ensure_work_pool(client, "test-typed-pool", "kubernetes")
+
+
+IMAGE = "us-central1-docker.pkg.dev/acme-data/pyflow/pyflow:1.2.3@sha256:" + "ab" * 32
+
+
+def production_settings(monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Return complete production settings, as a filled .env would give."""
+    monkeypatch.setenv("PREFECT_FLOW_ENV", "production")
+    monkeypatch.setenv("PYFLOW_OUTPUT", "gs://acme-warn/notices")
+    monkeypatch.setenv("PYFLOW_GCP_PROJECT", "acme-data")
+    monkeypatch.setenv("PYFLOW_WORK_POOL", "test-kubernetes-pool")
+    monkeypatch.setenv("PYFLOW_CPU_LIMIT", "4")
+    return get_settings()
+
+
+def comparable(deployment: object) -> dict[str, object]:
+    """Return a deployment's fields that a re-registration must not change."""
+    data = deployment.model_dump(mode="json")
+    return {
+        k: v for k, v in data.items() if k not in {"created", "updated", "last_polled", "status"}
+    }
+
+
+def test_deploy_production_registers_the_image_with_its_job_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Production deployments run the pushed image on the Kubernetes pool, with no pull step."""
+    settings = production_settings(monkeypatch)
+    [registered] = deploy.deploy_production(settings, IMAGE, version="1.2.3")
+    with get_client(sync_client=True) as client:
+        found = client.read_deployment_by_name("warn-notices/production")
+        pool = client.read_work_pool("test-kubernetes-pool")
+    assert registered.name == "warn-notices/production"
+    assert pool.type == "kubernetes"
+    assert pool.base_job_template == deploy.load_job_template()
+    assert found.entrypoint == "pyflow/flow.py:warn_notices"
+    assert not found.pull_steps
+    assert found.path in (None, ".")
+    assert found.version == "1.2.3"
+    assert found.job_variables == {
+        "image": IMAGE,
+        "namespace": "prefect",
+        "service_account_name": "pyflow",
+        "cpu_request": "500m",
+        "cpu_limit": "4",
+        "memory_request": "1Gi",
+        "memory_limit": "4Gi",
+        "env": {
+            "PREFECT_FLOW_ENV": "production",
+            "PYFLOW_OUTPUT": "gs://acme-warn/notices",
+            "PYFLOW_TASK_RUNNER": "dask",
+        },
+    }
+    assert set(found.parameter_openapi_schema["properties"]) == {"sources", "output"}
+
+
+def test_deploy_production_twice_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Registering the same release again leaves the deployment and the pool as they were."""
+    settings = production_settings(monkeypatch)
+    deploy.deploy_production(settings, IMAGE, version="1.2.3")
+    with get_client(sync_client=True) as client:
+        before = comparable(client.read_deployment_by_name("warn-notices/production"))
+        pool_before = client.read_work_pool("test-kubernetes-pool").base_job_template
+    deploy.deploy_production(settings, IMAGE, version="1.2.3")
+    with get_client(sync_client=True) as client:
+        assert comparable(client.read_deployment_by_name("warn-notices/production")) == before
+        assert client.read_work_pool("test-kubernetes-pool").base_job_template == pool_before
+
+
+def test_deploy_production_refuses_placeholder_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Production settings still holding placeholders stop the deployment, all listed at once."""
+    monkeypatch.setenv("PREFECT_FLOW_ENV", "production")
+    monkeypatch.setenv("PYFLOW_OUTPUT", "data/output")
+    with pytest.raises(SettingsError) as raised:
+        deploy.deploy_production(get_settings(), IMAGE)
+    assert str(raised.value).startswith(
+        "PYFLOW_GCP_PROJECT is still the placeholder 'your-project-id'; PYFLOW_OUTPUT='data/output' "
+        "is a local folder: production pods need a bucket such as gs://BUCKET/warn"
+    )

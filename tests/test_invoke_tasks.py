@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 from subprocess import CompletedProcess
 
@@ -168,8 +169,8 @@ def test_every_task_and_flag_is_documented() -> None:
     for name in tasks.ns.task_names:
         task = tasks.ns[name]
         assert task.__doc__ and task.__doc__.strip(), name
-        for argument in task.get_arguments():
-            assert argument.help, f"{name} --{argument.name}"
+        flags = [p for p in inspect.signature(task.body).parameters if p != "c"]
+        assert {flag.replace("-", "_") for flag in task.help} == set(flags), name
 
 
 HOME = tasks.shlex.quote(str(tasks.PREFECT_HOME))
@@ -197,15 +198,21 @@ def test_dev_runs_the_local_loop_in_the_foreground() -> None:
     assert commands(c) == [f"poetry run python -m pyflow.local dev --home {HOME} --port 4321"]
 
 
-@pytest.mark.parametrize(
-    ("env", "variables"), [("", {}), ("production", {"PREFECT_FLOW_ENV": "production"})]
-)
-def test_deploy_registers_for_the_chosen_environment(env: str, variables: dict[str, str]) -> None:
-    """`invoke deploy --env X` registers with PREFECT_FLOW_ENV=X; without it, the setting decides."""
-    c = mock_context()
-    tasks.deploy(c, env=env)
-    assert commands(c) == [f"poetry run python -m pyflow.deploy --home {HOME}"]
-    assert c.run.call_args.kwargs["env"] == variables
+def test_deploy_registers_the_development_deployments() -> None:
+    """`invoke deploy` in development registers the process-pool deployments, no image needed."""
+    settings = "poetry run python -m pyflow.config json"
+    c = MockContext(
+        config=Config(overrides={"pyflow": {"poetry": POETRY}}),
+        run={settings: Result(stdout='{"env": "development"}'), tasks_deploy_command(): Result()},
+    )
+    tasks.deploy(c, env="development")
+    assert commands(c) == [settings, tasks_deploy_command()]
+    assert c.run.call_args.kwargs["env"] == {"PREFECT_FLOW_ENV": "development"}
+
+
+def tasks_deploy_command() -> str:
+    """Return the development registration command."""
+    return f"poetry run python -m pyflow.deploy --home {HOME}"
 
 
 def test_reset_deletes_local_state() -> None:
