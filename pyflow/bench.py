@@ -13,10 +13,10 @@ import argparse
 import json
 import os
 import random
-import resource
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,9 +130,45 @@ class Measurement:
         return self.rows / self.seconds
 
 
-def _peak_mb(who: int) -> float:
-    """Return the peak resident memory of this process or of its largest finished child, in MB."""
-    return resource.getrusage(who).ru_maxrss / 1024
+def high_water_mb(pid: int | str = "self") -> float:
+    """Return a process's peak resident memory since it started (VmHWM), in MB; 0 if it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class PeakMemory(threading.Thread):
+    """Follows the peak memory of this process and every process it starts (Dask workers)."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        super().__init__(daemon=True)
+        self.interval = interval
+        self.peak = 0.0
+        self.done = threading.Event()
+
+    def sample(self) -> None:
+        """Record the largest peak among this process and its descendants now."""
+        import psutil
+
+        pids = [os.getpid(), *(child.pid for child in psutil.Process().children(recursive=True))]
+        self.peak = max(self.peak, *(high_water_mb(pid) for pid in pids))
+
+    def run(self) -> None:
+        """Sample until stopped."""
+        while not self.done.wait(self.interval):
+            self.sample()
+
+    def stop(self) -> float:
+        """Stop following; return the peak seen, in MB."""
+        self.sample()
+        self.done.set()
+        self.join()
+        return self.peak
 
 
 def _worker_peak_mb(address: str) -> float:
@@ -140,8 +176,8 @@ def _worker_peak_mb(address: str) -> float:
     from distributed import Client
 
     with Client(address) as client:
-        peaks = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-    return max(peaks.values()) / 1024
+        peaks = client.run(high_water_mb)
+    return max(peaks.values())
 
 
 def run_variant(
@@ -154,6 +190,8 @@ def run_variant(
     settings = get_settings(
         sources=[str(s) for s in sources], output=str(output), dask_workers=workers
     )
+    memory = PeakMemory()
+    memory.start()
     if variant == "a":
         started = time.perf_counter()
         location = etl.prepare_output(str(output))
@@ -171,7 +209,7 @@ def run_variant(
         etl.write_summary(summary, location)
         etl.remove_work_dir(work_dir)
         seconds = time.perf_counter() - started
-        return Measurement(variant, seconds, summary.rows_in, _peak_mb(resource.RUSAGE_SELF))
+        return Measurement(variant, seconds, summary.rows_in, memory.stop())
     from pyflow.flow import warn_notices
 
     runner_settings = get_settings(
@@ -183,7 +221,7 @@ def run_variant(
     started = time.perf_counter()
     summary = flow(sources=settings.sources, output=str(output))
     seconds = time.perf_counter() - started
-    peak = max(_peak_mb(resource.RUSAGE_SELF), _peak_mb(resource.RUSAGE_CHILDREN))
+    peak = memory.stop()
     if variant == "d":
         peak = max(peak, _worker_peak_mb(address))
     return Measurement(variant, seconds, summary.rows_in, peak)

@@ -14,10 +14,9 @@ from pyflow.config import get_settings
 from pyflow.schema import Source
 from pyflow.tasks import (
     clean_up,
-    fetch_source,
     merge_outputs,
-    plan_partitions,
     prepare_output,
+    prepare_source,
     publish_summary,
     transform_source,
     write_summary,
@@ -38,14 +37,14 @@ def warn_notices(sources: list[Source] | None = None, output: str | None = None)
     location = prepare_output(settings.output)
     work_dir = etl.new_work_dir(location)
     try:
-        fetch = fetch_source.with_options(
+        prepare = prepare_source.with_options(
             retries=settings.fetch_retries, retry_delay_seconds=settings.retry_delays
         )
-        fetched = fetch.map(settings.sources, unmapped(work_dir), unmapped(settings.fetch_timeout))
-        planned = plan_partitions.map(
+        planned = prepare.map(
             range(len(settings.sources)),
             settings.sources,
-            fetched.result(),
+            unmapped(work_dir),
+            unmapped(settings.fetch_timeout),
             unmapped(settings.partition_bytes),
         ).result()
         partitions = [partition for source_partitions in planned for partition in source_partitions]

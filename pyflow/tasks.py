@@ -36,25 +36,19 @@ def prepare_output(output: str) -> str:
 
 
 @task(
-    name="fetch-source",
+    name="prepare-source",
     cache_policy=NO_CACHE,
     retries=3,
     retry_delay_seconds=[2, 4, 8],
     retry_condition_fn=is_transient,
 )
-def fetch_source(source: Source, work_dir: str, timeout: float) -> str:
-    """Download an HTTP(S) source, or check that a file source exists; return where to read it."""
+def prepare_source(
+    source_index: int, source: Source, work_dir: str, timeout: float, partition_bytes: int
+) -> list[etl.Partition]:
+    """Make a source readable (download it, or check it exists) and split it into partitions."""
     location = etl.fetch_source(source, work_dir, timeout)
     if location != source.location:
         get_run_logger().info("Fetched %s", source.location)
-    return location
-
-
-@task(name="plan-partitions", cache_policy=NO_CACHE)
-def plan_partitions(
-    source_index: int, source: Source, location: str, partition_bytes: int
-) -> list[etl.Partition]:
-    """Split a large source into byte ranges, so that its rows spread over all workers."""
     partitions = etl.plan_partitions(source_index, source, location, partition_bytes)
     if len(partitions) > 1:
         get_run_logger().info("Split %s into %s partitions", source.label, len(partitions))
