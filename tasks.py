@@ -624,7 +624,8 @@ def release(
         f"Artifact Registry can take {tags[0]}",
         in_env(
             c,
-            f"python -m pyflow.release registry --version {shlex.quote(version)} --commit {shlex.quote(commit)}",
+            f"python -m pyflow.release registry --version {shlex.quote(version)} "
+            f"--commit {shlex.quote(commit)}" + (" --dry-run" if dry_run else ""),
         ),
         env,
     )

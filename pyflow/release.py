@@ -35,6 +35,10 @@ class ReleaseError(PyflowError):
     """A check before a release failed."""
 
 
+class NoCredentialsError(ReleaseError):
+    """No Google credentials are available here."""
+
+
 @dataclass(frozen=True)
 class ImageLocation:
     """Where the image lives: ``REGION-docker.pkg.dev/PROJECT/REPOSITORY/IMAGE``."""
@@ -89,7 +93,7 @@ def make_client() -> ArtifactRegistryClient:
     try:
         return ArtifactRegistryClient()
     except DefaultCredentialsError:
-        raise ReleaseError(
+        raise NoCredentialsError(
             "no Google credentials were found: run `gcloud auth application-default login` "
             "(in GitHub Actions, the google-github-actions/auth step provides them)"
         ) from None
@@ -219,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("check", choices=["settings", "registry", "prefect"])
     parser.add_argument("--version", help="the release version (registry check)")
     parser.add_argument("--commit", help="the release's short commit (registry check)")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="registry check: without Google credentials, skip it"
+    )
     args = parser.parse_args(argv)
     try:
         settings = get_settings()
@@ -231,7 +238,18 @@ def main(argv: list[str] | None = None) -> int:
             }
         elif args.check == "registry":
             location = ImageLocation.from_settings(settings)
-            result = asdict(plan_image(make_client(), location, args.version, args.commit))
+            try:
+                client = make_client()
+            except NoCredentialsError as error:
+                if not args.dry_run:
+                    raise
+                print(f"pyflow release: dry run, registry check skipped: {error}", file=sys.stderr)
+                client = None
+            result = (
+                asdict(plan_image(client, location, args.version, args.commit))
+                if client
+                else {"action": "build", "digest": None, "skipped": "no Google credentials"}
+            )
         else:
             result = check_prefect()
     except PyflowError as error:

@@ -404,8 +404,11 @@ def test_release_reuses_the_image_an_earlier_attempt_pushed() -> None:
 
 def test_release_dry_run_prints_the_plan_without_acting(capsys: pytest.CaptureFixture[str]) -> None:
     """--dry-run runs the checks, and passes build, push and deploy to invoke as dry runs."""
-    c = release_context()
+    c = release_context(
+        **{f"{check_registry()} --dry-run": Result(stdout=json.dumps({"action": "build"}))}
+    )
     tasks.release(c, dry_run=True)
+    assert f"{check_registry()} --dry-run" in commands(c)
     acting = [
         call
         for call in c.run.call_args_list

@@ -209,3 +209,19 @@ def test_check_prefect_passes_on_a_real_server() -> None:
 
     urls = release.check_prefect()
     assert urls["api_url"] == PREFECT_API_URL.value()
+
+
+def test_main_registry_dry_run_skips_without_credentials(
+    mocker: MockerFixture, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A dry run without Google credentials notes the skipped check; a real release stops."""
+    monkeypatch.setenv("PYFLOW_GCP_PROJECT", "acme")
+    mocker.patch.object(
+        artifactregistry_v1, "ArtifactRegistryClient", side_effect=DefaultCredentialsError("none")
+    )
+    assert release.main(["registry", "--version", "1.2.3", "--commit", "abc1234", "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["skipped"] == "no Google credentials"
+    assert "dry run, registry check skipped" in captured.err
+    assert release.main(["registry", "--version", "1.2.3", "--commit", "abc1234"]) == 1
+    assert "gcloud auth application-default login" in capsys.readouterr().err
