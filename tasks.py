@@ -6,11 +6,13 @@ build and run commands; every decision worth testing is a small helper function 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -78,9 +80,14 @@ def port_option(port: int) -> str:
     return f" --port {port}" if port else ""
 
 
-def local_command(command: str, port: int = 0) -> str:
+def prefect_home(c: Context) -> str:
+    """Return this project's Prefect home, quoted (invoke setting ``pyflow.home``)."""
+    return shlex.quote(str(c.config.pyflow.home))
+
+
+def local_command(c: Context, command: str, port: int = 0) -> str:
     """Return a ``python -m pyflow.local`` command for this project's Prefect home."""
-    return f"python -m pyflow.local {command} --home {shlex.quote(str(PREFECT_HOME))}{port_option(port)}"
+    return f"python -m pyflow.local {command} --home {prefect_home(c)}{port_option(port)}"
 
 
 def pytest_options(fast: bool, opts: str) -> str:
@@ -91,6 +98,31 @@ def pytest_options(fast: bool, opts: str) -> str:
     if opts:
         options.append(opts)
     return " ".join(options)
+
+
+def descendants(pid: int) -> list[int]:
+    """Return the process IDs of a process's children, grandchildren and so on (Linux /proc)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, queue = [], [pid]
+    while queue:
+        children = parents.get(queue.pop(), [])
+        found += children
+        queue += children
+    return found
+
+
+def interrupt(signum: int, frame: object) -> None:
+    """On SIGTERM, do what Ctrl-C in a terminal does: interrupt the command and this process."""
+    for pid in descendants(os.getpid()):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGINT)
+    raise KeyboardInterrupt
 
 
 def poetry(c: Context) -> str:
@@ -281,6 +313,11 @@ def image_labels(version: str, commit: str) -> dict[str, str]:
     }
 
 
+def masked(command: str) -> str:
+    """Hide the credentials of any URL in a command (``https://user:token@host`` shows ``***``)."""
+    return re.sub(r"(://)[^/@\s]+@", r"\1***@", command)
+
+
 def human_size(size: int) -> str:
     """Return a size in bytes as megabytes, such as ``485 MB``."""
     return f"{size / 1e6:,.0f} MB"
@@ -307,6 +344,7 @@ def image_names(
     registry: str,
     version: str = "",
     settings: dict[str, Any] | None = None,
+    require_engine: bool = True,
 ) -> tuple[str, list[str]]:
     """Check the engine and the settings, and return the engine and the image's two tags.
 
@@ -316,7 +354,7 @@ def image_names(
     settings = settings or settings_of(c)
     try:
         engine = container_engine(engine, settings)
-        if shutil.which(engine) is None:
+        if require_engine and shutil.which(engine) is None:
             raise ValueError(
                 f"{engine} is not installed (or not on PATH): install it, or pass --engine"
             )
@@ -352,40 +390,47 @@ def image_build_command(c: Context, engine: str, tags: list[str], options: dict[
 def build_image(c: Context, engine: str, tags: list[str], options: dict[str, Any]) -> None:
     """Build and tag the image, then report its size and the build time."""
     command = image_build_command(c, engine, tags, options)
+    print(masked(command))
     started = time.monotonic()
-    c.run(command, env={"DOCKER_BUILDKIT": "1"} if engine == "docker" else {})
+    c.run(command, echo=False, env={"DOCKER_BUILDKIT": "1"} if engine == "docker" else {})
     seconds = time.monotonic() - started
     inspect = f"{engine} image inspect --format '{{{{.Size}}}}' {shlex.quote(tags[0])}"
     size = int(c.run(inspect, hide=True).stdout.strip() or 0)
     print(f"Built {' and '.join(tags)}: {human_size(size)} in {seconds:.0f} s")
 
 
+PUSHED_FILE = "pushed-images.json"
+"""Where `invoke push` records, in the project's Prefect home, the digest of each tag it pushed."""
+
+
 def pushed_image(c: Context, engine: str, settings: dict[str, Any]) -> str:
     """Return the image `invoke push` pushed for this version and commit, by tag and digest.
 
     Raises:
-        Exit: If this machine has not pushed it.
+        Exit: If it was not pushed from here.
     """
-    engine, tags = image_names(c, engine, "", settings=settings)
-    inspect = (
-        f"{engine} image inspect --format '{{{{index .RepoDigests 0}}}}' {shlex.quote(tags[0])}"
-    )
-    found = c.run(inspect, hide=True, warn=True)
-    digest = DIGEST.search(found.stdout or "")
-    if found.failed or not digest:
+    _, tags = image_names(c, engine, "", settings=settings, require_engine=False)
+    record = Path(c.config.pyflow.home) / PUSHED_FILE
+    pushed = json.loads(record.read_text()) if record.is_file() else {}
+    if tags[0] not in pushed:
         raise Exit(
             f"{tags[0]} has not been pushed from here: run `invoke build` and `invoke push`, "
             "or pass --image REPO:TAG@sha256:DIGEST"
         )
-    return f"{tags[0]}@{digest[0]}"
+    return f"{tags[0]}@{pushed[tags[0]]}"
 
 
 def push_image(c: Context, engine: str, tags: list[str], insecure: bool = False) -> str:
-    """Push every tag; print and return the digest the registry stored."""
+    """Push the commit tag, then the version tag; record, print and return the digest stored.
+
+    The version tag goes last, so that a version tag in the registry always means a complete
+    push (`invoke release` relies on it when it is run again).
+    """
     folder = Path(tempfile.mkdtemp(prefix="pyflow-push-"))
+    record = Path(c.config.pyflow.home) / PUSHED_FILE
     digest = ""
     try:
-        for tag in tags:
+        for tag in reversed(tags):
             digest_file = folder / "digest" if engine == "podman" else None
             try:
                 result = c.run(push_command(engine, tag, digest_file, insecure))
@@ -397,6 +442,9 @@ def push_image(c: Context, engine: str, tags: list[str], insecure: bool = False)
             except (ValueError, OSError) as error:
                 raise Exit(f"pushing {tag} failed: {error}") from None
             print(f"Pushed {tag} as {tag.rpartition(':')[0]}@{digest}")
+            pushed = json.loads(record.read_text()) if record.is_file() else {}
+            record.parent.mkdir(parents=True, exist_ok=True)
+            record.write_text(json.dumps({**pushed, tag: digest}, indent=2))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return digest
@@ -445,7 +493,7 @@ def run(
 )
 def server(c: Context, port: int = 0, stop: bool = False) -> None:
     """Start this project's Prefect server (API and UI) in the background, or reuse it."""
-    c.run(in_env(c, local_command("stop" if stop else "server", 0 if stop else port)))
+    c.run(in_env(c, local_command(c, "stop" if stop else "server", 0 if stop else port)))
 
 
 @task(
@@ -458,7 +506,7 @@ def server(c: Context, port: int = 0, stop: bool = False) -> None:
 def deploy(c: Context, env: str = "", image: str = "", engine: str = "") -> None:
     """Register every flow's deployment with the Prefect API the environment points at."""
     variables = {"PREFECT_FLOW_ENV": env} if env else {}
-    command = f"python -m pyflow.deploy --home {shlex.quote(str(PREFECT_HOME))}"
+    command = f"python -m pyflow.deploy --home {prefect_home(c)}"
     settings = settings_of(c, variables)
     if settings["env"] == "production":
         image = image or pushed_image(c, engine, settings)
@@ -469,13 +517,17 @@ def deploy(c: Context, env: str = "", image: str = "", engine: str = "") -> None
 @task(help={"port": "port of the local server (default: PYFLOW_SERVER_PORT, else 4200)"})
 def dev(c: Context, port: int = 0) -> None:
     """Start the server, register the deployments and run a worker in the foreground (Ctrl-C stops all)."""
-    c.run(in_env(c, local_command("dev", port)), pty=sys.stdout.isatty())
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        c.run(in_env(c, local_command(c, "dev", port)), pty=sys.stdout.isatty())
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @task
 def reset(c: Context) -> None:
     """Stop this project's server and delete its state (.prefect) and the outputs (data/output)."""
-    c.run(in_env(c, local_command("reset")))
+    c.run(in_env(c, local_command(c, "reset")))
 
 
 @task
@@ -560,7 +612,7 @@ def push(
 @task
 def pool(c: Context) -> None:
     """Create or update the production Kubernetes work pool from deploy/kubernetes-job-template.json."""
-    home = shlex.quote(str(PREFECT_HOME))
+    home = prefect_home(c)
     c.run(
         in_env(c, f"python -m pyflow.deploy --pool-only --home {home}"),
         env={"PREFECT_FLOW_ENV": "production"},
@@ -600,24 +652,32 @@ def release(
     """Release the tagged commit: check everything, then build, push and deploy to production."""
     env = {"PREFECT_FLOW_ENV": "production"}
     print("check: the git working tree is clean")
-    if c.run("git status --porcelain", hide=True).stdout.strip():
+    if c.run("git status --porcelain --untracked-files=no", hide=True).stdout.strip():
         raise Exit(
             "the working tree has uncommitted changes: commit or stash them; a release builds "
             "exactly what its tag points at"
         )
     print("check: HEAD is tagged with a semantic version")
     described = c.run("git describe --exact-match --tags HEAD", hide=True, warn=True)
-    if described.failed:
-        raise Exit("HEAD has no tag: tag the release (1.2.3 or v1.2.3) and publish it on GitHub")
     try:
-        version = release_version(described.stdout.strip())
+        version = release_version(described.stdout.strip()) if described.ok else ""
     except ValueError as error:
         raise Exit(str(error)) from None
+    if not version and not dry_run:
+        raise Exit("HEAD has no tag: tag the release (1.2.3 or v1.2.3) and publish it on GitHub")
+    if not version:
+        version = project_version()
+        print(f"dry run: HEAD has no tag, so this plans version {version} from pyproject.toml")
+    elif version != project_version():
+        raise Exit(
+            f"the tag says {version} but pyproject.toml says {project_version()}: set the version "
+            f"with `poetry version {version}`, commit, and tag that commit"
+        )
     check_step(
         c, "every production setting is set", in_env(c, "python -m pyflow.release settings"), env
     )
     settings = settings_of(c, env)
-    engine, tags = image_names(c, engine, "", version, settings)
+    engine, tags = image_names(c, engine, "", version, settings, require_engine=not dry_run)
     commit = tags[1].rpartition(":")[2]
     plan = check_step(
         c,
@@ -645,14 +705,14 @@ def release(
     elif dry_run:
         print("dry run: the release would now run")
         digest = "sha256:<pushed digest>"
-        c.run(image_build_command(c, engine, tags, options), dry=True)
-        for tag in tags:
+        c.run(masked(image_build_command(c, engine, tags, options)), dry=True)
+        for tag in reversed(tags):
             c.run(push_command(engine, tag), dry=True)
     else:
         build_image(c, engine, tags, options)
         digest = push_image(c, engine, tags)
     image = f"{tags[0]}@{digest}"
-    home = shlex.quote(str(PREFECT_HOME))
+    home = prefect_home(c)
     deploy_command = in_env(
         c,
         f"python -m pyflow.deploy --home {home} --image {shlex.quote(image)} --version {shlex.quote(version)}",
@@ -749,7 +809,7 @@ def gcp_plan(values: dict[str, str], project_number: str) -> list[GcpStep]:
         ),
         GcpStep(
             f"Artifact Registry Docker repository {values['repository']} in {values['region']}",
-            f"gcloud artifacts repositories create {repository} --repository-format=docker --immutable-tags --description='pyflow images, one tag per release'",
+            f"gcloud artifacts repositories create {repository} --repository-format=docker --description='pyflow images, one tag per release'",
             f"gcloud artifacts repositories describe {repository}",
         ),
         GcpStep(
@@ -898,5 +958,8 @@ ns = Collection(
     ci,
 )
 ns.configure(
-    {"pyflow": {"poetry": default_poetry(), "podman_isolation": ""}, "run": {"echo": True}}
+    {
+        "pyflow": {"poetry": default_poetry(), "podman_isolation": "", "home": str(PREFECT_HOME)},
+        "run": {"echo": True},
+    }
 )

@@ -13,6 +13,13 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
+def positive(text: str) -> int:
+    """Parse a whole number of at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number of at least 1")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Describe the command line."""
     parser = argparse.ArgumentParser(
@@ -45,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--workers",
-        type=int,
+        type=positive,
         metavar="N",
         help="worker processes of a local Dask cluster (default: PYFLOW_DASK_WORKERS, else CPUs)",
     )

@@ -204,9 +204,10 @@ def run_variant(
             )
         ]
         parts = [etl.transform_source(p, settings.aliases, work_dir) for p in partitions]
-        merged = etl.merge_outputs(parts, location)
+        merged = etl.merge_outputs(parts, location, work_dir)
         summary = etl.summarise(settings.sources, parts, merged, etl.utc_now())
-        etl.write_summary(summary, location)
+        etl.write_summary(summary, work_dir)
+        etl.publish_outputs(work_dir, location)
         etl.remove_work_dir(work_dir)
         seconds = time.perf_counter() - started
         return Measurement(variant, seconds, summary.rows_in, memory.stop())
@@ -228,55 +229,63 @@ def run_variant(
 
 
 def _start_cluster(workers: int, log: Path) -> tuple[str, list[subprocess.Popen[bytes]]]:
-    """Start a real Dask scheduler and worker processes on loopback; return its address."""
+    """Start a real Dask scheduler and worker processes on loopback; return its address.
+
+    The workers preload pyflow's tasks, as a cluster kept for pyflow would (deploy/dask-cluster.yaml).
+    """
+    from distributed import Client
+
     from pyflow.local import port_is_free
 
     port = next(p for p in range(8786, 8999) if port_is_free(p))
     address = f"tcp://127.0.0.1:{port}"
-    bin_dir = Path(sys.executable).parent
-    out = log.open("ab")
-    processes = [
-        subprocess.Popen(
-            [
-                bin_dir / "dask",
-                "scheduler",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--dashboard-address",
-                ":0",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    ]
-    from distributed import Client
-
-    client = Client(address, timeout=60)
-    processes += [
-        subprocess.Popen(
-            [
-                bin_dir / "dask",
-                "worker",
-                address,
-                "--nthreads",
-                "1",
-                "--nworkers",
-                "1",
-                "--no-dashboard",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-        for _ in range(workers)
-    ]
-    client.wait_for_workers(workers, timeout=120)
-    client.close()
+    dask = str(Path(sys.executable).parent / "dask")
+    processes: list[subprocess.Popen[bytes]] = []
+    with log.open("ab") as out:
+        try:
+            processes.append(
+                subprocess.Popen(
+                    [
+                        dask,
+                        "scheduler",
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(port),
+                        "--dashboard-address",
+                        ":0",
+                    ],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+            processes += [
+                subprocess.Popen(
+                    [
+                        dask,
+                        "worker",
+                        address,
+                        "--nthreads",
+                        "1",
+                        "--no-dashboard",
+                        "--preload",
+                        "pyflow.tasks",
+                    ],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+                for _ in range(workers)
+            ]
+            with Client(address, timeout=60) as client:
+                client.wait_for_workers(workers, timeout=120)
+        except BaseException:
+            _stop(processes)
+            raise
     return address, processes
 
 
 def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    """Stop the cluster's processes, workers first."""
     for process in reversed(processes):
         process.terminate()
     for process in processes:
@@ -284,6 +293,13 @@ def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+def _variants(value: str) -> str:
+    """Accept only letters of ``abcd``, each once."""
+    if not value or set(value) - set(VARIANTS) or len(set(value)) != len(value):
+        raise argparse.ArgumentTypeError(f"'{value}' is not a choice of the letters a, b, c and d")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -302,7 +318,12 @@ def main(argv: list[str] | None = None) -> int:
         default=Path("data/bench"),
         help="where inputs and outputs go (default: data/bench)",
     )
-    parser.add_argument("--variants", default="abcd", help="which variants to run (default: abcd)")
+    parser.add_argument(
+        "--variants",
+        default="abcd",
+        type=_variants,
+        help="which variants to run, letters of abcd (default: abcd)",
+    )
     parser.add_argument("--run-variant", help=argparse.SUPPRESS)
     parser.add_argument("--address", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -359,7 +380,11 @@ def compare(args: argparse.Namespace, inputs: Path) -> int:
                 f"bench: ({variant}) {VARIANTS[variant]}: {results[variant].seconds:.1f} s",
                 flush=True,
             )
-    print(report(results, outputs_identical(args.folder, results)))
+    identical = outputs_identical(args.folder, results)
+    print(report(results, identical))
+    if not identical:
+        print("bench: the variants wrote different outputs: that is a bug", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -59,7 +59,7 @@ ENVIRONMENT_DEFAULTS: dict[str, dict[str, Any]] = {
         "work_pool": "pyflow-kubernetes",
     },
 }
-"""Defaults that differ between environments; ``None`` means the setting is required."""
+"""Defaults that differ between environments; ``None`` means there is none (see `require_output`)."""
 
 
 PLACEHOLDERS = ("your-project-id", "your-org/your-repo", "your-bucket")
@@ -102,7 +102,6 @@ class Settings(BaseSettings):
         env_file_encoding="utf-8",
         extra="ignore",
         validate_default=True,
-        populate_by_name=True,
         env_ignore_empty=True,
     )
 
@@ -249,17 +248,24 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _apply_environment_defaults(self) -> Settings:
-        """Fill unset settings from the environment's defaults; refuse missing required ones."""
-        missing = []
+        """Fill unset settings from the environment's defaults."""
         for name, default in ENVIRONMENT_DEFAULTS[self.env].items():
             if getattr(self, name) is None:
-                if default is None:
-                    missing.append(name)
                 setattr(self, name, default)
-        if missing:
-            names = ", ".join(f"{ENV_PREFIX}{name.upper()}" for name in missing)
-            raise ValueError(f"{names} must be set in {self.env}")
         return self
+
+    def require_output(self) -> str:
+        """Return the output location.
+
+        Raises:
+            SettingsError: If it is unset (production has no default).
+        """
+        if not self.output:
+            raise SettingsError(
+                f"PYFLOW_OUTPUT is not set, and {self.env} has no default output: set it in .env "
+                "(a bucket such as gs://BUCKET/warn) or pass --output"
+            )
+        return self.output
 
     @cached_property
     def aliases(self) -> Aliases:

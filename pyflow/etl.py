@@ -12,7 +12,6 @@ from __future__ import annotations
 import codecs
 import csv
 import heapq
-import io
 import json
 import logging
 import math
@@ -179,7 +178,10 @@ def check_source_exists(source: Source) -> None:
         fs, path = url_to_fs(source.location)
         exists = fs.isfile(path)
     except (OSError, ValueError, ImportError) as error:
-        raise SourceError(f"source '{source.location}' cannot be opened: {error}") from None
+        raise SourceError(
+            f"source '{source.location}' cannot be opened ({error}): check the path or URL, and "
+            "for a cloud URL (gs://, s3://) the credentials and the fsspec package it needs"
+        ) from None
     if not exists:
         raise SourceError(
             f"source '{source.location}' not found: check the path or URL given with "
@@ -255,11 +257,13 @@ class _RunWriter:
         self.paths: list[str] = []
 
     def add(self, line: str) -> None:
+        """Add a line; write a run file when the batch is full."""
         self.lines.append(line)
         if len(self.lines) >= self.run_rows:
             self.flush()
 
     def flush(self) -> None:
+        """Write the batch, sorted, as one run file."""
         if not self.lines:
             return
         self.lines.sort()
@@ -411,9 +415,11 @@ def transform_source(
                     notice = normalise_row(values, label)
                 except RowError as reason:
                     rows_rejected += 1
+                    raw = csv_line(row).rstrip("\n")
                     rejects.add(
                         f"{_sort_head(partition, line)}{_TEXT_START}"
-                        + csv_line((label, str(reason), csv_line(row).rstrip("\n")))
+                        + json.dumps((label, str(reason), raw), ensure_ascii=False)
+                        + "\n"
                     )
                     continue
                 notices.add(
@@ -429,7 +435,10 @@ def transform_source(
             f"for example '{source.location}#encoding=cp1252'"
         ) from None
     except csv.Error as error:
-        raise SourceError(f"source '{label}' is not readable CSV: {error}") from None
+        raise SourceError(
+            f"source '{label}' is not readable CSV ({error}): check that it is a CSV file with a "
+            "header row, and name its encoding if it is not UTF-8 (#encoding=cp1252)"
+        ) from None
     notices.flush()
     rejects.flush()
     return PartResult(
@@ -461,6 +470,7 @@ def _check_columns(header: list[str], source: Source, aliases: Aliases) -> dict[
 
 
 def _open_runs(stack: ExitStack, paths: list[str]) -> list[IO[str]]:
+    """Open run files for reading, closed when ``stack`` closes."""
     return [
         stack.enter_context(fsspec.open(path, "r", encoding="utf-8", newline="")) for path in paths
     ]
@@ -476,24 +486,29 @@ def _first_lines(parts: list[PartResult]) -> dict[tuple[int, int], int]:
     return first
 
 
-def merge_outputs(parts: list[PartResult], output: str) -> MergeResult:
+def staged_path(work_dir: str, name: str) -> str:
+    """Return where a run stages an output file until every output is complete."""
+    return join_path(work_dir, "staged", name)
+
+
+def merge_outputs(parts: list[PartResult], output: str, work_dir: str) -> MergeResult:
     """Merge all run files into ``notices.csv`` and ``rejects.csv``, dropping duplicates.
 
-    Both files are written beside their targets under temporary names and moved into place
-    only when both are complete, so a failed merge leaves the previous outputs untouched.
+    The files are staged in the run's folder; `publish_outputs` moves them into place once
+    ``summary.json`` is staged too, so a failed run leaves the previous outputs untouched.
 
     Args:
         parts: The transforms' results.
-        output: The output location.
+        output: The output location the files will be published to.
+        work_dir: The run's folder for intermediate files.
 
     Returns:
-        The counts and the locations written.
+        The counts and the locations the files will have.
     """
-    notices_path, rejects_path = join_path(output, NOTICES_FILE), join_path(output, REJECTS_FILE)
     rows_out = rows_duplicate = 0
     with ExitStack() as stack:
-        notices = stack.enter_context(_atomic_text(notices_path))
-        rejects = stack.enter_context(_atomic_text(rejects_path))
+        notices = stack.enter_context(_text_writer(staged_path(work_dir, NOTICES_FILE)))
+        rejects = stack.enter_context(_text_writer(staged_path(work_dir, REJECTS_FILE)))
         notices.write(csv_line(FIELDS))
         last_key = None
         runs = _open_runs(stack, [path for part in parts for path in part.notice_runs])
@@ -513,20 +528,19 @@ def merge_outputs(parts: list[PartResult], output: str) -> MergeResult:
         ):
             head, _, text = line.partition(_TEXT_START)
             source_index, part_index, relative = (int(n) for n in head.split("\x1f"))
-            label, reason, raw = next(csv.reader([text]))
+            label, reason, raw = json.loads(text)
             number = first_lines[source_index, part_index] + relative - 1
             rejects.write(csv_line((label, str(number), reason, raw)))
-    return MergeResult(rows_out, rows_duplicate, notices_path, rejects_path)
+    return MergeResult(
+        rows_out, rows_duplicate, join_path(output, NOTICES_FILE), join_path(output, REJECTS_FILE)
+    )
 
 
 @contextmanager
-def _atomic_text(target: str) -> Iterator[IO[str]]:
-    """Like `_atomic_open`, for UTF-8 text with Unix line endings."""
-    with _atomic_open(target) as raw:
-        text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
-        yield text
-        text.flush()
-        text.detach()
+def _text_writer(target: str) -> Iterator[IO[str]]:
+    """Open a UTF-8 text file with Unix line endings for writing, creating its folder."""
+    with fsspec.open(target, "w", encoding="utf-8", newline="", auto_mkdir=True) as handle:
+        yield handle
 
 
 def summarise(
@@ -553,9 +567,31 @@ def summarise(
     return summary
 
 
-def write_summary(summary: Summary, output: str) -> str:
-    """Write ``summary.json`` atomically; return its location."""
-    target = join_path(output, SUMMARY_FILE)
-    with _atomic_text(target) as handle:
+def write_summary(summary: Summary, work_dir: str) -> str:
+    """Stage ``summary.json`` beside the other outputs; return where it is staged."""
+    target = staged_path(work_dir, SUMMARY_FILE)
+    with _text_writer(target) as handle:
         handle.write(summary.to_json())
     return target
+
+
+def publish_outputs(work_dir: str, output: str) -> list[str]:
+    """Move the staged outputs into the output location, data first and summary last.
+
+    Each move replaces its file at once (a rename on a local disk; on object stores such as
+    Google Cloud Storage, an object appears only when complete), and nothing is moved before all
+    three files are staged, so readers never see a partial file.
+
+    Returns:
+        The published locations.
+    """
+    fs, _ = url_to_fs(output)
+    published = []
+    for name in (NOTICES_FILE, REJECTS_FILE, SUMMARY_FILE):
+        source, target = (
+            url_to_fs(staged_path(work_dir, name))[1],
+            url_to_fs(join_path(output, name))[1],
+        )
+        fs.mv(source, target)
+        published.append(join_path(output, name))
+    return published

@@ -8,6 +8,7 @@ runs pick theirs from the environment of the process that runs them: set ``PYFLO
 from __future__ import annotations
 
 from prefect import flow, unmapped
+from prefect.futures import wait
 
 from pyflow import etl
 from pyflow.config import get_settings
@@ -17,6 +18,7 @@ from pyflow.tasks import (
     merge_outputs,
     prepare_output,
     prepare_source,
+    publish_outputs,
     publish_summary,
     transform_source,
     write_summary,
@@ -34,25 +36,30 @@ def warn_notices(sources: list[Source] | None = None, output: str | None = None)
     """
     settings = get_settings(sources=sources, output=output)
     started_at = etl.utc_now()
-    location = prepare_output(settings.output)
+    location = prepare_output(settings.require_output())
     work_dir = etl.new_work_dir(location)
     try:
         prepare = prepare_source.with_options(
             retries=settings.fetch_retries, retry_delay_seconds=settings.retry_delays
         )
-        planned = prepare.map(
+        prepared = prepare.map(
             range(len(settings.sources)),
             settings.sources,
             unmapped(work_dir),
             unmapped(settings.fetch_timeout),
             unmapped(settings.partition_bytes),
-        ).result()
+        )
+        wait(prepared)
+        planned = prepared.result()
         partitions = [partition for source_partitions in planned for partition in source_partitions]
-        parts = transform_source.map(
+        transformed = transform_source.map(
             partitions, unmapped(settings.aliases), unmapped(work_dir)
-        ).result()
-        merged = merge_outputs(parts, location)
-        summary = write_summary(settings.sources, parts, merged, started_at, location)
+        )
+        wait(transformed)
+        parts = transformed.result()
+        merged = merge_outputs(parts, location, work_dir)
+        summary = write_summary(settings.sources, parts, merged, started_at, work_dir)
+        publish_outputs(work_dir, location)
         publish_summary(summary)
     finally:
         clean_up(work_dir)

@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -46,6 +47,8 @@ class ServerState:
 
     pid: int
     port: int
+    started: float = 0.0
+    """The process's start time (psutil's create_time), so a reused process ID is not taken for it."""
 
     @property
     def url(self) -> str:
@@ -78,12 +81,18 @@ def port_is_free(port: int) -> bool:
 
 
 def read_state(home: Path) -> ServerState | None:
-    """Return this project's server if its process is still alive, else None."""
+    """Return this project's server if its very process is still alive, else None.
+
+    The process must have the recorded start time and be a Prefect server: after a reboot, its
+    process ID may belong to another program, which must not be taken for it (or stopped).
+    """
     try:
         state = ServerState(**json.loads((home / STATE_FILE).read_text()))
-    except (OSError, ValueError, TypeError):
+        process = psutil.Process(state.pid)
+        alive = abs(process.create_time() - state.started) < 1 and "server" in process.cmdline()
+    except (OSError, ValueError, TypeError, psutil.Error):
         return None
-    return state if psutil.pid_exists(state.pid) else None
+    return state if alive else None
 
 
 def child_env(home: Path, api_url: str | None) -> dict[str, str]:
@@ -167,8 +176,25 @@ def start_server(home: Path, port: int) -> tuple[ServerState, bool]:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    state = ServerState(process.pid, port)
+    state = ServerState(process.pid, port, psutil.Process(process.pid).create_time())
     (home / STATE_FILE).write_text(json.dumps(asdict(state)))
+    try:
+        wait_until_healthy(state, process, log_path)
+    except BaseException:
+        stop_tree(process.pid)
+        (home / STATE_FILE).unlink(missing_ok=True)
+        raise
+    return state, True
+
+
+def wait_until_healthy(
+    state: ServerState, process: subprocess.Popen[bytes], log_path: Path
+) -> None:
+    """Wait for a starting server's health check to pass.
+
+    Raises:
+        LocalError: If it exits or does not answer in time, with the end of its log.
+    """
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while not is_healthy(state.api_url, timeout=1.0):
         if process.poll() is not None or time.monotonic() > deadline:
@@ -177,13 +203,11 @@ def start_server(home: Path, port: int) -> tuple[ServerState, bool]:
                 if process.poll() is not None
                 else f"did not answer within {STARTUP_TIMEOUT:.0f} s"
             )
-            stop_server(home)
             raise LocalError(
                 f"the Prefect server {reason}. The end of its log ({log_path}):\n"
                 f"{log_tail(log_path)}"
             )
         time.sleep(0.2)
-    return state, True
 
 
 def stop_server(home: Path) -> bool:
@@ -196,8 +220,10 @@ def stop_server(home: Path) -> bool:
     return state is not None
 
 
-def wait_for_worker(api_url: str, pool: str, worker: subprocess.Popen[bytes]) -> None:
-    """Wait until a worker polls the pool (its first heartbeat reaches the server).
+def wait_for_worker(
+    api_url: str, pool: str, name: str, worker: subprocess.Popen[bytes], since: float
+) -> None:
+    """Wait until this worker polls the pool: a heartbeat of its name, sent after ``since``.
 
     Raises:
         LocalError: If the worker exits or does not poll within the startup timeout.
@@ -209,9 +235,11 @@ def wait_for_worker(api_url: str, pool: str, worker: subprocess.Popen[bytes]) ->
             raise LocalError(
                 f"the worker exited with status {worker.returncode}; see its log above"
             )
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.post(url, json={}, timeout=2.0).json():
-                return
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            for found in httpx.post(url, json={}, timeout=2.0).json():
+                heartbeat = datetime.fromisoformat(found["last_heartbeat_time"]).timestamp()
+                if found["name"] == name and heartbeat >= since:
+                    return
         time.sleep(0.2)
     raise LocalError(f"the worker did not poll work pool '{pool}' within {STARTUP_TIMEOUT:.0f} s")
 
@@ -246,6 +274,7 @@ def dev(settings: Settings, home: Path, port: int) -> int:
     from pyflow.deploy import ensure_work_pool, register
 
     started_at = time.monotonic()
+    worker_name = f"pyflow-dev-{socket.gethostname()}"
     server: ServerState | None = None
     started_server = False
     worker: subprocess.Popen[bytes] | None = None
@@ -259,6 +288,7 @@ def dev(settings: Settings, home: Path, port: int) -> int:
             with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
                 with get_client(sync_client=True) as client:
                     ensure_work_pool(client, settings.work_pool, "process")
+                worker_started = time.time() - 1
                 worker = subprocess.Popen(
                     prefect_command(
                         "worker",
@@ -268,14 +298,14 @@ def dev(settings: Settings, home: Path, port: int) -> int:
                         "--type",
                         "process",
                         "--name",
-                        f"pyflow-dev-{socket.gethostname()}",
+                        worker_name,
                     ),
                     env=child_env(home, server.api_url),
                     stdin=subprocess.DEVNULL,
                     start_new_session=True,
                 )
                 registered = register(settings)
-            wait_for_worker(server.api_url, settings.work_pool, worker)
+            wait_for_worker(server.api_url, settings.work_pool, worker_name, worker, worker_started)
             print(
                 ready_message(server, [r.name for r in registered], time.monotonic() - started_at),
                 flush=True,
@@ -310,13 +340,29 @@ def ready_message(server: ServerState, deployments: list[str], seconds: float) -
 
 
 def reset(home: Path, output: Path) -> list[Path]:
-    """Stop this project's server and delete its state and the development outputs."""
+    """Stop this project's server; delete its state, and pyflow's own files in the output folder.
+
+    Only the files a run writes are deleted from the output folder (whatever PYFLOW_OUTPUT
+    names may hold other things too), and the folder itself only if that leaves it empty.
+    """
+    from pyflow import etl
+
     stop_server(home)
     removed = []
-    for path in (home, output):
-        if path.exists():
+    if home.exists():
+        shutil.rmtree(home)
+        removed.append(home)
+    for name in (etl.NOTICES_FILE, etl.REJECTS_FILE, etl.SUMMARY_FILE, etl.WORK_DIR_NAME):
+        path = output / name
+        if path.is_dir():
             shutil.rmtree(path)
-            removed.append(path)
+        elif path.exists():
+            path.unlink()
+        else:
+            continue
+        removed.append(path)
+    if output.is_dir() and not any(output.iterdir()):
+        output.rmdir()
     return removed
 
 

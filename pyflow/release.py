@@ -100,6 +100,7 @@ def make_client() -> ArtifactRegistryClient:
 
 
 def _denied(location: ImageLocation, what: str) -> ReleaseError:
+    """Return the error for a request the credentials may not make."""
     return ReleaseError(
         f"the Google credentials may not {what} in Artifact Registry repository "
         f"'{location.repository}' (project {location.project}, region {location.region}): grant "
@@ -213,7 +214,10 @@ def check_prefect() -> dict[str, str]:
                 f"{key} by the Prefect API at {api_url} (HTTP {status}): create a key in Prefect "
                 "Cloud (profile, API keys) and set it as the PREFECT_API_KEY secret"
             ) from None
-        raise ReleaseError(f"the Prefect API at {api_url} answered HTTP {status}") from None
+        raise ReleaseError(
+            f"the Prefect API at {api_url} answered HTTP {status}: check PREFECT_API_URL (for "
+            "Prefect Cloud, https://api.prefect.cloud/api/accounts/ACCOUNT/workspaces/WORKSPACE)"
+        ) from None
     return {"api_url": api_url, "ui_url": PREFECT_UI_URL.value() or api_url.removesuffix("/api")}
 
 

@@ -53,7 +53,7 @@ def preflight(settings: Settings) -> None:
     Raises:
         PyflowError: Naming the output or source and the fix.
     """
-    etl.prepare_output(settings.output)
+    etl.prepare_output(settings.require_output())
     for source in settings.sources:
         if not source.is_remote_http:
             etl.check_source_exists(source)
@@ -78,14 +78,35 @@ def _output_to(log_path: Path) -> Iterator[None]:
 
 
 @contextmanager
+def _using_api(api_url: str) -> Iterator[str]:
+    """Point this process, and every process it starts meanwhile, at one Prefect API."""
+    from prefect.logging.handlers import APILogWorker
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    previous = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = api_url
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            yield api_url
+            APILogWorker.drain_all(timeout=5)
+    finally:
+        if previous is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = previous
+
+
+@contextmanager
 def prefect_api() -> Iterator[str]:
-    """Use the Prefect API that is configured, or run a temporary local server for this block.
+    """Use the configured Prefect API, this project's running server, or a temporary one.
 
     Prefect would start a temporary server by itself, but one per process: every Dask worker
     process would start its own. This starts one, gives its URL to every process started inside
     the block, and stops it only after the run's logs have been sent to it. The server's own
     output (including the tracebacks its background services print when they are stopped
-    mid-batch) goes to ``temporary-server.log`` in Prefect's home, not to the console.
+    mid-batch) goes to ``temporary-server.log`` in Prefect's home, not to the console. When
+    this project's server runs (`invoke server`, `invoke dev`), the run uses it, and shows in
+    its UI.
 
     Yields:
         The API URL in use.
@@ -93,15 +114,22 @@ def prefect_api() -> Iterator[str]:
     Raises:
         PyflowError: If the temporary server does not start, with the end of its log.
     """
-    from prefect.logging.handlers import APILogWorker
     from prefect.server.api.server import SubprocessASGIServer
-    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME
+
+    from pyflow.local import is_healthy, read_state
 
     configured = PREFECT_API_URL.value()
     if configured:
         yield configured
         return
-    home = Path(PREFECT_HOME.value()).expanduser()
+    home = Path(PREFECT_HOME.value()).expanduser().resolve()
+    running = read_state(home)
+    if running and is_healthy(running.api_url):
+        logger.info("Using this project's Prefect server at %s", running.url)
+        with _using_api(running.api_url) as api_url:
+            yield api_url
+        return
     home.mkdir(parents=True, exist_ok=True)
     log_path = home / "temporary-server.log"
     server = SubprocessASGIServer()
@@ -114,17 +142,10 @@ def prefect_api() -> Iterator[str]:
         raise PyflowError(
             f"Prefect's temporary server did not start ({error}); see {log_path}"
         ) from None
-    previous = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = server.api_url
     try:
-        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
-            yield server.api_url
-            APILogWorker.drain_all(timeout=5)
+        with _using_api(server.api_url) as api_url:
+            yield api_url
     finally:
-        if previous is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
-            os.environ["PREFECT_API_URL"] = previous
         server.stop()
 
 
@@ -138,7 +159,7 @@ def run_flow(settings: Settings) -> etl.Summary:
 
     flow = warn_notices.with_options(task_runner=settings.build_task_runner())
     with prefect_api():
-        state = flow(sources=settings.sources, output=settings.output, return_state=True)
+        state = flow(sources=settings.sources, output=settings.require_output(), return_state=True)
     if state.is_completed():
         return state.result()
     error = state.result(raise_on_failure=False)

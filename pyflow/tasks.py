@@ -70,13 +70,12 @@ def transform_source(partition: etl.Partition, aliases: Aliases, work_dir: str) 
 
 
 @task(name="merge-outputs", cache_policy=NO_CACHE)
-def merge_outputs(parts: list[etl.PartResult], output: str) -> etl.MergeResult:
-    """Merge every source's rows into notices.csv and rejects.csv, dropping duplicates."""
-    merged = etl.merge_outputs(parts, output)
+def merge_outputs(parts: list[etl.PartResult], output: str, work_dir: str) -> etl.MergeResult:
+    """Merge every source's rows into staged notices.csv and rejects.csv, dropping duplicates."""
+    merged = etl.merge_outputs(parts, output, work_dir)
     get_run_logger().info(
-        "Wrote %s notices to %s (%s duplicates dropped)",
+        "Merged %s notices (%s duplicates dropped)",
         f"{merged.rows_out:,}",
-        merged.notices,
         f"{merged.rows_duplicate:,}",
     )
     return merged
@@ -88,12 +87,20 @@ def write_summary(
     parts: list[etl.PartResult],
     merged: etl.MergeResult,
     started_at: str,
-    output: str,
+    work_dir: str,
 ) -> etl.Summary:
-    """Add up the run's counts, check that they balance, and write summary.json."""
+    """Add up the run's counts, check that they balance, and stage summary.json."""
     summary = etl.summarise(sources, parts, merged, started_at)
-    get_run_logger().info("Wrote the summary to %s", etl.write_summary(summary, output))
+    etl.write_summary(summary, work_dir)
     return summary
+
+
+@task(name="publish-outputs", cache_policy=NO_CACHE)
+def publish_outputs(work_dir: str, output: str) -> list[str]:
+    """Move notices.csv, rejects.csv and summary.json into the output location together."""
+    published = etl.publish_outputs(work_dir, output)
+    get_run_logger().info("Wrote %s", ", ".join(published))
+    return published
 
 
 @task(name="publish-summary", cache_policy=NO_CACHE)

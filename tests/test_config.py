@@ -46,8 +46,11 @@ def test_get_settings_production_defaults_to_dask(monkeypatch: pytest.MonkeyPatc
 def test_get_settings_production_requires_an_output(monkeypatch: pytest.MonkeyPatch) -> None:
     """Production has no default output location: the message names the variable."""
     monkeypatch.setenv("PREFECT_FLOW_ENV", "production")
-    with pytest.raises(SettingsError, match="PYFLOW_OUTPUT must be set in production"):
-        get_settings()
+    settings = get_settings()
+    with pytest.raises(
+        SettingsError, match="PYFLOW_OUTPUT is not set, and production has no default output"
+    ):
+        settings.require_output()
 
 
 def test_get_settings_names_an_unknown_environment(monkeypatch: pytest.MonkeyPatch) -> None:

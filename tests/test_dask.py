@@ -48,7 +48,16 @@ def worker_env() -> dict[str, str]:
 def start_worker(address: str) -> subprocess.Popen[bytes]:
     """Start one `dask worker` process (one thread) for the scheduler at ``address``."""
     return subprocess.Popen(
-        [BIN / "dask", "worker", address, "--nthreads", "1", "--no-dashboard"],
+        [
+            BIN / "dask",
+            "worker",
+            address,
+            "--nthreads",
+            "1",
+            "--no-dashboard",
+            "--preload",
+            "pyflow.tasks",
+        ],
         env=worker_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

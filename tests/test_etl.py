@@ -45,9 +45,10 @@ def run_etl(
         )
     ]
     parts = [etl.transform_source(p, ALIASES, work_dir, run_rows) for p in partitions]
-    merged = etl.merge_outputs(parts, location)
+    merged = etl.merge_outputs(parts, location, work_dir)
     summary = etl.summarise(sources, parts, merged, etl.utc_now())
-    etl.write_summary(summary, location)
+    etl.write_summary(summary, work_dir)
+    etl.publish_outputs(work_dir, location)
     etl.remove_work_dir(work_dir)
     return summary
 
@@ -209,16 +210,57 @@ def test_summarise_refuses_counts_that_do_not_add_up() -> None:
 def test_merge_outputs_keeps_the_previous_files_when_it_fails(
     write_csv: Callable[[str, str], Path], tmp_path: Path
 ) -> None:
-    """A merge that fails half-way leaves the good outputs in place and no temporary files."""
+    """A merge that fails half-way leaves the good outputs in place and nothing new beside them."""
     output = tmp_path / "out"
     sources = [Source(location=str(write_csv("ca.csv", CA_TEXT)), constants={"state": "CA"})]
     run_etl(sources, output)
     before = {p.name: p.read_bytes() for p in output.iterdir() if p.is_file()}
     broken = etl.PartResult("x", 1, 0, notice_runs=[str(tmp_path / "missing.run")])
+    work_dir = etl.new_work_dir(str(output))
     with pytest.raises(FileNotFoundError):
-        etl.merge_outputs([broken], str(output))
+        etl.merge_outputs([broken], str(output), work_dir)
+    etl.remove_work_dir(work_dir)
     after = {p.name: p.read_bytes() for p in output.iterdir() if p.is_file()}
     assert after == before
+    assert sorted(p.name for p in output.iterdir()) == [
+        "notices.csv",
+        "rejects.csv",
+        "summary.json",
+    ]
+
+
+def test_publish_outputs_moves_all_three_files_only_when_staged(
+    write_csv: Callable[[str, str], Path], tmp_path: Path
+) -> None:
+    """Staged outputs replace the old ones together; with one missing, the data files stay put."""
+    output = tmp_path / "out"
+    sources = [Source(location=str(write_csv("ca.csv", CA_TEXT)), constants={"state": "CA"})]
+    run_etl(sources, output)
+    work_dir = etl.new_work_dir(str(output))
+    for name in ("notices.csv", "rejects.csv", "summary.json"):
+        Path(etl.staged_path(work_dir, name)).parent.mkdir(parents=True, exist_ok=True)
+        Path(etl.staged_path(work_dir, name)).write_text(f"new {name}\n")
+    assert etl.publish_outputs(work_dir, str(output)) == [
+        str(output / name) for name in ("notices.csv", "rejects.csv", "summary.json")
+    ]
+    assert (output / "summary.json").read_text() == "new summary.json\n"
+    assert (output / "notices.csv").read_text() == "new notices.csv\n"
+
+
+def test_transform_source_rejects_a_row_with_a_line_break_inside_a_field(
+    write_csv: Callable[[str, str], Path], tmp_path: Path
+) -> None:
+    """A bad row whose quoted field holds a line break is rejected whole, its raw text intact."""
+    path = write_csv(
+        "x.csv",
+        'Company,State,Notice Date,Jobs\n"Acme\nWest",CA,2024-01-02,ten\nBeta,CA,2024-01-03,4\n',
+    )
+    summary = run_etl([Source(location=str(path), name="x")], tmp_path / "out")
+    [reject] = read_rows(tmp_path / "out" / "rejects.csv")
+    assert reject["reason"] == "jobs: 'ten' is not a number"
+    assert reject["line"] == "2"
+    assert reject["raw"] == '"Acme\nWest",CA,2024-01-02,ten'
+    assert (summary.rows_in, summary.rows_out, summary.rows_rejected) == (2, 1, 1)
 
 
 def test_prepare_output_refuses_an_unwritable_location(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ import tasks
 ROOT = tasks.ROOT
 
 POETRY = "poetry"
+TEST_HOME = Path(tempfile.mkdtemp(prefix="pyflow-invoke-tests-")) / ".prefect"
+"""The Prefect home these tests give the tasks: `invoke push` records its digests there."""
 SETTINGS = "poetry run python -m pyflow.config json"
 GAR = "us-central1-docker.pkg.dev/acme-prod/pyflow/pyflow"
 VERSION = tasks.project_version()
@@ -37,7 +40,10 @@ def mock_context(extra: dict[str, Result] | None = None, **setting_changes: str)
     Commands not listed succeed with no output.
     """
     config = Config(
-        overrides={"pyflow": {"poetry": POETRY, "podman_isolation": ""}, "run": {"echo": True}}
+        overrides={
+            "pyflow": {"poetry": POETRY, "podman_isolation": "", "home": str(TEST_HOME)},
+            "run": {"echo": True},
+        }
     )
     results = {
         SETTINGS: Result(stdout=settings(**setting_changes)),
@@ -191,8 +197,8 @@ def test_push_with_podman_pushes_both_tags_and_prints_the_digest(
     tasks.push(c, engine="podman", registry="127.0.0.1:5000", insecure=True)
     digest_file = tmp_path / "digest"
     assert commands(c)[3:] == [
-        f"podman push --tls-verify=false --digestfile {digest_file} {repository}:{VERSION}",
         f"podman push --tls-verify=false --digestfile {digest_file} {repository}:abc1234",
+        f"podman push --tls-verify=false --digestfile {digest_file} {repository}:{VERSION}",
     ]
     out = capsys.readouterr().out
     assert f"Pushed {repository}:{VERSION} as {repository}@{DIGEST}" in out
@@ -213,13 +219,13 @@ def test_push_with_docker_reads_the_digest_from_its_output(
         }
     )
     tasks.push(c)
-    assert commands(c)[3:] == [f"docker push {GAR}:{VERSION}", f"docker push {GAR}:abc1234"]
+    assert commands(c)[3:] == [f"docker push {GAR}:abc1234", f"docker push {GAR}:{VERSION}"]
     assert f"Pushed {GAR}:abc1234 as {GAR}@{DIGEST}" in capsys.readouterr().out
 
 
 def test_push_fails_when_docker_prints_no_digest() -> None:
     """A push whose output has no digest is an error, not a silent success."""
-    c = mock_context({f"docker push {GAR}:{VERSION}": Result(stdout="pushed?\n")})
+    c = mock_context({f"docker push {GAR}:abc1234": Result(stdout="pushed?\n")})
     with pytest.raises(Exit, match="printed no digest"):
         tasks.push(c)
 
@@ -262,7 +268,7 @@ def test_every_image_task_flag_is_documented_with_its_default() -> None:
 
 # --- invoke pool, invoke deploy --env production -----------------------------------------
 
-HOME = tasks.shlex.quote(str(tasks.PREFECT_HOME))
+HOME = tasks.shlex.quote(str(TEST_HOME))
 PRODUCTION = {"env": "production", "work_pool": "pyflow-kubernetes"}
 
 
@@ -274,27 +280,33 @@ def test_pool_creates_the_kubernetes_pool_with_production_settings() -> None:
     assert c.run.call_args.kwargs["env"] == {"PREFECT_FLOW_ENV": "production"}
 
 
-def test_deploy_production_uses_the_image_this_machine_pushed() -> None:
-    """Without --image, production deploys the pushed version tag by its registry digest."""
-    inspect = f"docker image inspect --format '{{{{index .RepoDigests 0}}}}' {GAR}:{VERSION}"
+def test_deploy_production_uses_the_image_this_machine_pushed(tmp_path: Path) -> None:
+    """Without --image, production deploys the version tag `invoke push` recorded, by digest."""
     c = mock_context(
         {
             SETTINGS: Result(stdout=settings(**PRODUCTION)),
-            inspect: Result(stdout=f"{GAR}@{DIGEST}\n"),
+            f"docker push {GAR}:abc1234": Result(stdout=f"abc1234: digest: {DIGEST} size: 1\n"),
+            f"docker push {GAR}:{VERSION}": Result(stdout=f"{VERSION}: digest: {DIGEST} size: 1\n"),
         }
     )
+    c.config.pyflow.home = str(tmp_path)
+    tasks.push(c)
     tasks.deploy(c, env="production")
+    assert json.loads((tmp_path / tasks.PUSHED_FILE).read_text()) == {
+        f"{GAR}:abc1234": DIGEST,
+        f"{GAR}:{VERSION}": DIGEST,
+    }
     assert commands(c)[-1] == (
-        f"poetry run python -m pyflow.deploy --home {HOME} "
+        f"poetry run python -m pyflow.deploy --home {tmp_path} "
         f"--image {GAR}:{VERSION}@{DIGEST} --version {VERSION}"
     )
     assert c.run.call_args.kwargs["env"] == {"PREFECT_FLOW_ENV": "production"}
 
 
-def test_deploy_production_refuses_an_image_never_pushed() -> None:
+def test_deploy_production_refuses_an_image_never_pushed(tmp_path: Path) -> None:
     """Without a pushed image, production deploy says how to push one, or to pass --image."""
-    inspect = f"docker image inspect --format '{{{{index .RepoDigests 0}}}}' {GAR}:{VERSION}"
-    c = mock_context({SETTINGS: Result(stdout=settings(**PRODUCTION)), inspect: Result(exited=1)})
+    c = mock_context({SETTINGS: Result(stdout=settings(**PRODUCTION))})
+    c.config.pyflow.home = str(tmp_path)
     with pytest.raises(
         Exit, match=r"has not been pushed from here: run `invoke build` and `invoke push`"
     ):
@@ -313,11 +325,18 @@ def check_registry(version: str = "1.2.3", commit: str = "abc1234") -> str:
     return f"poetry run python -m pyflow.release registry --version {version} --commit {commit}"
 
 
+@pytest.fixture(autouse=True)
+def project_at_1_2_3(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Give pyproject.toml's version as 1.2.3 for the release tests, as a release commit would."""
+    if request.node.name.startswith("test_release_"):
+        monkeypatch.setattr(tasks, "project_version", lambda: "1.2.3")
+
+
 def release_context(**results: Result) -> MockContext:
     """Return a MockContext for a clean tree tagged v1.2.3 whose checks all pass."""
     return mock_context(
         {
-            "git status --porcelain": Result(stdout=""),
+            "git status --porcelain --untracked-files=no": Result(stdout=""),
             "git describe --exact-match --tags HEAD": Result(stdout="v1.2.3\n"),
             SETTINGS: Result(stdout=settings(**PRODUCTION)),
             CHECK_SETTINGS: Result(stdout=json.dumps({"image": GAR})),
@@ -342,18 +361,19 @@ def test_release_checks_then_builds_pushes_and_deploys(capsys: pytest.CaptureFix
     tasks.release(c)
     ran = commands(c)
     order = [
-        "git status --porcelain",
+        "git status --porcelain --untracked-files=no",
         "git describe --exact-match --tags HEAD",
         CHECK_SETTINGS,
         check_registry(),
         CHECK_PREFECT,
-        f"docker push {GAR}:1.2.3",
         f"docker push {GAR}:abc1234",
+        f"docker push {GAR}:1.2.3",
         DEPLOY,
     ]
-    assert [command for command in ran if command in order] == order
+    remaining = iter(ran)
+    assert all(command in remaining for command in order), ran
     [build] = [command for command in ran if command.startswith("docker build")]
-    assert ran.index(CHECK_PREFECT) < ran.index(build) < ran.index(f"docker push {GAR}:1.2.3")
+    assert ran.index(CHECK_PREFECT) < ran.index(build) < ran.index(f"docker push {GAR}:abc1234")
     assert f"--tag {GAR}:1.2.3 --tag {GAR}:abc1234" in build
     assert all(
         call.kwargs.get("env") == {"PREFECT_FLOW_ENV": "production"}
@@ -368,7 +388,10 @@ def test_release_checks_then_builds_pushes_and_deploys(capsys: pytest.CaptureFix
 @pytest.mark.parametrize(
     ("results", "message"),
     [
-        ({"git status --porcelain": Result(stdout=" M pyflow/flow.py\n")}, "uncommitted changes"),
+        (
+            {"git status --porcelain --untracked-files=no": Result(stdout=" M pyflow/flow.py\n")},
+            "uncommitted changes",
+        ),
         ({"git describe --exact-match --tags HEAD": Result(exited=128)}, "HEAD has no tag"),
         (
             {"git describe --exact-match --tags HEAD": Result(stdout="release-5\n")},
@@ -551,3 +574,34 @@ def test_gcp_setup_refuses_placeholders() -> None:
     ):
         tasks.gcp_setup(c)
     assert commands(c) == [SETTINGS]
+
+
+def test_release_stops_when_the_tag_and_pyproject_disagree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tag whose version is not pyproject.toml's stops the release, saying how to fix it."""
+    c = release_context()
+    monkeypatch.setattr(tasks, "project_version", lambda: "1.2.2")
+    with pytest.raises(
+        Exit, match=r"the tag says 1\.2\.3 but pyproject\.toml says 1\.2\.2: set the version"
+    ):
+        tasks.release(c)
+    assert CHECK_SETTINGS not in commands(c)
+
+
+def test_release_dry_run_without_a_tag_plans_the_pyproject_version(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """On a fresh clone (no tag), a dry run plans the version in pyproject.toml."""
+    c = release_context(**{"git describe --exact-match --tags HEAD": Result(exited=128)})
+    tasks.release(c, dry_run=True)
+    out = capsys.readouterr().out
+    assert "dry run: HEAD has no tag, so this plans version 1.2.3 from pyproject.toml" in out
+    assert "Planned 1.2.3:" in out
+
+
+def test_masked_hides_credentials_in_urls() -> None:
+    """An index URL with a token is echoed with the token hidden."""
+    command = "docker build --build-arg PIP_INDEX_URL=https://user:s3cr3t@pypi.corp.test/simple ."
+    assert (
+        tasks.masked(command)
+        == "docker build --build-arg PIP_INDEX_URL=https://***@pypi.corp.test/simple ."
+    )

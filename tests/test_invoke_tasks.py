@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import inspect
+import os
+import subprocess
 import sys
+import time
 from subprocess import CompletedProcess
 
 import pytest
@@ -17,7 +20,12 @@ POETRY = "poetry"
 
 def mock_context(**results: Result) -> MockContext:
     """Return a MockContext with the project's configuration and Poetry on PATH."""
-    config = Config(overrides={"pyflow": {"poetry": POETRY}, "run": {"echo": True}})
+    config = Config(
+        overrides={
+            "pyflow": {"poetry": POETRY, "home": str(tasks.PREFECT_HOME)},
+            "run": {"echo": True},
+        }
+    )
     return MockContext(config=config, run=results or Result(), repeat=True)
 
 
@@ -202,7 +210,7 @@ def test_deploy_registers_the_development_deployments() -> None:
     """`invoke deploy` in development registers the process-pool deployments, no image needed."""
     settings = "poetry run python -m pyflow.config json"
     c = MockContext(
-        config=Config(overrides={"pyflow": {"poetry": POETRY}}),
+        config=Config(overrides={"pyflow": {"poetry": POETRY, "home": str(tasks.PREFECT_HOME)}}),
         run={settings: Result(stdout='{"env": "development"}'), tasks_deploy_command(): Result()},
     )
     tasks.deploy(c, env="development")
@@ -229,3 +237,21 @@ def test_bench_passes_its_sizes_to_the_benchmark() -> None:
     assert commands(c) == [
         "poetry run python -m pyflow.bench --rows 1000 --files 2 --workers 3 --variants ad"
     ]
+
+
+def test_descendants_finds_children_and_grandchildren() -> None:
+    """The SIGTERM handler of `invoke dev` reaches every process below invoke, grandchildren too."""
+    parent = subprocess.Popen(["sh", "-c", "sleep 30 & (sleep 30 & wait) & wait"])
+    try:
+        deadline = 50
+        while len(tasks.descendants(parent.pid)) < 3 and deadline:
+            deadline -= 1
+            time.sleep(0.1)
+        found = tasks.descendants(parent.pid)
+        assert len(found) >= 3
+        assert parent.pid not in found
+        assert all(pid in tasks.descendants(os.getpid()) for pid in [parent.pid, *found])
+    finally:
+        for pid in [*tasks.descendants(parent.pid), parent.pid]:
+            os.kill(pid, 9)
+        parent.wait()

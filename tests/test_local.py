@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from conftest import ROOT
 from pyflow import local
 
 READY_TIMEOUT = 180
@@ -123,6 +125,24 @@ def trigger_and_wait(api_url: str, deployment: str) -> str:
     pytest.fail(f"the run of {deployment} did not finish within {RUN_TIMEOUT} s")
 
 
+def wait_for_run(api_url: str, run_id: str) -> str:
+    """Wait for a flow run to reach a final state; return the state's type."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    deadline = time.monotonic() + RUN_TIMEOUT
+    with (
+        temporary_settings(updates={PREFECT_API_URL: api_url}),
+        get_client(sync_client=True) as client,
+    ):
+        while time.monotonic() < deadline:
+            state = client.read_flow_run(run_id).state
+            if state is not None and state.is_final():
+                return state.type.value
+            time.sleep(0.5)
+    pytest.fail(f"flow run {run_id} did not finish within {RUN_TIMEOUT} s")
+
+
 def stop_and_check(process: subprocess.Popen[str], console: Console) -> None:
     """Send SIGINT (Ctrl-C) and wait for a clean exit."""
     process.send_signal(signal.SIGINT)
@@ -143,6 +163,20 @@ def test_dev_runs_a_deployment_and_leaves_nothing_behind(loop_home: Path, tmp_pa
     )
     state = trigger_and_wait(f"http://127.0.0.1:{port}/api", "warn-notices/development")
     assert state == "COMPLETED", console.text
+    printed = next(line.strip() for line in console.lines if "prefect deployment run" in line)
+    triggered = subprocess.run(
+        ["bash", "-c", printed],
+        cwd=ROOT,
+        env=local_env(output),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert triggered.returncode == 0, triggered.stderr
+    run_id = re.search(r"UUID: ([0-9a-f-]{36})", triggered.stdout)
+    assert run_id, triggered.stdout
+    assert wait_for_run(f"http://127.0.0.1:{port}/api", run_id[1]) == "COMPLETED", console.text
     summary = json.loads((output / "summary.json").read_text())
     assert (
         summary["rows_in"]
@@ -169,6 +203,17 @@ def test_dev_reuses_a_running_server_and_leaves_it_running(loop_home: Path, tmp_
     assert started.returncode == 0, started.stderr
     server = local.read_state(loop_home)
     assert server is not None and server.port == port
+    cli = subprocess.run(
+        [sys.executable, "-m", "pyflow", "--output", str(output)],
+        env={**local_env(output), "PREFECT_HOME": str(loop_home)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert f"Using this project's Prefect server at {server.url}" in cli.stderr
+    assert "Starting a temporary Prefect server" not in cli.stderr
     process, console = start_dev(loop_home, port, output)
     assert "reusing the Prefect server" in console.text
     stop_and_check(process, console)
@@ -222,13 +267,41 @@ def test_start_server_shows_the_end_of_the_log_when_it_crashes(
 
 
 def test_read_state_ignores_a_server_that_is_gone(tmp_path: Path) -> None:
-    """A state file whose process has exited does not count as a running server."""
+    """A recorded server counts only while its very process (ID and start time) still runs."""
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     (tmp_path / local.STATE_FILE).write_text(json.dumps({"pid": gone.pid, "port": 4200}))
     assert local.read_state(tmp_path) is None
-    (tmp_path / local.STATE_FILE).write_text(json.dumps({"pid": os.getpid(), "port": 4321}))
-    assert local.read_state(tmp_path) == local.ServerState(os.getpid(), 4321)
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "server"])
+    try:
+        started = psutil.Process(alive.pid).create_time()
+        state = {"pid": alive.pid, "port": 4321, "started": started}
+        (tmp_path / local.STATE_FILE).write_text(json.dumps(state))
+        assert local.read_state(tmp_path) == local.ServerState(alive.pid, 4321, started)
+        (tmp_path / local.STATE_FILE).write_text(json.dumps({**state, "started": started - 3600}))
+        assert local.read_state(tmp_path) is None, "a reused process ID is not this server"
+    finally:
+        alive.kill()
+        alive.wait()
+    (tmp_path / local.STATE_FILE).write_text(
+        json.dumps({"pid": os.getpid(), "port": 1, "started": psutil.Process().create_time()})
+    )
+    assert local.read_state(tmp_path) is None, "a process that is not a server is not taken for one"
+
+
+def test_reset_deletes_only_pyflows_files(tmp_path: Path) -> None:
+    """`reset` removes Prefect's state and the run's outputs, and nothing else in the folder."""
+    home, output = tmp_path / ".prefect", tmp_path / "out"
+    home.mkdir()
+    (home / "prefect.db").write_text("db")
+    output.mkdir()
+    for name in ("notices.csv", "rejects.csv", "summary.json", "keep-me.txt"):
+        (output / name).write_text(name)
+    (output / ".pyflow-work" / "abc").mkdir(parents=True)
+    removed = local.reset(home, output)
+    assert not home.exists()
+    assert sorted(p.name for p in output.iterdir()) == ["keep-me.txt"]
+    assert len(removed) == 5
 
 
 def test_stop_tree_stops_a_process_and_its_descendants() -> None:
@@ -270,3 +343,29 @@ def test_deploy_without_a_server_says_how_to_start_one(tmp_path: Path) -> None:
         "and this project's server is not running. Start it with `invoke server` (or `invoke "
         "dev`), or set PREFECT_API_URL in .env\n"
     )
+
+
+@pytest.mark.slow
+def test_invoke_dev_stops_everything_on_sigterm(tmp_path: Path) -> None:
+    """`invoke dev` (through invoke and Poetry, as a user runs it) stops all it started on SIGTERM."""
+    home, port = tmp_path / ".prefect", free_port()
+    env = {**local_env(tmp_path / "out"), "INVOKE_PYFLOW_HOME": str(home)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "dev", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    console = Console(process)
+    console.wait_for("pyflow dev: ready in", READY_TIMEOUT)
+    assert processes_using(home), "the server and worker should be running"
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=60)
+    console.thread.join(timeout=5)
+    deadline = time.monotonic() + 30
+    while processes_using(home) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert processes_using(home) == [], console.text
+    assert "pyflow dev: stopped everything it started" in console.text

@@ -37,7 +37,7 @@ PRODUCTION_IMAGE = "us-central1-docker.pkg.dev/acme/pyflow/pyflow:1.2.3"
 PRODUCTION_JOB_VARIABLES: dict[str, Any] = {
     "image": PRODUCTION_IMAGE,
     **get_settings(
-        env="production",
+        PREFECT_FLOW_ENV="production",
         output="gs://acme-warn/output",
         gcp_project="acme",
         fetch_retries=5,

@@ -219,12 +219,16 @@ def test_ci_runs_the_invoke_targets_in_order() -> None:
         "build",
         "--engine",
         "docker",
+        "--registry",
+        "localhost",
         "--cache-from",
         "type=gha,scope=pyflow-image",
         "--cache-to",
         "type=gha,scope=pyflow-image,mode=max",
     ]
     assert "--push" not in build
+    [test] = [command for command in commands if command.startswith("invoke test")]
+    assert test == "invoke test --opts \"-m 'not container'\"", "only the image tests run elsewhere"
 
 
 def test_ci_exposes_the_actions_cache_to_the_image_build() -> None:
