@@ -128,6 +128,11 @@ class Settings(BaseSettings):
         default=None,
         description="How tasks run: `threads` (one process) or `dask` (a Dask cluster).",
     )
+    thread_workers: int = Field(
+        default=1,
+        ge=1,
+        description="Threads of the thread runner: tasks it runs at once. Python threads do not run CPU-bound work in parallel, so more only helps many HTTP(S) sources.",
+    )
     dask_address: str | None = Field(
         default=None,
         description="Address of a running Dask scheduler (such as `tcp://10.0.0.5:8786`); unset starts a local cluster.",
@@ -351,7 +356,7 @@ class Settings(BaseSettings):
         if self.task_runner == "threads":
             from prefect.task_runners import ThreadPoolTaskRunner
 
-            return ThreadPoolTaskRunner(max_workers=max(4, available_cpus() * 2))
+            return ThreadPoolTaskRunner(max_workers=self.thread_workers)
         from prefect_dask import DaskTaskRunner
 
         if self.dask_address:

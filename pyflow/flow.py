@@ -29,6 +29,9 @@ from pyflow.tasks import (
 def warn_notices(sources: list[Source] | None = None, output: str | None = None) -> etl.Summary:
     """Consolidate WARN Act layoff notices from many sources into one clean dataset.
 
+    HTTP(S) sources are downloaded concurrently on the task runner; files are only checked and
+    split, in the flow's own process, so no worker's time goes to such small steps.
+
     Args:
         sources: Files or URLs to read, each `LOCATION[#key=value,...]`; default: PYFLOW_SOURCES.
         output: Folder or fsspec URL for notices.csv, rejects.csv and summary.json;
@@ -42,15 +45,24 @@ def warn_notices(sources: list[Source] | None = None, output: str | None = None)
         prepare = prepare_source.with_options(
             retries=settings.fetch_retries, retry_delay_seconds=settings.retry_delays
         )
-        prepared = prepare.map(
-            range(len(settings.sources)),
-            settings.sources,
-            unmapped(work_dir),
-            unmapped(settings.fetch_timeout),
-            unmapped(settings.partition_bytes),
-        )
-        wait(prepared)
-        planned = prepared.result()
+        options = (work_dir, settings.fetch_timeout, settings.partition_bytes)
+        downloads = {
+            index: prepare.submit(index, source, *options)
+            for index, source in enumerate(settings.sources)
+            if source.is_remote_http
+        }
+        try:
+            files = {
+                index: prepare(index, source, *options)
+                for index, source in enumerate(settings.sources)
+                if index not in downloads
+            }
+        finally:
+            wait(list(downloads.values()))
+        planned = [
+            files[index] if index in files else downloads[index].result()
+            for index in range(len(settings.sources))
+        ]
         partitions = [partition for source_partitions in planned for partition in source_partitions]
         transformed = transform_source.map(
             partitions, unmapped(settings.aliases), unmapped(work_dir)
