@@ -196,14 +196,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from pyflow.local import is_healthy, read_state
+    from pyflow.local import running_server
 
     try:
         settings = get_settings()
         api_url = PREFECT_API_URL.value()
         if not api_url and settings.env == "development":
-            local = read_state(args.home.resolve())
-            api_url = local.api_url if local and is_healthy(local.api_url) else None
+            local = running_server(args.home.resolve())
+            api_url = local.api_url if local else None
         if not api_url:
             raise DeployError(
                 "there is no Prefect server to register with: PREFECT_API_URL is not set and "

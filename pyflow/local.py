@@ -95,6 +95,12 @@ def read_state(home: Path) -> ServerState | None:
     return state if alive else None
 
 
+def running_server(home: Path) -> ServerState | None:
+    """Return this project's server if it runs and answers its health check, else None."""
+    state = read_state(home)
+    return state if state and is_healthy(state.api_url) else None
+
+
 def child_env(home: Path, api_url: str | None) -> dict[str, str]:
     """Return the environment of a process started here: this project's home and API."""
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}

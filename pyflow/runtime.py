@@ -117,15 +117,15 @@ def prefect_api() -> Iterator[str]:
     from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import PREFECT_API_URL, PREFECT_HOME
 
-    from pyflow.local import is_healthy, read_state
+    from pyflow.local import running_server
 
     configured = PREFECT_API_URL.value()
     if configured:
         yield configured
         return
     home = Path(PREFECT_HOME.value()).expanduser().resolve()
-    running = read_state(home)
-    if running and is_healthy(running.api_url):
+    running = running_server(home)
+    if running:
         logger.info("Using this project's Prefect server at %s", running.url)
         with _using_api(running.api_url) as api_url:
             yield api_url
