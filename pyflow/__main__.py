@@ -6,8 +6,12 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from pyflow.errors import PyflowError, SettingsError
+from pyflow.errors import PyflowError, SettingsError, SourcesFailed
+
+if TYPE_CHECKING:
+    from pyflow.etl import Summary
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -57,6 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="worker processes of a local Dask cluster (default: PYFLOW_DASK_WORKERS, else CPUs)",
     )
     parser.add_argument(
+        "--strict",
+        action="store_true",
+        default=None,
+        help=(
+            "all or nothing: if any source cannot be read or mapped, fail before writing "
+            "anything (default: PYFLOW_STRICT, else publish the other sources and exit 1)"
+        ),
+    )
+    parser.add_argument(
         "--dask-address",
         metavar="ADDRESS",
         help="use a running Dask scheduler, such as tcp://127.0.0.1:8786 (default: PYFLOW_DASK_ADDRESS)",
@@ -81,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             task_runner=args.runner,
             dask_workers=args.workers,
             dask_address=args.dask_address,
+            strict=args.strict,
         )
         runtime.preflight(settings)
         runtime.quiet_logging()
@@ -88,16 +102,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as error:
         print(f"pyflow: invalid settings: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except SourcesFailed as error:
+        report(error.summary)
+        failed = error.summary.failures
+        print(
+            f"pyflow: {len(failed)} of {len(error.summary.sources)} sources failed; the others "
+            "were published:",
+            file=sys.stderr,
+        )
+        for entry in failed:
+            print(f"  - {entry['error']}", file=sys.stderr)
+        return EXIT_FAILED
     except PyflowError as error:
         print(f"pyflow: the run failed: {error}", file=sys.stderr)
         return EXIT_FAILED
+    report(summary)
+    return 0
+
+
+def report(summary: Summary) -> None:
+    """Print a run's counts and where its outputs are."""
     print(
         f"pyflow: read {summary.rows_in:,} rows from {len(summary.sources)} sources: "
         f"{summary.rows_out:,} notices, {summary.rows_rejected:,} rejected, "
         f"{summary.rows_duplicate:,} duplicates dropped."
     )
     print(f"pyflow: wrote {summary.notices} and {summary.rejects}")
-    return 0
 
 
 if __name__ == "__main__":

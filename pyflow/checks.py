@@ -63,7 +63,7 @@ def main() -> int:
         from pyflow.flow import FLOWS
 
         settings = get_settings()
-        _ = settings.aliases
+        _ = settings.rules
     except PyflowError as error:
         print(f"pyflow check: {error}", file=sys.stderr)
         return 1

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from pyflow.columns import Rules, load_rules
 from pyflow.errors import SettingsError
-from pyflow.schema import Aliases, Source, load_aliases
+from pyflow.schema import Source
 
 if TYPE_CHECKING:
     from prefect.task_runners import TaskRunner
@@ -30,20 +31,20 @@ Runner = Literal["threads", "dask"]
 
 ENV_PREFIX = "PYFLOW_"
 ENVIRONMENT_VARIABLE = "PREFECT_FLOW_ENV"
-SAMPLE_STATES = {"ca": "CA", "tx": "TX", "ny": None, "wa": "WA"}
-"""The bundled sample files, and the state each one lacks a column for."""
+SAMPLE_STATES = ("ca", "dc", "fl", "in", "mo", "ny", "pa", "tx", "wi")
+"""The bundled sample: slices of the real files nine states publish, each in its own layout."""
 
 
 def sample_sources() -> list[Source]:
-    """Return the bundled sample sources, with the constants their files need."""
+    """Return the bundled sample sources, each with its state as a constant."""
     folder = resources.files("pyflow") / "sample"
     return [
         Source(
             location=str(folder / f"{stem}.csv"),
-            constants={"state": state} if state else {},
+            constants={"state": stem.upper()},
             name=f"sample/{stem}.csv",
         )
-        for stem, state in SAMPLE_STATES.items()
+        for stem in SAMPLE_STATES
     ]
 
 
@@ -71,6 +72,7 @@ RELEASE_SETTINGS = ("output", "gcp_project", "gcp_region", "artifact_repository"
 FLOW_RUN_SETTINGS = (
     "output", "sources", "task_runner", "dask_address", "dask_workers", "dask_threads",
     "partition_bytes", "aliases_file", "fetch_timeout", "fetch_retries", "fetch_backoff",
+    "strict",
 )  # fmt: skip
 """Settings a flow run reads: production deployments pass them to the pod."""
 
@@ -150,7 +152,11 @@ class Settings(BaseSettings):
     )
     aliases_file: Path | None = Field(
         default=None,
-        description="A TOML file of extra column names per field, added to the bundled `pyflow/aliases.toml`.",
+        description="A TOML file of column names per field (the shape of `pyflow/aliases.toml`), for headers the rules in `pyflow/columns.toml` miss; yours win.",
+    )
+    strict: bool = Field(
+        default=False,
+        description="All or nothing: a source that cannot be read or mapped fails the run, and nothing is written. Unset: the other sources are published and the run still fails.",
     )
     fetch_timeout: float = Field(
         default=30.0, gt=0, description="Seconds to wait on an HTTP(S) source before giving up."
@@ -273,10 +279,10 @@ class Settings(BaseSettings):
         return self.output
 
     @cached_property
-    def aliases(self) -> Aliases:
-        """The column alias table: the bundled one plus ``aliases_file``."""
+    def rules(self) -> Rules:
+        """The header rules, with the bundled overrides plus ``aliases_file``."""
         try:
-            return load_aliases(self.aliases_file)
+            return load_rules(self.aliases_file)
         except (OSError, ValueError) as error:
             raise SettingsError(
                 f"PYFLOW_ALIASES_FILE='{self.aliases_file}' cannot be used: {error}"

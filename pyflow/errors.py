@@ -19,3 +19,11 @@ class OutputError(PyflowError):
 
 class FetchError(SourceError):
     """A network source failed in a way that may pass: a timeout, a dropped connection or a 5xx."""
+
+
+class SourcesFailed(PyflowError):
+    """Some sources could not be read or mapped; the others were published."""
+
+    def __init__(self, summary: object, message: str) -> None:
+        super().__init__(message)
+        self.summary = summary

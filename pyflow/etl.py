@@ -1,50 +1,48 @@
-"""The ETL steps as plain functions: fetch, transform to sorted run files, merge, and write.
+"""The ETL steps as plain functions: fetch, plan, transform, merge, write and publish.
 
-Rows stream through every step. A transform writes its valid rows to run files, each sorted
-by the deduplication key, and its rejects to run files sorted by line; the merge reads all
-runs at once with `heapq.merge`, so duplicates arrive side by side and the output order is
-the same whatever the number of sources, partitions or workers. Memory holds one run per
-transform and one line per run during the merge, never a whole source.
+A source is planned once (its header, its column mapping, its record-safe byte ranges), then its
+ranges are transformed by Polars, whole columns at a time, into part files sorted by the notice
+key. The merge reads the parts in key ranges (buckets) that each fit in memory, drops duplicate
+notices, and writes one sorted chunk per bucket; the chunks, concatenated, are ``notices.csv``.
+So memory holds one range or one bucket, never the whole dataset, and the output is the same
+bytes whatever the number of sources, partitions, buckets or workers.
+
+A source that cannot be read or mapped does not stop the others: its plan or part carries the
+error, the summary lists it, and the flow reports it once the other sources are published.
 """
 
 from __future__ import annotations
 
-import codecs
-import csv
-import heapq
+import itertools
 import json
 import logging
 import math
-import re
+import shutil
 import uuid
-from collections.abc import Iterable, Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
-from typing import IO
+from typing import IO, Any
 
 import fsspec
 import httpx
+import polars as pl
+import polars_hash as plh
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
+from pyflow import normalise, reading, values
+from pyflow.columns import ColumnMap, Rules, map_columns
 from pyflow.errors import FetchError, OutputError, SourceError
 from pyflow.schema import (
-    FIELDS,
+    NOTICE_FIELDS,
     REJECT_FIELDS,
-    REQUIRED_FIELDS,
-    Aliases,
-    RowError,
     Source,
-    map_columns,
-    normalise_row,
     source_label_from,
 )
 
 logger = logging.getLogger(__name__)
-
-RUN_ROWS = 200_000
-"""Rows a transform sorts in memory before it writes them out as one run file."""
 
 NOTICES_FILE = "notices.csv"
 REJECTS_FILE = "rejects.csv"
@@ -52,73 +50,124 @@ SUMMARY_FILE = "summary.json"
 WORK_DIR_NAME = ".pyflow-work"
 """Folder inside the output location for a run's intermediate files; removed after the run."""
 
-_KEY_END = "\x1e"
-_TEXT_START = "\t"
+MERGE_ROWS = 1_000_000
+"""Rows a merge bucket holds, about: the merge's memory does not grow with the dataset."""
+
+KEY_SAMPLES = 64
+"""Keys each part reports, evenly spaced, so the merge can cut buckets of even size."""
+
+EXAMPLES = 3
+"""Examples kept of each field's values that could not be read."""
+
+ID_LENGTH = 16
+"""Hex digits of a notice's id: the start of the SHA-256 of its normalised fields."""
+
+
+@dataclass(frozen=True)
+class SourcePlan:
+    """What a run knows of one source before reading its rows: layout, mapping and ranges.
+
+    A plan with an ``error`` is a failed source. If its rows can still be read (``layout`` is
+    set), they are all rejected with the error as reason, so they are counted and kept.
+    """
+
+    index: int
+    source: Source
+    location: str
+    layout: reading.Layout | None = None
+    columns: ColumnMap | None = None
+    ranges: tuple[tuple[int, int], ...] = ()
+    error: str | None = None
+    reject_reason: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The source's name in outputs and messages."""
+        return self.source.label
+
+    def report(self) -> dict[str, Any] | None:
+        """The column mapping, for ``summary.json``."""
+        return self.columns.report(self.source.constants) if self.columns else None
+
+
+@dataclass(frozen=True)
+class Partition:
+    """A byte range of one source that starts and ends at a record boundary: a unit of work."""
+
+    plan: SourcePlan
+    index: int
+    start: int
+    end: int
+
+    @property
+    def name(self) -> str:
+        """A short name for logs: the source's label, and the byte range of a split source."""
+        if len(self.plan.ranges) == 1:
+            return self.plan.label
+        return f"{self.plan.label} (bytes {self.start:,} to {self.end:,})"
 
 
 @dataclass(frozen=True)
 class PartResult:
-    """What one transform hands to the merge: counts, lines read and the paths of its run files."""
+    """What one transformed partition hands on: its counts, its batch's part files, key samples.
 
-    source: str
-    rows_in: int
-    rows_rejected: int
-    notice_runs: list[str] = field(default_factory=list)
-    reject_runs: list[str] = field(default_factory=list)
-    source_index: int = 0
-    index: int = 0
-    lines: int = 0
+    The partitions of a batch share its part files; the first carries the batch's key samples,
+    each standing for ``key_weight`` notices.
+    """
+
+    source_index: int
+    index: int
+    records: int = 0
+    rows_in: int = 0
+    rows_kept: int = 0
+    rows_rejected: int = 0
+    notices: str | None = None
+    rejects: str | None = None
+    keys: tuple[str, ...] = ()
+    key_weight: float = 0.0
+    rejected_by: dict[str, int] = field(default_factory=dict)
+    unread: dict[str, tuple[int, list[str]]] = field(default_factory=dict)
+    error: str | None = None
 
 
 @dataclass(frozen=True)
-class MergeResult:
-    """What the merge wrote: row counts and the final file locations."""
+class BucketResult:
+    """What one merge bucket wrote: its notices, the duplicates it dropped, and its chunk file."""
 
+    index: int
     rows_out: int
     rows_duplicate: int
-    notices: str
-    rejects: str
+    path: str | None
 
 
 @dataclass(frozen=True)
 class Summary:
-    """A run's summary, written as ``summary.json``."""
+    """A run's summary, written as ``summary.json``: totals, then one entry per source."""
 
-    sources: list[str]
     rows_in: int
     rows_out: int
     rows_rejected: int
     rows_duplicate: int
+    sources_failed: int
     started_at: str
     finished_at: str
     notices: str
     rejects: str
+    sources: list[dict[str, Any]]
+
+    @property
+    def failures(self) -> list[dict[str, Any]]:
+        """The sources that could not be read or mapped."""
+        return [entry for entry in self.sources if entry["error"]]
 
     def to_json(self) -> str:
         """Return the summary as indented JSON text."""
-        return json.dumps(asdict(self), indent=2) + "\n"
+        return json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"
 
 
 def utc_now() -> str:
     """Return the current UTC time in ISO 8601 form, to the second."""
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-_NEEDS_QUOTES = re.compile(r'[",\r\n]')
-
-
-def csv_line(values: Iterable[str]) -> str:
-    """Render values as one CSV line, quoted where needed (as `csv.writer` does), ending in a newline."""
-    values = tuple(values)
-    if not _NEEDS_QUOTES.search("".join(values)):
-        return ",".join(values) + "\n"
-    return (
-        ",".join(
-            f'"{value.replace(chr(34), chr(34) * 2)}"' if _NEEDS_QUOTES.search(value) else value
-            for value in values
-        )
-        + "\n"
-    )
 
 
 def join_path(base: str, *parts: str) -> str:
@@ -247,243 +296,383 @@ def _atomic_open(target: str) -> Iterator[IO[bytes]]:
         raise
 
 
-class _RunWriter:
-    """Collects lines, and writes each full batch, sorted, as one run file."""
+def plan_sources(
+    sources: list[Source],
+    locations: Mapping[int, str],
+    errors: Mapping[int, str],
+    rules: Rules,
+    partition_bytes: int,
+) -> list[SourcePlan]:
+    """Read each source's header and first rows, map its columns, and cut it into record ranges.
 
-    def __init__(self, prefix: str, run_rows: int) -> None:
-        self.prefix = prefix
-        self.run_rows = run_rows
-        self.lines: list[str] = []
-        self.paths: list[str] = []
-
-    def add(self, line: str) -> None:
-        """Add a line; write a run file when the batch is full."""
-        self.lines.append(line)
-        if len(self.lines) >= self.run_rows:
-            self.flush()
-
-    def flush(self) -> None:
-        """Write the batch, sorted, as one run file."""
-        if not self.lines:
-            return
-        self.lines.sort()
-        path = f"{self.prefix}-{len(self.paths):05d}.run"
-        with fsspec.open(path, "w", encoding="utf-8", newline="", auto_mkdir=True) as handle:
-            handle.writelines(self.lines)
-        self.paths.append(path)
-        self.lines = []
-
-
-@dataclass(frozen=True)
-class Partition:
-    """A byte range of one source: the unit of work of a transform.
-
-    A line belongs to the partition its first byte falls in, so partitions split a file at line
-    boundaries; a record whose quoted field holds a line break must not cross one, so files
-    with such records should not be split (``PYFLOW_PARTITION_BYTES=0``).
-    """
-
-    source_index: int
-    index: int
-    source: Source
-    location: str
-    start: int = 0
-    end: int | None = None
-
-    @property
-    def name(self) -> str:
-        """A short name for logs: the source's label, and the byte range of a split source."""
-        if self.end is None:
-            return self.source.label
-        return f"{self.source.label} (bytes {self.start:,} to {self.end:,})"
-
-
-def plan_partitions(
-    source_index: int, source: Source, location: str, partition_bytes: int
-) -> list[Partition]:
-    """Split a source into byte ranges of about ``partition_bytes``; 0 keeps it whole.
+    Never raises for a bad source: its plan carries the error instead, so one bad source does
+    not stop the others. The first rows of all sources are profiled together, in one pass.
 
     Args:
-        source_index: The source's position in the run's list.
-        source: The source.
-        location: Where to read it.
-        partition_bytes: Target size of a partition; 0 or a larger file size: one partition.
-
-    Returns:
-        The partitions, in file order; together they cover the whole file.
+        sources: The run's sources, in order.
+        locations: Where each downloaded source was saved, by index; others are read in place.
+        errors: Why a source could not be downloaded, by index.
+        rules: The header rules and overrides.
+        partition_bytes: Target size of a range; 0 keeps each source whole.
     """
-    if partition_bytes <= 0:
-        return [Partition(source_index, 0, source, location)]
-    fs, path = url_to_fs(location)
-    size = fs.size(path)
-    count = max(1, math.ceil(size / partition_bytes))
-    if count == 1:
-        return [Partition(source_index, 0, source, location)]
-    bounds = [size * i // count for i in range(count + 1)]
-    return [
-        Partition(source_index, i, source, location, bounds[i], bounds[i + 1]) for i in range(count)
-    ]
-
-
-def _sort_head(partition: Partition, line: int) -> str:
-    """Return the part of a sort key that orders rows by source, partition and line."""
-    return f"{partition.source_index:06d}\x1f{partition.index:06d}\x1f{line:012d}"
-
-
-def _read_header(location: str, encoding: str) -> list[str] | None:
-    """Return a file's first CSV record: its column names."""
-    with fsspec.open(location, "r", encoding=encoding, newline="") as handle:
-        return next(csv.reader(handle), None)
-
-
-def _partition_lines(raw: IO[bytes], partition: Partition, counter: list[int]) -> Iterator[str]:
-    """Yield the decoded lines that start inside the partition's byte range.
-
-    Lines are split on the newline byte, which is safe for the ASCII-compatible encodings
-    state files use (UTF-8, Windows-1252, Latin-1); a byte order mark is dropped.
-    """
-    encoding = codecs.lookup(partition.source.encoding).name
-    if partition.start > 0:
-        raw.seek(partition.start - 1)
-        raw.readline()
-    elif encoding == "utf-8-sig":
-        raw.seek(len(codecs.BOM_UTF8) if raw.read(3) == codecs.BOM_UTF8 else 0)
-    if encoding == "utf-8-sig":
-        encoding = "utf-8"
-    position = raw.tell()
-    end = partition.end
-    for line in raw:
-        if end is not None and position >= end:
-            return
-        position += len(line)
-        counter[0] += 1
-        yield line.decode(encoding)
-
-
-def transform_source(
-    partition: Partition, aliases: Aliases, work_dir: str, run_rows: int = RUN_ROWS
-) -> PartResult:
-    """Read one partition of a source, normalise every row, and write sorted run files.
-
-    Args:
-        partition: The byte range to read (a whole file is one partition).
-        aliases: The column alias table.
-        work_dir: The run's folder for intermediate files.
-        run_rows: Rows per sorted run file.
-
-    Returns:
-        The counts, the number of lines read, and the run files written.
-
-    Raises:
-        SourceError: If the file cannot be decoded or lacks a column for a required field.
-    """
-    source = partition.source
-    prefix = join_path(work_dir, "parts", f"{partition.source_index:06d}-{partition.index:06d}")
-    notices = _RunWriter(f"{prefix}-notices", run_rows)
-    rejects = _RunWriter(f"{prefix}-rejects", run_rows)
-    label = source.label
-    rows_in = rows_rejected = 0
-    lines_read = [0]
-    try:
-        with fsspec.open(partition.location, "rb") as raw:
-            reader = csv.reader(_partition_lines(raw, partition, lines_read))
-            header = (
-                next(reader, None)
-                if partition.index == 0
-                else _read_header(partition.location, source.encoding)
+    plans: dict[int, SourcePlan] = {}
+    samples: dict[int, pl.DataFrame] = {}
+    for index, source in enumerate(sources):
+        location = locations.get(index, source.location)
+        if index in errors:
+            plans[index] = SourcePlan(index, source, location, error=errors[index])
+            continue
+        try:
+            if not source.is_remote_http:
+                check_source_exists(source)
+            layout = reading.read_layout(location, source.encoding, source.label)
+            ranges = tuple(reading.record_ranges(location, layout, partition_bytes))
+            end = reading.sample_end(location, layout)
+            sample = reading.read_records(location, layout, layout.data_start, end)
+        except (SourceError, OSError) as error:
+            message = str(error) if isinstance(error, SourceError) else f"cannot be read ({error})"
+            if not message.startswith("source '"):
+                message = f"source '{source.label}' {message}"
+            plans[index] = SourcePlan(index, source, location, error=message)
+            continue
+        plans[index] = SourcePlan(index, source, location, layout, ranges=ranges)
+        samples[index] = sample
+    profile = values.Profile(samples)
+    for index in samples:
+        plan = plans[index]
+        assert plan.layout is not None
+        columns = map_columns(plan.layout.header, profile.of(index), rules, plan.source.constants)
+        plan = replace(plan, columns=columns)
+        problem = _unmapped(plan)
+        if problem:
+            missing = "company" if "no column for the company" in problem else "state"
+            plan = replace(
+                plan,
+                error=problem,
+                reject_reason=(
+                    f"the source has no {missing}, so no row of it is a notice (see summary.json)"
+                ),
             )
-            if header is None:
-                raise SourceError(
-                    f"source '{label}' is empty: it needs a header row of column names"
-                )
-            columns = _check_columns(header, source, aliases)
-            width = len(header)
-            constants = source.constants
-            previous_line = reader.line_num
-            for row in reader:
-                line, previous_line = previous_line + 1, reader.line_num
-                rows_in += 1
-                try:
-                    if not any(value.strip() for value in row):
-                        raise RowError("empty row")
-                    if len(row) != width:
-                        raise RowError(f"has {len(row)} fields, the header has {width}")
-                    values = {name: row[index] for name, index in columns.items()}
-                    for name, value in constants.items():
-                        if not values.get(name, "").strip():
-                            values[name] = value
-                    notice = normalise_row(values, label)
-                except RowError as reason:
-                    rows_rejected += 1
-                    raw = csv_line(row).rstrip("\n")
-                    rejects.add(
-                        f"{_sort_head(partition, line)}{_TEXT_START}"
-                        + json.dumps((label, str(reason), raw), ensure_ascii=False)
-                        + "\n"
-                    )
-                    continue
-                notices.add(
-                    f"{notice.dedup_key()}{_KEY_END}{_sort_head(partition, line)}{_TEXT_START}"
-                    + csv_line(notice.values())
-                )
-    except UnicodeDecodeError:
-        where = f"line {lines_read[0]}" + (
-            f" after byte {partition.start:,}" if partition.start else ""
+        plans[index] = plan
+    return [plans[index] for index in range(len(sources))]
+
+
+def _unmapped(plan: SourcePlan) -> str | None:
+    """Say why a source's rows cannot be notices (no company or no state), with the fix."""
+    assert plan.columns is not None and plan.layout is not None
+    found = {*plan.columns.fields, *plan.source.constants}
+    if "company" not in found:
+        names = ", ".join(f"'{name}'" for name in plan.layout.header[:30])
+        more = f" and {len(plan.layout.header) - 30} more" if len(plan.layout.header) > 30 else ""
+        return (
+            f"source '{plan.label}' has no column for the company: none of its columns "
+            f"({names}{more}) has a header naming a company, employer or organization over "
+            "values with names in them. Add the column's name to an alias file "
+            '(company = ["..."], the shape of pyflow/aliases.toml) and point '
+            f"PYFLOW_ALIASES_FILE at it, or give a constant: '{plan.source.location}#company=...'"
         )
-        raise SourceError(
-            f"source '{label}' is not valid {source.encoding} ({where}): name its encoding, "
-            f"for example '{source.location}#encoding=cp1252'"
-        ) from None
-    except csv.Error as error:
-        raise SourceError(
-            f"source '{label}' is not readable CSV ({error}): check that it is a CSV file with a "
-            "header row, and name its encoding if it is not UTF-8 (#encoding=cp1252)"
-        ) from None
-    notices.flush()
-    rejects.flush()
-    return PartResult(
-        label,
-        rows_in,
-        rows_rejected,
-        notices.paths,
-        rejects.paths,
-        source_index=partition.source_index,
-        index=partition.index,
-        lines=lines_read[0],
+    if "state" not in found:
+        return (
+            f"source '{plan.label}' has no state: give it as a constant, for example "
+            f"'{plan.source.location}#state=TX', or add its state column's name to an alias file "
+            '(state = ["..."]) in PYFLOW_ALIASES_FILE'
+        )
+    return None
+
+
+def partitions_of(plan: SourcePlan) -> list[Partition]:
+    """Return a source's partitions, one per record range (none for an unreadable source)."""
+    return [Partition(plan, i, start, end) for i, (start, end) in enumerate(plan.ranges)]
+
+
+def plan_batches(plans: list[SourcePlan], batch_bytes: int) -> list[list[Partition]]:
+    """Group partitions into batches of about ``batch_bytes``, so small sources share a task.
+
+    A task costs tens of milliseconds to orchestrate: a run over many small files is faster with
+    one task per few megabytes than one per file. 0 gives one partition per batch.
+    """
+    batches: list[list[Partition]] = []
+    size = 0
+    for plan in plans:
+        for partition in partitions_of(plan):
+            length = partition.end - partition.start
+            if not batches or batch_bytes <= 0 or size + length > batch_bytes:
+                batches.append([])
+                size = 0
+            batches[-1].append(partition)
+            size += length
+    return batches
+
+
+def transform_batch(batch: list[Partition], work_dir: str) -> list[PartResult]:
+    """Read a batch of partitions and turn their rows into notices and rejects, in one pass.
+
+    Each partition's columns are renamed to the fields, the partitions are stacked, and the
+    stack is read at once (`pyflow.normalise`). Notices go to one part file for the batch,
+    sorted by key in row groups a merge bucket can skip; rejects (with their reason and raw
+    text) to another. A source that failed to map has all
+    its rows rejected with that reason; a partition that cannot be read gets a result with its
+    error instead of raising.
+
+    Args:
+        batch: The partitions, of one or more sources.
+        work_dir: The run's folder for intermediate files.
+
+    Returns:
+        One result per partition, in the batch's order.
+    """
+    frames: dict[tuple[int, int], pl.DataFrame] = {}
+    errors: dict[tuple[int, int], str] = {}
+    raws: list[pl.DataFrame] = []
+    failed: list[pl.DataFrame] = []
+    for partition in batch:
+        plan, where = partition.plan, (partition.plan.index, partition.index)
+        assert plan.layout is not None
+        try:
+            frame = reading.read_records(plan.location, plan.layout, partition.start, partition.end)
+        except (SourceError, OSError) as error:
+            errors[where] = f"source '{plan.label}' {error}"
+            continue
+        frames[where] = frame
+        if plan.error:
+            failed.append(_reject_whole(frame, plan, partition.index))
+        else:
+            assert plan.columns is not None
+            raws.append(normalise.raw_fields(frame, plan.columns, plan.source.constants, *where))
+    plans = {partition.plan.index: partition.plan for partition in batch}
+    prefix = join_path(work_dir, "parts", f"{batch[0].plan.index:06d}-{batch[0].index:06d}")
+    notices = pl.DataFrame(schema=dict.fromkeys(normalise.NOTICE_COLUMNS, pl.String))
+    rows = pl.DataFrame(schema={**dict.fromkeys(normalise.IDS, pl.UInt32), "rule": pl.String})
+    unread: dict[tuple[int, int], dict[str, tuple[int, list[str]]]] = {}
+    rejects = list(failed)
+    if raws:
+        stack = pl.concat(raws).filter(~pl.col("blank"))
+        normal, readings = normalise.normalise(stack)
+        normal = normal.with_columns(normalise.reject_rule())
+        kept = normal.get_column("rule").is_null()
+        notices = normal.filter(kept).select(normalise.key(), *normalise.NOTICE_COLUMNS[1:])
+        notices = notices.sort("key", *normalise.IDS)
+        rows = normal.select(*normalise.IDS, "rule")
+        rejects += _rejects(normal.filter(~kept), frames, plans)
+        unread = _unread(stack, readings, kept)
+    if failed:
+        rows = pl.concat(
+            [
+                rows,
+                *(f.select(*normalise.IDS, pl.lit("source failed").alias("rule")) for f in failed),
+            ]
+        )
+    notices_path = _write_part(notices, f"{prefix}-notices", sorted_=True)
+    rejects_path = _write_part(
+        pl.concat(rejects) if rejects else pl.DataFrame(), f"{prefix}-rejects"
     )
-
-
-def _check_columns(header: list[str], source: Source, aliases: Aliases) -> dict[str, int]:
-    """Map the header to fields, or fail naming each required field with no column or constant."""
-    columns = map_columns(header, aliases)
-    missing = [f for f in REQUIRED_FIELDS if f not in columns and f not in source.constants]
-    if missing:
-        details = "; ".join(
-            f"'{f}' (looked for: {', '.join(aliases.names_for(f))})" for f in missing
+    counts = _counts(rows)
+    keys: tuple[str, ...] = ()
+    if notices.height:
+        step = max(1, math.ceil(notices.height / KEY_SAMPLES))
+        keys = tuple(notices.get_column("key").gather_every(step).to_list())
+    results = []
+    for position, partition in enumerate(batch):
+        where = (partition.plan.index, partition.index)
+        if where in errors:
+            results.append(PartResult(*where, error=errors[where]))
+            continue
+        rows_in, kept_rows, rejected_by = counts.get(where, (0, 0, {}))
+        results.append(
+            PartResult(
+                *where,
+                records=frames[where].height,
+                rows_in=rows_in,
+                rows_kept=kept_rows,
+                rows_rejected=rows_in - kept_rows,
+                notices=notices_path,
+                rejects=rejects_path,
+                keys=keys if position == 0 else (),
+                key_weight=notices.height / len(keys) if keys and position == 0 else 0.0,
+                rejected_by=rejected_by,
+                unread=unread.get(where, {}),
+            )
         )
-        raise SourceError(
-            f"source '{source.label}' has no column for {details}. Its columns are: "
-            f"{', '.join(header)}. Add the column name to the alias table (PYFLOW_ALIASES_FILE), "
-            f"or give a constant, for example '{source.location}#{missing[0]}=...'"
+    return results
+
+
+def _reject_whole(frame: pl.DataFrame, plan: SourcePlan, part_index: int) -> pl.DataFrame:
+    """Reject every non-blank row of a source that could not be mapped, with the plan's reason."""
+    assert plan.layout is not None
+    width = plan.layout.width
+    blank = normalise.blank_rows(frame, width)
+    return (
+        frame.with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.UInt32).alias("record"))
+        .filter(~blank)
+        .select(
+            pl.lit(plan.index, dtype=pl.UInt32).alias("source_index"),
+            pl.lit(part_index, dtype=pl.UInt32).alias("part_index"),
+            "record",
+            pl.lit(plan.reject_reason, dtype=pl.String).alias("reason"),
+            normalise.raw_row(width),
         )
-    return columns
+    )  # fmt: skip
 
 
-def _open_runs(stack: ExitStack, paths: list[str]) -> list[IO[str]]:
-    """Open run files for reading, closed when ``stack`` closes."""
-    return [
-        stack.enter_context(fsspec.open(path, "r", encoding="utf-8", newline="")) for path in paths
-    ]
+def _rejects(
+    rejected: pl.DataFrame,
+    frames: Mapping[tuple[int, int], pl.DataFrame],
+    plans: Mapping[int, SourcePlan],
+) -> list[pl.DataFrame]:
+    """Give each rejected row its reason and its raw text, from its own partition's cells."""
+    found = []
+    for (source_index, part_index), rows in rejected.group_by("source_index", "part_index"):
+        plan = plans[int(source_index)]
+        assert plan.layout is not None and plan.columns is not None
+        header, fields = plan.layout.header, plan.columns.fields
+        company = header[fields["company"]] if "company" in fields else "company"
+        state = header[fields["state"]] if "state" in fields else "state"
+        cells = frames[int(source_index), int(part_index)].gather(rows.get_column("record") - 1)
+        found.append(
+            pl.concat(
+                [
+                    rows.select(*normalise.IDS, normalise.reject_reason(plan.layout.width, company, state)),
+                    cells.select(normalise.raw_row(plan.layout.width)),
+                ],
+                how="horizontal",
+            )
+        )  # fmt: skip
+    return found
 
 
-def _first_lines(parts: list[PartResult]) -> dict[tuple[int, int], int]:
-    """Return the file line number of each partition's first line (partitions count their own)."""
-    first: dict[tuple[int, int], int] = {}
-    next_line: dict[int, int] = {}
-    for part in sorted(parts, key=lambda p: (p.source_index, p.index)):
-        first[part.source_index, part.index] = next_line.get(part.source_index, 1)
-        next_line[part.source_index] = first[part.source_index, part.index] + part.lines
-    return first
+def _counts(rows: pl.DataFrame) -> dict[tuple[int, int], tuple[int, int, dict[str, int]]]:
+    """Count each partition's rows, kept rows, and rejects by rule."""
+    totals = rows.group_by("source_index", "part_index").agg(
+        pl.len().alias("rows"), pl.col("rule").is_null().sum().alias("kept")
+    )
+    rules = rows.drop_nulls("rule").group_by("source_index", "part_index", "rule").len()
+    by_rule: dict[tuple[int, int], dict[str, int]] = {}
+    for source_index, part_index, rule, count in rules.sort("rule").iter_rows():
+        by_rule.setdefault((source_index, part_index), {})[rule] = count
+    return {(s, p): (n, k, by_rule.get((s, p), {})) for s, p, n, k in totals.iter_rows()}
+
+
+def _unread(
+    stack: pl.DataFrame, readings: Mapping[str, values.Reading], kept: pl.Series
+) -> dict[tuple[int, int], dict[str, tuple[int, list[str]]]]:
+    """Count, per partition and field, the kept rows' values that were there but did not read."""
+    found: dict[tuple[int, int], dict[str, tuple[int, list[str]]]] = {}
+    for name in normalise.REPORTED:
+        unread = readings[name].unread
+        if unread.is_empty():
+            continue
+        raw = stack.get_column(name)
+        bad = stack.filter(kept & raw.is_in(unread.implode()))
+        groups = bad.group_by("source_index", "part_index", maintain_order=True).agg(
+            pl.len(), values.clean(pl.col(name)).unique(maintain_order=True).head(EXAMPLES)
+        )
+        for source_index, part_index, count, examples in groups.iter_rows():
+            found.setdefault((source_index, part_index), {})[name] = (count, examples)
+    return found
+
+
+def _write_part(frame: pl.DataFrame, prefix: str, *, sorted_: bool = False) -> str | None:
+    """Write a part file; None when it is empty.
+
+    Sorted notices go to Parquet, in row groups whose key statistics let a merge bucket skip
+    the others; everything else to Arrow IPC, which is faster to write and read whole.
+    """
+    if frame.is_empty():
+        return None
+    path = f"{prefix}.parquet" if sorted_ else f"{prefix}.arrow"
+    with fsspec.open(path, "wb", auto_mkdir=True) as handle:
+        if sorted_:
+            frame.write_parquet(handle, compression="uncompressed", row_group_size=64 * 1024)
+        else:
+            frame.write_ipc(handle)
+    return path
+
+
+def _scan_parts(paths: list[str]) -> pl.LazyFrame:
+    """Scan part files, Parquet or Arrow IPC (all of one run are of one kind)."""
+    if paths[0].endswith(".parquet"):
+        return pl.scan_parquet(paths)
+    return pl.scan_ipc(paths)
+
+
+def usable_parts(parts: list[PartResult]) -> list[PartResult]:
+    """Return the parts of sources whose every partition could be read."""
+    failed = {part.source_index for part in parts if part.error}
+    return [part for part in parts if part.source_index not in failed]
+
+
+def plan_buckets(
+    parts: list[PartResult], merge_rows: int = MERGE_ROWS
+) -> list[tuple[str | None, str | None]]:
+    """Cut the key space into ranges of about ``merge_rows`` notices, from the parts' key samples.
+
+    Returns:
+        ``(low, high)`` key bounds, low inclusive and high exclusive, None for open ends; one
+        range when everything fits in one bucket.
+    """
+    total = sum(part.rows_kept for part in parts)
+    count = max(1, math.ceil(total / merge_rows))
+    if count == 1:
+        return [(None, None)]
+    samples = sorted((key, part.key_weight) for part in parts for key in part.keys)
+    cuts: list[str] = []
+    seen = 0.0
+    for key, weight in samples:
+        seen += weight
+        if seen >= total * (len(cuts) + 1) / count and (not cuts or key > cuts[-1]):
+            cuts.append(key)
+            if len(cuts) == count - 1:
+                break
+    bounds: list[str | None] = [None, *cuts, None]
+    return list(itertools.pairwise(bounds))
+
+
+def merge_bucket(
+    index: int,
+    bounds: tuple[str | None, str | None],
+    parts: list[PartResult],
+    labels: Mapping[int, str],
+    work_dir: str,
+) -> BucketResult:
+    """Merge one key range of every part: drop duplicate notices, keep the first, write a chunk.
+
+    The first of a set of duplicates is the one from the earliest source, partition and record,
+    so the output does not depend on how the sources were split or scheduled.
+
+    Args:
+        index: The bucket's position; chunks are concatenated in this order.
+        bounds: The key range, low inclusive, high exclusive.
+        parts: The transformed parts.
+        labels: Source index to the label written in the ``source`` column.
+        work_dir: The run's folder for intermediate files.
+    """
+    paths = sorted({part.notices for part in parts if part.notices})
+    if not paths:
+        return BucketResult(index, 0, 0, None)
+    assert tuple(NOTICE_FIELDS) == ("notice_id", *normalise.NOTICE_COLUMNS[1:-3], "source")
+    low, high = bounds
+    sources = sorted({part.source_index for part in parts})
+    scan = _scan_parts(paths).filter(pl.col("source_index").is_in(sources))
+    if low is not None:
+        scan = scan.filter(pl.col("key") >= low)
+    if high is not None:
+        scan = scan.filter(pl.col("key") < high)
+    rows = scan.sort("key", "source_index", "part_index", "record").collect()
+    unique = rows.filter(pl.col("key") != pl.col("key").shift(1, fill_value=""))
+    out = unique.select(
+        plh.col("key").chash.sha2_256().str.slice(0, ID_LENGTH).alias("notice_id"),
+        *NOTICE_FIELDS[1:-1],
+        pl.col("source_index").replace_strict(dict(labels), return_dtype=pl.String).alias("source"),
+    )
+    whole = bounds == (None, None)
+    path = (
+        staged_path(work_dir, NOTICES_FILE)
+        if whole
+        else join_path(work_dir, "chunks", f"notices-{index:06d}.csv")
+    )
+    with fsspec.open(path, "wb", auto_mkdir=True) as handle:
+        out.write_csv(handle, include_header=whole)
+    return BucketResult(index, unique.height, rows.height - unique.height, path)
 
 
 def staged_path(work_dir: str, name: str) -> str:
@@ -491,86 +680,132 @@ def staged_path(work_dir: str, name: str) -> str:
     return join_path(work_dir, "staged", name)
 
 
-def merge_outputs(parts: list[PartResult], output: str, work_dir: str) -> MergeResult:
-    """Merge all run files into ``notices.csv`` and ``rejects.csv``, dropping duplicates.
+def write_outputs(
+    parts: list[PartResult], buckets: list[BucketResult], labels: Mapping[int, str], work_dir: str
+) -> None:
+    """Stage ``notices.csv`` (the bucket chunks in order) and ``rejects.csv`` (in file order).
 
-    The files are staged in the run's folder; `publish_outputs` moves them into place once
-    ``summary.json`` is staged too, so a failed run leaves the previous outputs untouched.
-
-    Args:
-        parts: The transforms' results.
-        output: The output location the files will be published to.
-        work_dir: The run's folder for intermediate files.
-
-    Returns:
-        The counts and the locations the files will have.
+    A run merged in one bucket has its notices staged by the merge already. Rejects carry their
+    record number in their file: a partition's records are numbered from the end of the
+    partitions before it.
     """
-    rows_out = rows_duplicate = 0
-    with ExitStack() as stack:
-        notices = stack.enter_context(_text_writer(staged_path(work_dir, NOTICES_FILE)))
-        rejects = stack.enter_context(_text_writer(staged_path(work_dir, REJECTS_FILE)))
-        notices.write(csv_line(FIELDS))
-        last_key = None
-        runs = _open_runs(stack, [path for part in parts for path in part.notice_runs])
-        for line in heapq.merge(*runs):
-            head, _, text = line.partition(_TEXT_START)
-            key = head.partition(_KEY_END)[0]
-            if key == last_key:
-                rows_duplicate += 1
-                continue
-            last_key = key
-            notices.write(text)
-            rows_out += 1
-        rejects.write(csv_line(REJECT_FIELDS))
-        first_lines = _first_lines(parts)
-        for line in heapq.merge(
-            *_open_runs(stack, [p for part in parts for p in part.reject_runs])
-        ):
-            head, _, text = line.partition(_TEXT_START)
-            source_index, part_index, relative = (int(n) for n in head.split("\x1f"))
-            label, reason, raw = json.loads(text)
-            number = first_lines[source_index, part_index] + relative - 1
-            rejects.write(csv_line((label, str(number), reason, raw)))
-    return MergeResult(
-        rows_out, rows_duplicate, join_path(output, NOTICES_FILE), join_path(output, REJECTS_FILE)
-    )
+    notices = staged_path(work_dir, NOTICES_FILE)
+    if not any(bucket.path == notices for bucket in buckets):
+        with _binary_writer(notices) as out:
+            out.write((",".join(NOTICE_FIELDS) + "\n").encode())
+            for bucket in sorted(buckets, key=lambda b: b.index):
+                if bucket.path:
+                    with fsspec.open(bucket.path, "rb") as chunk:
+                        shutil.copyfileobj(chunk, out, 1 << 20)
+    offsets: dict[tuple[int, int], int] = {}
+    seen: dict[int, int] = {}
+    for part in sorted(parts, key=lambda p: (p.source_index, p.index)):
+        offsets[part.source_index, part.index] = seen.get(part.source_index, 0)
+        seen[part.source_index] = offsets[part.source_index, part.index] + part.records
+    paths = sorted({part.rejects for part in parts if part.rejects})
+    with _binary_writer(staged_path(work_dir, REJECTS_FILE)) as out:
+        out.write((",".join(REJECT_FIELDS) + "\n").encode())
+        if not paths:
+            return
+        table = pl.DataFrame(
+            [(s, p, o) for (s, p), o in offsets.items()],
+            schema={"source_index": pl.UInt32, "part_index": pl.UInt32, "offset": pl.UInt32},
+            orient="row",
+        )
+        rejects = (
+            _scan_parts(paths)
+            .join(table.lazy(), on=["source_index", "part_index"], how="inner")
+            .sort("source_index", "part_index", "record")
+            .select(
+                pl.col("source_index")
+                .replace_strict(dict(labels), return_dtype=pl.String)
+                .alias("source"),
+                (pl.col("record") + pl.col("offset")).alias("record"),
+                "reason",
+                "raw",
+            )
+            .collect()
+        )
+        rejects.write_csv(out, include_header=False)
 
 
 @contextmanager
-def _text_writer(target: str) -> Iterator[IO[str]]:
-    """Open a UTF-8 text file with Unix line endings for writing, creating its folder."""
-    with fsspec.open(target, "w", encoding="utf-8", newline="", auto_mkdir=True) as handle:
+def _binary_writer(target: str) -> Iterator[IO[bytes]]:
+    """Open a file for writing bytes, creating its folder."""
+    with fsspec.open(target, "wb", auto_mkdir=True) as handle:
         yield handle
 
 
 def summarise(
-    sources: list[Source], parts: list[PartResult], merged: MergeResult, started_at: str
+    plans: list[SourcePlan],
+    parts: list[PartResult],
+    buckets: list[BucketResult],
+    output: str,
+    started_at: str,
 ) -> Summary:
-    """Add up a run's counts.
+    """Add up a run's counts, per source and in all, with each source's mapping and errors.
 
     Raises:
         RuntimeError: If the counts do not add up, which would mean a row was lost.
     """
+    usable = usable_parts(parts)
+    entries = [
+        _source_entry(plan, [p for p in parts if p.source_index == plan.index]) for plan in plans
+    ]
     summary = Summary(
-        sources=[source.label for source in sources],
-        rows_in=sum(part.rows_in for part in parts),
-        rows_out=merged.rows_out,
-        rows_rejected=sum(part.rows_rejected for part in parts),
-        rows_duplicate=merged.rows_duplicate,
+        rows_in=sum(part.rows_in for part in usable),
+        rows_out=sum(bucket.rows_out for bucket in buckets),
+        rows_rejected=sum(part.rows_rejected for part in usable),
+        rows_duplicate=sum(bucket.rows_duplicate for bucket in buckets),
+        sources_failed=sum(1 for entry in entries if entry["error"]),
         started_at=started_at,
         finished_at=utc_now(),
-        notices=merged.notices,
-        rejects=merged.rejects,
+        notices=join_path(output, NOTICES_FILE),
+        rejects=join_path(output, REJECTS_FILE),
+        sources=entries,
     )
-    if summary.rows_in != summary.rows_out + summary.rows_rejected + summary.rows_duplicate:
+    kept = sum(part.rows_kept for part in usable)
+    if (
+        summary.rows_in != summary.rows_out + summary.rows_rejected + summary.rows_duplicate
+        or kept != summary.rows_out + summary.rows_duplicate
+    ):
         raise RuntimeError(f"row counts do not add up: {summary}")
     return summary
+
+
+def _source_entry(plan: SourcePlan, parts: list[PartResult]) -> dict[str, Any]:
+    """One source's entry in ``summary.json``: counts, mapping, unread values, and its error."""
+    failed_part = next((part.error for part in parts if part.error), None)
+    read = failed_part is None
+    rejected: dict[str, int] = {}
+    unread: dict[str, dict[str, Any]] = {}
+    for part in parts if read else []:
+        for rule, count in part.rejected_by.items():
+            rejected[rule] = rejected.get(rule, 0) + count
+        for name, (count, examples) in part.unread.items():
+            entry = unread.setdefault(name, {"count": 0, "examples": []})
+            entry["count"] += count
+            entry["examples"] = (
+                entry["examples"] + [e for e in examples if e not in entry["examples"]]
+            )[:EXAMPLES]
+    return {
+        "source": plan.label,
+        "location": plan.source.location,
+        "error": plan.error or failed_part,
+        "rows_in": sum(part.rows_in for part in parts) if read else 0,
+        "rows_kept": sum(part.rows_kept for part in parts) if read else 0,
+        "rows_rejected": sum(part.rows_rejected for part in parts) if read else 0,
+        "rejected_by": dict(sorted(rejected.items())),
+        "values_not_read": dict(sorted(unread.items())),
+        "partitions": len(plan.ranges),
+        "mapping": plan.report(),
+    }
 
 
 def write_summary(summary: Summary, work_dir: str) -> str:
     """Stage ``summary.json`` beside the other outputs; return where it is staged."""
     target = staged_path(work_dir, SUMMARY_FILE)
-    with _text_writer(target) as handle:
+    with fsspec.open(target, "w", encoding="utf-8", newline="", auto_mkdir=True) as handle:
         handle.write(summary.to_json())
     return target
 
@@ -595,3 +830,87 @@ def publish_outputs(work_dir: str, output: str) -> list[str]:
         fs.mv(source, target)
         published.append(join_path(output, name))
     return published
+
+
+def run_local(
+    sources: list[Source],
+    output: str,
+    rules: Rules,
+    partition_bytes: int,
+    *,
+    strict: bool = False,
+    merge_rows: int = MERGE_ROWS,
+) -> Summary:
+    """Run every step in this process, in order, with no Prefect: what the flow does, plainly.
+
+    The benchmark's plain-Python line and the tests use it; the flow composes the same steps as
+    Prefect tasks.
+
+    Args:
+        sources: The sources to read.
+        output: Folder or fsspec URL for the outputs.
+        rules: The header rules and overrides.
+        partition_bytes: Sources larger than this are split; 0 keeps each whole.
+        strict: Write nothing if any source fails.
+        merge_rows: Notices a merge bucket holds, about.
+
+    Raises:
+        SourceError: With ``strict``, if any source failed; nothing is then written.
+    """
+    started_at = utc_now()
+    location = prepare_output(output)
+    work_dir = new_work_dir(location)
+    try:
+        locations: dict[int, str] = {}
+        errors: dict[int, str] = {}
+        for index, source in enumerate(sources):
+            if source.is_remote_http:
+                try:
+                    locations[index] = fetch_source(source, work_dir, timeout=30)
+                except SourceError as error:
+                    errors[index] = str(error)
+        plans = plan_sources(sources, locations, errors, rules, partition_bytes)
+        parts = [
+            part
+            for batch in plan_batches(plans, partition_bytes)
+            for part in transform_batch(batch, work_dir)
+        ]
+        raise_failures(plans, parts, strict=strict)
+        usable = usable_parts(parts)
+        labels = {plan.index: plan.label for plan in plans}
+        buckets = [
+            merge_bucket(i, bounds, usable, labels, work_dir)
+            for i, bounds in enumerate(plan_buckets(usable, merge_rows))
+        ]
+        write_outputs(usable, buckets, labels, work_dir)
+        summary = summarise(plans, parts, buckets, location, started_at)
+        write_summary(summary, work_dir)
+        publish_outputs(work_dir, location)
+    finally:
+        remove_work_dir(work_dir)
+    return summary
+
+
+def failures(plans: list[SourcePlan], parts: list[PartResult]) -> list[str]:
+    """Return every source failure's message, in source order."""
+    found = {plan.index: plan.error for plan in plans if plan.error}
+    for part in parts:
+        if part.error:
+            found.setdefault(part.source_index, part.error)
+    return [found[index] for index in sorted(found)]
+
+
+def raise_failures(plans: list[SourcePlan], parts: list[PartResult], *, strict: bool) -> None:
+    """Fail the run before anything is written if every source failed, or (strict) any did.
+
+    Raises:
+        SourceError: Listing every failed source and its fix.
+    """
+    problems = failures(plans, parts)
+    if problems and len(problems) == len(plans):
+        raise SourceError(f"no source could be read, so nothing was written: {'; '.join(problems)}")
+    if problems and strict:
+        raise SourceError(
+            f"{len(problems)} of {len(plans)} sources failed, and strict mode writes nothing "
+            "unless all are read: " + "; ".join(problems)
+        )

@@ -9,73 +9,98 @@ from __future__ import annotations
 
 from prefect import flow, unmapped
 from prefect.futures import wait
+from prefect.states import Failed, State
 
 from pyflow import etl
 from pyflow.config import get_settings
 from pyflow.schema import Source
 from pyflow.tasks import (
     clean_up,
-    merge_outputs,
+    fetch_source,
+    merge_bucket,
+    plan_sources,
     prepare_output,
-    prepare_source,
     publish_outputs,
     publish_summary,
-    transform_source,
-    write_summary,
+    stage_outputs,
+    transform_batch,
 )
 
 
 @flow(name="warn-notices", task_runner=get_settings().build_task_runner())
-def warn_notices(sources: list[Source] | None = None, output: str | None = None) -> etl.Summary:
+def warn_notices(
+    sources: list[Source] | None = None, output: str | None = None, strict: bool | None = None
+) -> etl.Summary | State:
     """Consolidate WARN Act layoff notices from many sources into one clean dataset.
 
-    HTTP(S) sources are downloaded concurrently on the task runner; files are only checked and
-    split, in the flow's own process, so no worker's time goes to such small steps.
+    A source that cannot be read or mapped does not stop the others: they are published, and
+    the run then ends Failed, its message naming each failed source.
 
     Args:
         sources: Files or URLs to read, each `LOCATION[#key=value,...]`; default: PYFLOW_SOURCES.
         output: Folder or fsspec URL for notices.csv, rejects.csv and summary.json;
             default: PYFLOW_OUTPUT.
+        strict: All or nothing: any failed source fails the run before anything is written;
+            default: PYFLOW_STRICT.
     """
-    settings = get_settings(sources=sources, output=output)
+    settings = get_settings(sources=sources, output=output, strict=strict)
     started_at = etl.utc_now()
     location = prepare_output(settings.require_output())
     work_dir = etl.new_work_dir(location)
     try:
-        prepare = prepare_source.with_options(
+        fetch = fetch_source.with_options(
             retries=settings.fetch_retries, retry_delay_seconds=settings.retry_delays
         )
-        options = (work_dir, settings.fetch_timeout, settings.partition_bytes)
         downloads = {
-            index: prepare.submit(index, source, *options)
+            index: fetch.submit(source, work_dir, settings.fetch_timeout)
             for index, source in enumerate(settings.sources)
             if source.is_remote_http
         }
-        try:
-            files = {
-                index: prepare(index, source, *options)
-                for index, source in enumerate(settings.sources)
-                if index not in downloads
-            }
-        finally:
-            wait(list(downloads.values()))
-        planned = [
-            files[index] if index in files else downloads[index].result()
-            for index in range(len(settings.sources))
-        ]
-        partitions = [partition for source_partitions in planned for partition in source_partitions]
-        transformed = transform_source.map(
-            partitions, unmapped(settings.aliases), unmapped(work_dir)
+        wait(list(downloads.values()))
+        fetched = {
+            index: future.result(raise_on_failure=False) for index, future in downloads.items()
+        }
+        if settings.strict:
+            for error in fetched.values():
+                if isinstance(error, BaseException):
+                    raise error
+        plans = plan_sources(
+            settings.sources,
+            {index: where for index, where in fetched.items() if isinstance(where, str)},
+            {index: str(error) for index, error in fetched.items() if not isinstance(error, str)},
+            settings.rules,
+            settings.partition_bytes,
         )
-        wait(transformed)
-        parts = transformed.result()
-        merged = merge_outputs(parts, location, work_dir)
-        summary = write_summary(settings.sources, parts, merged, started_at, work_dir)
+        batches = transform_batch.map(
+            etl.plan_batches(plans, settings.partition_bytes), unmapped(work_dir)
+        )
+        wait(batches)
+        parts = [part for batch in batches.result() for part in batch]
+        etl.raise_failures(plans, parts, strict=settings.strict)
+        usable = etl.usable_parts(parts)
+        ranges = etl.plan_buckets(usable)
+        labels = {plan.index: plan.label for plan in plans}
+        merged = merge_bucket.map(
+            range(len(ranges)), ranges, unmapped(usable), unmapped(labels), unmapped(work_dir)
+        )
+        wait(merged)
+        summary = stage_outputs(plans, parts, merged.result(), location, work_dir, started_at)
         publish_outputs(work_dir, location)
         publish_summary(summary)
     finally:
         clean_up(work_dir)
+    if summary.failures:
+        return Failed(message=failure_message(summary), data=summary)
     return summary
+
+
+def failure_message(summary: etl.Summary) -> str:
+    """Say which sources failed and why, for the run's final state."""
+    reasons = "; ".join(entry["error"] for entry in summary.failures)
+    return (
+        f"{summary.sources_failed} of {len(summary.sources)} sources failed (the others were "
+        f"published): {reasons}"
+    )
 
 
 FLOWS = (warn_notices,)

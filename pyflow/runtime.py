@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pyflow import etl
 from pyflow.config import Settings
-from pyflow.errors import PyflowError
+from pyflow.errors import PyflowError, SourceError, SourcesFailed
 
 logger = logging.getLogger("pyflow")
 
@@ -48,15 +48,27 @@ def quiet_logging() -> None:
 
 
 def preflight(settings: Settings) -> None:
-    """Fail fast, before Prefect starts, on an unwritable output or a missing local source.
+    """Fail fast, before Prefect starts, on an unwritable output or missing local sources.
+
+    A missing source fails the run here in strict mode, or when no source at all could be read;
+    otherwise the run reads the others and reports it with them.
 
     Raises:
         PyflowError: Naming the output or source and the fix.
     """
     etl.prepare_output(settings.require_output())
+    missing: list[SourceError] = []
     for source in settings.sources:
-        if not source.is_remote_http:
+        if source.is_remote_http:
+            continue
+        try:
             etl.check_source_exists(source)
+        except SourceError as error:
+            if settings.strict:
+                raise
+            missing.append(error)
+    if missing and len(missing) == len(settings.sources):
+        raise SourceError("; ".join(str(error) for error in missing))
 
 
 @contextmanager
@@ -153,16 +165,24 @@ def run_flow(settings: Settings) -> etl.Summary:
     """Run the example flow with the task runner the settings choose.
 
     Raises:
+        SourcesFailed: If some sources failed and the others were published, with the summary.
         PyflowError: The run's own error if it failed on bad input, else one naming its state.
     """
     from pyflow.flow import warn_notices
 
     flow = warn_notices.with_options(task_runner=settings.build_task_runner())
     with prefect_api():
-        state = flow(sources=settings.sources, output=settings.require_output(), return_state=True)
+        state = flow(
+            sources=settings.sources,
+            output=settings.require_output(),
+            strict=settings.strict,
+            return_state=True,
+        )
     if state.is_completed():
         return state.result()
-    error = state.result(raise_on_failure=False)
-    if isinstance(error, PyflowError):
-        raise error
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, etl.Summary):
+        raise SourcesFailed(result, state.message or "some sources failed")
+    if isinstance(result, PyflowError):
+        raise result
     raise PyflowError(f"the flow run ended {state.name}: {state.message}")

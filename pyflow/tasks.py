@@ -15,8 +15,9 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 
 from pyflow import etl
+from pyflow.columns import Rules
 from pyflow.errors import FetchError
-from pyflow.schema import Aliases, Source
+from pyflow.schema import Source
 
 SUMMARY_ARTIFACT_KEY = "warn-notices-summary"
 """Stable key of the run summary artifact, so the UI shows its history."""
@@ -36,62 +37,93 @@ def prepare_output(output: str) -> str:
 
 
 @task(
-    name="prepare-source",
+    name="fetch-source",
     cache_policy=NO_CACHE,
     retries=3,
     retry_delay_seconds=[2, 4, 8],
     retry_condition_fn=is_transient,
 )
-def prepare_source(
-    source_index: int, source: Source, work_dir: str, timeout: float, partition_bytes: int
-) -> list[etl.Partition]:
-    """Make a source readable (download it, or check it exists) and split it into partitions."""
+def fetch_source(source: Source, work_dir: str, timeout: float) -> str:
+    """Download an HTTP(S) source into the run's folder; return where it was saved."""
     location = etl.fetch_source(source, work_dir, timeout)
-    if location != source.location:
-        get_run_logger().info("Fetched %s", source.location)
-    partitions = etl.plan_partitions(source_index, source, location, partition_bytes)
-    if len(partitions) > 1:
-        get_run_logger().info("Split %s into %s partitions", source.label, len(partitions))
-    return partitions
+    get_run_logger().info("Fetched %s", source.location)
+    return location
 
 
-@task(name="transform-source", cache_policy=NO_CACHE)
-def transform_source(partition: etl.Partition, aliases: Aliases, work_dir: str) -> etl.PartResult:
-    """Normalise one partition's rows into sorted run files of notices and rejects."""
-    part = etl.transform_source(partition, aliases, work_dir)
-    get_run_logger().info(
-        "Read %s rows from %s: %s valid, %s rejected",
-        f"{part.rows_in:,}",
-        partition.name,
-        f"{part.rows_in - part.rows_rejected:,}",
-        f"{part.rows_rejected:,}",
-    )
-    return part
-
-
-@task(name="merge-outputs", cache_policy=NO_CACHE)
-def merge_outputs(parts: list[etl.PartResult], output: str, work_dir: str) -> etl.MergeResult:
-    """Merge every source's rows into staged notices.csv and rejects.csv, dropping duplicates."""
-    merged = etl.merge_outputs(parts, output, work_dir)
-    get_run_logger().info(
-        "Merged %s notices (%s duplicates dropped)",
-        f"{merged.rows_out:,}",
-        f"{merged.rows_duplicate:,}",
-    )
-    return merged
-
-
-@task(name="write-summary", cache_policy=NO_CACHE)
-def write_summary(
+@task(name="plan-sources", cache_policy=NO_CACHE)
+def plan_sources(
     sources: list[Source],
+    locations: dict[int, str],
+    errors: dict[int, str],
+    rules: Rules,
+    partition_bytes: int,
+) -> list[etl.SourcePlan]:
+    """Read each source's header and first rows, map its columns and cut it into record ranges."""
+    plans = etl.plan_sources(sources, locations, errors, rules, partition_bytes)
+    logger = get_run_logger()
+    for plan in plans:
+        if plan.error:
+            logger.warning("%s", plan.error)
+        elif plan.columns:
+            mapped = ", ".join(
+                f"{field} <- {plan.columns.header[index]!r}"
+                for field, index in plan.columns.fields.items()
+            )
+            logger.info("Mapped %s: %s", plan.label, mapped)
+    return plans
+
+
+@task(name="transform-sources", cache_policy=NO_CACHE)
+def transform_batch(batch: list[etl.Partition], work_dir: str) -> list[etl.PartResult]:
+    """Normalise a batch of partitions into part files of notices and rejects."""
+    parts = etl.transform_batch(batch, work_dir)
+    logger = get_run_logger()
+    for partition, part in zip(batch, parts, strict=True):
+        if part.error:
+            logger.warning("%s", part.error)
+            continue
+        logger.info(
+            "Read %s rows from %s: %s kept, %s rejected",
+            f"{part.rows_in:,}",
+            partition.name,
+            f"{part.rows_kept:,}",
+            f"{part.rows_rejected:,}",
+        )
+    return parts
+
+
+@task(name="merge-notices", cache_policy=NO_CACHE)
+def merge_bucket(
+    index: int,
+    bounds: tuple[str | None, str | None],
     parts: list[etl.PartResult],
-    merged: etl.MergeResult,
-    started_at: str,
+    labels: dict[int, str],
     work_dir: str,
+) -> etl.BucketResult:
+    """Merge one key range of every part into a sorted chunk of notices, dropping duplicates."""
+    return etl.merge_bucket(index, bounds, parts, labels, work_dir)
+
+
+@task(name="stage-outputs", cache_policy=NO_CACHE)
+def stage_outputs(
+    plans: list[etl.SourcePlan],
+    parts: list[etl.PartResult],
+    buckets: list[etl.BucketResult],
+    output: str,
+    work_dir: str,
+    started_at: str,
 ) -> etl.Summary:
-    """Add up the run's counts, check that they balance, and stage summary.json."""
-    summary = etl.summarise(sources, parts, merged, started_at)
+    """Stage notices.csv, rejects.csv and summary.json, checking that the counts balance."""
+    usable = etl.usable_parts(parts)
+    etl.write_outputs(usable, buckets, {plan.index: plan.label for plan in plans}, work_dir)
+    summary = etl.summarise(plans, parts, buckets, output, started_at)
     etl.write_summary(summary, work_dir)
+    get_run_logger().info(
+        "Merged %s notices (%s rejected, %s duplicates dropped)",
+        f"{summary.rows_out:,}",
+        f"{summary.rows_rejected:,}",
+        f"{summary.rows_duplicate:,}",
+    )
     return summary
 
 
@@ -109,14 +141,15 @@ def publish_summary(summary: etl.Summary) -> None:
     create_markdown_artifact(
         key=SUMMARY_ARTIFACT_KEY,
         markdown=summary_markdown(summary),
-        description="Rows read, written, rejected and dropped as duplicates by this run.",
+        description="Rows read, kept, rejected and dropped as duplicates, per source and in all.",
     )
 
 
 def summary_markdown(summary: etl.Summary) -> str:
-    """Render a summary as a markdown table."""
-    rows = [
+    """Render a summary as markdown: the totals, one row per source, and each failure."""
+    totals = [
         ("Sources", f"{len(summary.sources):,}"),
+        ("Sources failed", f"{summary.sources_failed:,}"),
         ("Rows read", f"{summary.rows_in:,}"),
         ("Notices written", f"{summary.rows_out:,}"),
         ("Rows rejected", f"{summary.rows_rejected:,}"),
@@ -126,8 +159,34 @@ def summary_markdown(summary: etl.Summary) -> str:
         ("Notices", f"`{summary.notices}`"),
         ("Rejects", f"`{summary.rejects}`"),
     ]
-    lines = ["# WARN notices", "", "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
+    lines = ["# WARN notices", "", "| Total | Count |", "|---|---|"]
+    lines += [f"| {name} | {value} |" for name, value in totals]
+    lines += [
+        "",
+        "## Sources",
+        "",
+        "| Source | Rows read | Kept | Rejected | Columns | Failed |",
+        "|---|---|---|---|---|---|",
+    ]
+    for entry in summary.sources:
+        mapping = entry["mapping"] or {}
+        columns = "; ".join(
+            f"{field} ← {header}" for field, header in mapping.get("fields", {}).items()
+        )
+        constants = "; ".join(
+            f"{field} = {value}" for field, value in mapping.get("constants", {}).items()
+        )
+        shown = "; ".join(filter(None, (columns, constants)))
+        lines.append(
+            f"| {_cell(entry['source'])} | {entry['rows_in']:,} | {entry['rows_kept']:,} | "
+            f"{entry['rows_rejected']:,} | {_cell(shown)} | {_cell(entry['error'] or '')} |"
+        )
     return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    """Make text safe for one markdown table cell."""
+    return " ".join(text.replace("|", "\\|").split())
 
 
 @task(name="clean-up", cache_policy=NO_CACHE)

@@ -13,6 +13,19 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "pyflow" / "sample"
+WARN_DATA = ROOT.parent / "shared" / "warn-data"
+"""The real WARN files 44 states publish, and the peer's output on them (see its README)."""
+
+
+@pytest.fixture(scope="session")
+def warn_data() -> Path:
+    """The real data set beside the checkout; the test is skipped, saying so, when it is absent."""
+    if not (WARN_DATA / "raw").is_dir():
+        pytest.skip(
+            f"the real WARN files are not here ({WARN_DATA / 'raw'}): this test reads the "
+            "44 states' files from ../shared/warn-data, beside the project's checkout"
+        )
+    return WARN_DATA
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""Tests of the benchmark's input generator and report."""
+"""Tests of the benchmark's input generator, its report, and a small run of every variant."""
 
 from __future__ import annotations
 
@@ -9,81 +9,88 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, SAMPLE
 from pyflow import bench, etl
-from pyflow.schema import load_aliases
+from pyflow.columns import load_rules
 
 
 def test_generate_is_deterministic_and_realistic(tmp_path: Path) -> None:
-    """The same sizes give the same bytes; about 4 % of rows are bad and 3 % duplicates."""
-    first = bench.generate(tmp_path / "a", 20_000, 3)
-    second = bench.generate(tmp_path / "b", 20_000, 3)
+    """The same sizes give the same bytes in rows of real size, 3 % rejected, 3 % duplicates."""
+    first = bench.generate(tmp_path / "a", 20_000, 4)
+    second = bench.generate(tmp_path / "b", 20_000, 4)
     for one, two in zip(first, second, strict=True):
         assert Path(one.location).read_bytes() == Path(two.location).read_bytes()
-    aliases = load_aliases()
-    parts = [
-        etl.transform_source(etl.Partition(i, 0, s, s.location), aliases, str(tmp_path / "work"))
-        for i, s in enumerate(first)
-    ]
-    merged = etl.merge_outputs(parts, str(tmp_path / "out"), str(tmp_path / "work"))
-    rows = sum(p.rows_in for p in parts)
-    assert rows == 20_000
-    assert 0.03 < sum(p.rows_rejected for p in parts) / rows < 0.05
-    assert 0.02 < merged.rows_duplicate / rows < 0.04
+    size = sum(Path(source.location).stat().st_size for source in first)
+    assert 100 < size / 20_000 < 200
+    summary = etl.run_local(first, str(tmp_path / "out"), load_rules(), 0)
+    assert summary.rows_in == 20_000
+    assert 0.02 < summary.rows_rejected / summary.rows_in < 0.04
+    assert 0.02 < summary.rows_duplicate / summary.rows_in < 0.04
+    for entry in summary.sources:
+        assert set(entry["mapping"]["fields"]) == {
+            "company",
+            "notice_date",
+            "effective_date",
+            "jobs",
+            "city",
+        }
 
 
-def test_report_gives_ratios_to_plain_python_and_the_verdicts() -> None:
-    """Each row shows its ratio to (a) and whether its target is met."""
+def test_report_gives_ratios_and_verdicts_against_each_target() -> None:
+    """Each row shows its ratio to (a) and whether its own target is met."""
     results = {
-        "a": bench.Measurement("a", 10.0, 1_000_000, 200.0),
-        "b": bench.Measurement("b", 10.5, 1_000_000, 250.0),
-        "d": bench.Measurement("d", 7.0, 1_000_000, 180.0),
+        "0": bench.Measurement("0", 2.0, 1_000_000, 20.0),
+        "a": bench.Measurement("a", 1.8, 1_000_000, 400.0),
+        "b": bench.Measurement("b", 2.1, 1_000_000, 500.0),
+        "a1": bench.Measurement("a1", 3.0, 1_000_000, 380.0),
+        "d": bench.Measurement("d", 2.1, 1_000_000, 300.0),
     }
     table = bench.report(results, identical=True)
     assert (
-        "| (b) flow, thread runner | 10.5 s | 95,238 | 250 MB | 1.05x | 1.25x | <= 1.10x: met |"
+        "| (a) plain Python, sequential | 1.8 s | 555,556 | 400 MB | 1.00x | 1.00x | <= 1.00x (0): 0.90x, met |"
         in table
     )
     assert (
-        "| (d) flow, running Dask cluster | 7.0 s | 142,857 | 180 MB | 0.70x | 0.90x | <= 0.60x: not met |"
+        "| (b) flow, thread runner | 2.1 s | 476,190 | 500 MB | 1.17x | 1.25x | <= 1.10x (a): 1.17x, not met |"
         in table
     )
-    assert table.endswith("Outputs identical across variants: yes")
+    assert (
+        "| (d) flow, running Dask cluster | 2.1 s | 476,190 | 300 MB | 1.17x | 0.75x | <= 0.60x (a1): 0.70x, not met |"
+        in table
+    )
+    assert table.endswith("Outputs identical across the flow variants: yes")
 
 
 @pytest.mark.slow
-def test_bench_runs_all_four_variants_and_checks_their_outputs(tmp_path: Path) -> None:
-    """`python -m pyflow.bench` runs a, b, c and d, prints the table, and the outputs agree."""
+def test_bench_runs_every_variant_and_checks_their_outputs(tmp_path: Path) -> None:
+    """`python -m pyflow.bench` runs 0, a, b, a1, c, d and e, prints the table, outputs agree."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "PYFLOW_"))}
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pyflow.bench",
-            "--rows",
-            "3000",
-            "--files",
-            "2",
-            "--folder",
-            str(tmp_path),
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+        [sys.executable, "-m", "pyflow.bench", "--rows", "3000", "--files", "2",
+         "--folder", str(tmp_path), "--real-data", str(SAMPLE)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     table = [line for line in result.stdout.splitlines() if line.startswith("| (")]
-    assert [line.split(")")[0] for line in table] == ["| (a", "| (b", "| (c", "| (d"]
-    assert "Outputs identical across variants: yes" in result.stdout
+    assert [line.split(")")[0] for line in table] == [
+        "| (0", "| (a", "| (b", "| (a1", "| (c", "| (d", "| (e",
+    ]  # fmt: skip
+    assert "| (e) 9 real state files, python -m pyflow |" in result.stdout
+    assert "Outputs identical across the flow variants: yes" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
 
 
 def test_bench_refuses_unknown_variants(capsys: pytest.CaptureFixture[str]) -> None:
-    """--variants takes letters of abcd only."""
+    """--variants takes the variants' names only."""
     with pytest.raises(SystemExit) as raised:
         bench.main(["--variants", "ax"])
     assert raised.value.code == 2
-    assert "'ax' is not a choice of the letters a, b, c and d" in capsys.readouterr().err
+    assert "'ax' is not a list of the variants 0, a, b, a1, c, d, e" in capsys.readouterr().err
+
+
+def test_bench_refuses_zero_files(capsys: pytest.CaptureFixture[str]) -> None:
+    """--files 0 is refused with a message, not a ZeroDivisionError."""
+    with pytest.raises(SystemExit) as raised:
+        bench.main(["--files", "0"])
+    assert raised.value.code == 2
+    assert "'0' is not a whole number of at least 1" in capsys.readouterr().err

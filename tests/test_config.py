@@ -23,12 +23,11 @@ def test_get_settings_defaults_to_development() -> None:
     assert settings.output == "data/output"
     assert settings.work_pool == "pyflow-local"
     assert [s.label for s in settings.sources] == [
-        "sample/ca.csv",
-        "sample/tx.csv",
-        "sample/ny.csv",
-        "sample/wa.csv",
+        f"sample/{stem}.csv" for stem in ("ca", "dc", "fl", "in", "mo", "ny", "pa", "tx", "wi")
     ]
     assert all(Path(s.location).is_file() for s in settings.sources)
+    assert [s.constants["state"] for s in settings.sources][:3] == ["CA", "DC", "FL"]
+    assert settings.strict is False
 
 
 def test_get_settings_production_defaults_to_dask(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -154,7 +153,7 @@ def test_aliases_setting_names_a_bad_file(monkeypatch: pytest.MonkeyPatch) -> No
     """A missing PYFLOW_ALIASES_FILE is reported with the variable's name."""
     monkeypatch.setenv("PYFLOW_ALIASES_FILE", "missing.toml")
     with pytest.raises(SettingsError, match=r"PYFLOW_ALIASES_FILE='missing\.toml' cannot be used"):
-        _ = get_settings().aliases
+        _ = get_settings().rules
 
 
 def documented_variables(text: str) -> set[str]:

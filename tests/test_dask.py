@@ -15,8 +15,8 @@ import psutil
 import pytest
 from prefect_dask import DaskTaskRunner
 
+from conftest import SAMPLE, HttpSources
 from pyflow import bench, etl
-from pyflow.errors import SourceError
 from pyflow.flow import warn_notices
 from pyflow.local import port_is_free
 
@@ -175,13 +175,23 @@ def test_flow_survives_losing_a_worker(
     assert outputs(tmp_path / "dask") == outputs(tmp_path / "expected")
 
 
-def test_flow_fails_cleanly_when_a_task_keeps_failing(
-    dask_cluster: DaskCluster, tmp_path: Path
+def test_flow_reports_a_source_that_keeps_failing_and_publishes_the_others(
+    dask_cluster: DaskCluster,
+    tmp_path: Path,
+    http_sources: HttpSources,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A source that fails on every try fails the run with its message and writes no output."""
-    bad = tmp_path / "bad.csv"
-    bad.write_bytes("Company,State,Notice Date,Jobs\nCaf\xe9,CA,2024-01-01,5\n".encode("cp1252"))
+    """A source that always fails is retried, reported, and the others published (Failed)."""
+    monkeypatch.setenv("PYFLOW_FETCH_BACKOFF", "0.05")
+    monkeypatch.setenv("PYFLOW_FETCH_RETRIES", "1")
+    url = http_sources.add("/down.csv", failures=10**6, status=503)
     flow = warn_notices.with_options(task_runner=DaskTaskRunner(address=dask_cluster.address))
-    with pytest.raises(SourceError, match=r"is not valid utf-8-sig \(line 2\): name its encoding"):
-        flow(sources=[str(bad)], output=str(tmp_path / "out"))
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []
+    state = flow(
+        sources=[url, f"{SAMPLE / 'tx.csv'}#state=TX"],
+        output=str(tmp_path / "out"),
+        return_state=True,
+    )
+    assert state.is_failed()
+    assert "answered HTTP 503" in state.message
+    assert http_sources.routes["/down.csv"].hits == 2
+    assert state.result(raise_on_failure=False).rows_out == 30

@@ -1,9 +1,8 @@
-"""Tests of the ETL functions: fetch, transform, merge, summary, run on real files and HTTP."""
+"""Tests of the ETL steps, run in this process: rows to notices and rejects, failures, outputs."""
 
 from __future__ import annotations
 
 import csv
-import io
 import itertools
 import json
 from collections.abc import Callable
@@ -11,51 +10,34 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HttpSources
+from conftest import SAMPLE, HttpSources
 from pyflow import etl
+from pyflow.columns import load_rules
 from pyflow.errors import FetchError, OutputError, SourceError
-from pyflow.schema import Source, load_aliases
+from pyflow.schema import NOTICE_FIELDS, Source
 
-ALIASES = load_aliases()
+RULES = load_rules()
 
-CA_TEXT = """Notice Date,Company,City,No. Of Employees,Effective Date
-01/08/2024,Sunrise Foods LLC,Fresno,112,03/08/2024
-01/09/2024,,Oakland,30,
-01/10/2024,Acme,Oakland,12
-not a date,Redwood,Sacramento,5,
+WA_TEXT = """Company,Location,Layoff Start Date,# of Workers,Closure Layoff,Type of Layoff,Received Date
+Wesley Homes,"Des Moines, Auburn",5/14/2022,119,Layoff,Permanent,3/11/2022
+,Auburn,7/1/2022,181,Closure,Temporary,3/3/2022
+Company,Location,Layoff Start Date,# of Workers,Closure Layoff,Type of Layoff,Received Date
+Valiant Integrated,Joint Base Lewis McChord,3/31/2022,N/A,Closure,Permanent,2/14/2022,late cell
+"Hawthorne
+Gardening",Vancouver,see letter,"1,204",Closure,Temporary,1/26/2022
 
-01/11/2024,SUNRISE FOODS LLC,fresno,112,03/08/2024
+Acme Foods,Seattle,TBD,TBD,Layoff,,31/31/2022
+WESLEY HOMES,"DES MOINES, AUBURN",5/14/2022,119,Layoff,Permanent,3/11/2022
 """
+"""Washington's layout, with what real rows hold: blank company, a repeated header, a cell
+beyond the header, a quoted line break, a blank line, unreadable values, and a duplicate."""
 
 
-def run_etl(
-    sources: list[Source],
-    output: Path,
-    run_rows: int = etl.RUN_ROWS,
-    partition_bytes: int = 0,
+def run(
+    sources: list[Source], output: Path, partition_bytes: int = 0, **options: object
 ) -> etl.Summary:
-    """Run every step in order, in this process, as the flow does."""
-    location = etl.prepare_output(str(output))
-    work_dir = etl.new_work_dir(location)
-    partitions = [
-        partition
-        for index, source in enumerate(sources)
-        for partition in etl.plan_partitions(
-            index, source, etl.fetch_source(source, work_dir, 5), partition_bytes
-        )
-    ]
-    parts = [etl.transform_source(p, ALIASES, work_dir, run_rows) for p in partitions]
-    merged = etl.merge_outputs(parts, location, work_dir)
-    summary = etl.summarise(sources, parts, merged, etl.utc_now())
-    etl.write_summary(summary, work_dir)
-    etl.publish_outputs(work_dir, location)
-    etl.remove_work_dir(work_dir)
-    return summary
-
-
-def whole(source: Source, path: Path | None = None) -> etl.Partition:
-    """Return the one partition that covers a whole source."""
-    return etl.Partition(0, 0, source, str(path or source.location))
+    """Run every step in this process, as the flow does."""
+    return etl.run_local(sources, str(output), RULES, partition_bytes, **options)  # type: ignore[arg-type]
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -64,178 +46,269 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def test_transform_source_rejects_each_bad_row_with_its_line(
-    write_csv: Callable[[str, str], Path], tmp_path: Path
-) -> None:
-    """Every invalid row goes to the rejects with its source, line number and reason."""
-    path = write_csv("ca.csv", CA_TEXT)
-    source = Source(location=str(path), constants={"state": "CA"}, name="ca")
-    summary = run_etl([source], tmp_path / "out")
+@pytest.fixture
+def wa_source(write_csv: Callable[[str, str], Path]) -> Source:
+    """The Washington-like source, with its state as a constant."""
+    return Source(location=str(write_csv("wa.csv", WA_TEXT)), constants={"state": "WA"}, name="wa")
+
+
+def test_run_rejects_only_rows_that_cannot_be_notices(wa_source: Source, tmp_path: Path) -> None:
+    """Rejects name the record, the rule and the value; unreadable values only go empty."""
+    summary = run([wa_source], tmp_path / "out")
     rejects = read_rows(tmp_path / "out" / "rejects.csv")
-    assert [(r["source"], r["line"], r["reason"]) for r in rejects] == [
-        ("ca", "3", "company: missing"),
-        ("ca", "4", "has 4 fields, the header has 5"),
-        ("ca", "5", "notice_date: unrecognised date 'not a date'"),
-        ("ca", "6", "empty row"),
+    assert [(r["source"], r["record"], r["reason"]) for r in rejects] == [
+        ("wa", "2", "company: the 'Company' cell is blank"),
+        ("wa", "3", "the row repeats the header"),
+        ("wa", "4", "the row has values beyond the header's 7 columns: late cell"),
     ]
-    assert rejects[1]["raw"] == "01/10/2024,Acme,Oakland,12"
-    assert (summary.rows_in, summary.rows_out, summary.rows_rejected) == (6, 2, 4)
-
-
-def test_transform_source_fills_missing_fields_from_constants(
-    write_csv: Callable[[str, str], Path], tmp_path: Path
-) -> None:
-    """A source's constants fill fields its file lacks, and blank cells of fields it has."""
-    path = write_csv("x.csv", "Employer,Date Received,Number Affected,City\nAcme,2024-02-01,9,\n")
-    source = Source(location=str(path), constants={"state": "OR", "city": "Salem"})
-    run_etl([source], tmp_path / "out")
-    [row] = read_rows(tmp_path / "out" / "notices.csv")
-    assert row == {
-        "state": "OR",
-        "company": "Acme",
-        "city": "Salem",
-        "notice_date": "2024-02-01",
-        "effective_date": "",
-        "jobs": "9",
-        "source": str(path),
+    assert rejects[2]["raw"] == (
+        "Valiant Integrated,Joint Base Lewis McChord,3/31/2022,N/A,Closure,Permanent,2/14/2022,late cell"
+    )
+    notices = {row["company"]: row for row in read_rows(tmp_path / "out" / "notices.csv")}
+    assert set(notices) == {"Wesley Homes", "Hawthorne Gardening", "Acme Foods"}
+    assert notices["Acme Foods"]["notice_date"] == ""
+    assert notices["Acme Foods"]["jobs"] == ""
+    assert (summary.rows_in, summary.rows_out, summary.rows_rejected, summary.rows_duplicate) == (
+        7,
+        3,
+        3,
+        1,
+    )
+    [entry] = summary.sources
+    assert entry["values_not_read"]["notice_date"] == {"count": 1, "examples": ["31/31/2022"]}
+    assert entry["rejected_by"] == {
+        "company blank": 1,
+        "header repeated": 1,
+        "values beyond the header": 1,
     }
 
 
-def test_transform_source_names_a_missing_required_column(
-    write_csv: Callable[[str, str], Path], tmp_path: Path
-) -> None:
-    """A file with no column for a required field fails, naming the field, aliases and fix."""
-    path = write_csv("x.csv", "Employer,Date Received,City\nAcme,2024-02-01,Salem\n")
-    with pytest.raises(SourceError) as raised:
-        etl.transform_source(whole(Source(location=str(path))), ALIASES, str(tmp_path))
-    message = str(raised.value)
-    assert "no column for 'state'" in message
-    assert "'jobs' (looked for: # of workers" in message
-    assert "PYFLOW_ALIASES_FILE" in message
-    assert f"'{path}#state=...'" in message
-
-
-def test_transform_source_names_the_encoding_fix(
-    write_csv: Callable[[str, str], Path], tmp_path: Path
-) -> None:
-    """A file that is not UTF-8 fails with a message that says how to name its encoding."""
-    path = tmp_path / "latin.csv"
-    path.write_bytes(
-        "Company,State,Notice Date,Jobs\nCaf\xe9 Uno,CA,2024-01-01,5\n".encode("cp1252")
-    )
-    with pytest.raises(SourceError, match="#encoding=cp1252"):
-        etl.transform_source(whole(Source(location=str(path))), ALIASES, str(tmp_path))
-    part = etl.transform_source(
-        whole(Source(location=str(path), encoding="cp1252")), ALIASES, str(tmp_path)
-    )
-    assert (part.rows_in, part.rows_rejected) == (1, 0)
-
-
-def test_transform_source_refuses_an_empty_file(tmp_path: Path) -> None:
-    """A file with no header row fails with a clear message."""
-    path = tmp_path / "empty.csv"
-    path.write_text("")
-    with pytest.raises(SourceError, match="is empty: it needs a header row"):
-        etl.transform_source(whole(Source(location=str(path))), ALIASES, str(tmp_path))
-
-
-def test_merge_outputs_drops_duplicates_across_sources_and_keeps_a_stable_order(
-    write_csv: Callable[[str, str], Path], tmp_path: Path
-) -> None:
-    """The same notice in two sources is written once, from the first source, in key order."""
-    header = "State,Company,Notice Date,Jobs\n"
-    first = write_csv("a.csv", header + "TX,Zeta Corp,2024-03-01,5\nCA,Acme,2024-01-01,10\n")
-    second = write_csv("b.csv", header + "CA,ACME,1/1/2024,10\nAK,Polar,2024-05-05,3\n")
-    sources = [Source(location=str(first), name="a"), Source(location=str(second), name="b")]
-    summary = run_etl(sources, tmp_path / "out")
+def test_run_reads_values_and_kinds_into_the_schema(wa_source: Source, tmp_path: Path) -> None:
+    """A notice has its id, dates in ISO form, a count, and what its type columns say."""
+    run([wa_source], tmp_path / "out")
     rows = read_rows(tmp_path / "out" / "notices.csv")
-    assert [(r["state"], r["company"], r["source"]) for r in rows] == [
-        ("AK", "Polar", "b"),
-        ("CA", "Acme", "a"),
-        ("TX", "Zeta Corp", "a"),
+    assert list(rows[0]) == list(NOTICE_FIELDS)
+    wesley = next(row for row in rows if row["company"] == "Wesley Homes")
+    assert {k: v for k, v in wesley.items() if k != "notice_id"} == {
+        "state": "WA",
+        "company": "Wesley Homes",
+        "city": "Des Moines, Auburn",
+        "notice_date": "2022-03-11",
+        "effective_date": "2022-05-14",
+        "jobs": "119",
+        "is_closure": "false",
+        "is_temporary": "false",
+        "is_amendment": "false",
+        "source": "wa",
+    }
+    assert len(wesley["notice_id"]) == 16
+    hawthorne = next(row for row in rows if row["company"] == "Hawthorne Gardening")
+    assert (hawthorne["jobs"], hawthorne["is_closure"], hawthorne["is_temporary"]) == (
+        "1204",
+        "true",
+        "true",
+    )
+
+
+def test_run_keeps_the_first_of_duplicates_across_sources_in_key_order(
+    write_csv: Callable[[str, str], Path], tmp_path: Path
+) -> None:
+    """The same notice in two sources (any case) is written once, from the first source."""
+    header = "Company,Notice Date,Jobs\n"
+    first = write_csv("a.csv", header + "Zeta Corp,2024-03-01,5\nAcme,2024-01-01,10\n")
+    second = write_csv("b.csv", header + "ACME,1/1/2024,10\nPolar,2024-05-05,3\n")
+    sources = [
+        Source(location=str(first), constants={"state": "CA"}, name="a"),
+        Source(location=str(second), constants={"state": "CA"}, name="b"),
+    ]
+    summary = run(sources, tmp_path / "out")
+    rows = read_rows(tmp_path / "out" / "notices.csv")
+    assert [(r["company"], r["notice_date"], r["source"]) for r in rows] == [
+        ("Acme", "2024-01-01", "a"),
+        ("Zeta Corp", "2024-03-01", "a"),
+        ("Polar", "2024-05-05", "b"),
     ]
     assert (summary.rows_in, summary.rows_out, summary.rows_duplicate) == (4, 3, 1)
 
 
-def test_run_gives_byte_identical_outputs_whatever_the_run_size(
+def test_run_lets_constants_win_over_columns(
     write_csv: Callable[[str, str], Path], tmp_path: Path
 ) -> None:
-    """Outputs are the same bytes run after run, and however many run files the rows spill to."""
-    sample = Path(__file__).resolve().parent.parent / "pyflow" / "sample"
-    sources = [
-        Source(location=str(sample / "ca.csv"), constants={"state": "CA"}, name="ca"),
-        Source(location=str(sample / "ny.csv"), name="ny"),
-        Source(location=str(write_csv("dup.csv", CA_TEXT)), constants={"state": "CA"}),
-    ]
-    run_etl(sources, tmp_path / "one")
-    run_etl(sources, tmp_path / "two", run_rows=2)
-    for name in (etl.NOTICES_FILE, etl.REJECTS_FILE):
-        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
-    assert not (tmp_path / "two" / etl.WORK_DIR_NAME).exists()
+    """A source's constant sets its field on every row, whatever its column says."""
+    path = write_csv("ia.csv", "Company,St,Notice Date\nAcme,TN,1/2/2024\nBeta,,1/3/2024\n")
+    run([Source(location=str(path), constants={"state": "IA"})], tmp_path / "out")
+    assert {r["state"] for r in read_rows(tmp_path / "out" / "notices.csv")} == {"IA"}
 
 
-def test_summarise_counts_always_add_up(
+def test_run_reads_a_state_column_when_there_is_no_constant(
     write_csv: Callable[[str, str], Path], tmp_path: Path
 ) -> None:
-    """rows_in = rows_out + rows_rejected + rows_duplicate, and summary.json says so."""
-    summary = run_etl(
-        [Source(location=str(write_csv("ca.csv", CA_TEXT)), constants={"state": "CA"})],
-        tmp_path / "out",
+    """Without a constant the state column is read; a value that is no state is rejected."""
+    path = write_csv(
+        "us.csv", "Company,State,Notice Date\nAcme,Texas,1/2/2024\nBeta,Ontario,1/3/2024\n"
     )
+    run([Source(location=str(path), name="us")], tmp_path / "out")
+    assert [r["state"] for r in read_rows(tmp_path / "out" / "notices.csv")] == ["TX"]
+    [reject] = read_rows(tmp_path / "out" / "rejects.csv")
+    assert reject["reason"] == "state: 'Ontario' in 'State' is not a US state or territory"
+
+
+def test_run_publishes_good_sources_when_others_fail(
+    wa_source: Source, write_csv: Callable[[str, str], Path], tmp_path: Path
+) -> None:
+    """An unreadable and an unmappable source are reported; the good one is published."""
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(b"\x00\x01\x02 not csv")
+    unmappable = write_csv("foo.csv", "Foo,Bar\n1,2\n3,4\n")
+    sources = [
+        wa_source,
+        Source(location=str(binary), constants={"state": "OK"}, name="binary"),
+        Source(location=str(unmappable), constants={"state": "OK"}, name="foo"),
+        Source(location=str(tmp_path / "missing.csv"), name="missing"),
+    ]
+    summary = run(sources, tmp_path / "out")
+    assert summary.sources_failed == 3
+    errors = {entry["source"]: entry["error"] for entry in summary.failures}
+    assert "is not a CSV file (it holds binary data)" in errors["binary"]
+    assert "has no column for the company" in errors["foo"]
+    assert "PYFLOW_ALIASES_FILE" in errors["foo"]
+    assert "not found: check the path" in errors["missing"]
+    assert summary.rows_out == 3
+    foo = [r for r in read_rows(tmp_path / "out" / "rejects.csv") if r["source"] == "foo"]
+    assert [(r["record"], r["raw"]) for r in foo] == [("1", "1,2"), ("2", "3,4")]
+    assert "has no company" in foo[0]["reason"]
+    assert summary.rows_in == summary.rows_out + summary.rows_rejected + summary.rows_duplicate
     written = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert written["sources_failed"] == 3
+
+
+def test_run_in_strict_mode_writes_nothing_when_a_source_fails(
+    wa_source: Source, write_csv: Callable[[str, str], Path], tmp_path: Path
+) -> None:
+    """With strict, one unmappable source fails the run and the previous outputs stay."""
+    run([wa_source], tmp_path / "out")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    unmappable = Source(location=str(write_csv("foo.csv", "Foo\n1\n")), constants={"state": "OK"})
+    with pytest.raises(SourceError, match="1 of 2 sources failed, and strict mode writes nothing"):
+        run([wa_source, unmappable], tmp_path / "out", strict=True)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
+
+
+def test_run_writes_nothing_when_every_source_fails(wa_source: Source, tmp_path: Path) -> None:
+    """A run that could read no source keeps the previous outputs and says why."""
+    run([wa_source], tmp_path / "out")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    with pytest.raises(SourceError, match="no source could be read, so nothing was written"):
+        run([Source(location=str(tmp_path / "nope.csv"))], tmp_path / "out")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
+
+
+def big_source(path: Path, rows: int) -> Source:
+    """Write a source with quoted line breaks in most records, bad rows and duplicates."""
+    lines = ["Company,Notice Date,Jobs,City,Notes"]
+    for i in range(rows):
+        note = f'"phase {i}\nsee letter, page {i % 3}"' if i % 4 else "plain"
+        if i % 17 == 0:
+            lines.append(f",2024-01-{1 + i % 28:02d},{i},Town {i % 7},{note}")
+        elif i % 13 == 0:
+            lines.append(
+                f"FIRM {i - 1},2024-01-{1 + (i - 1) % 28:02d},{i - 1},town {(i - 1) % 7},{note}"
+            )
+        else:
+            lines.append(f'"Firm {i}\nSuite {i}",2024-01-{1 + i % 28:02d},{i},Town {i % 7},{note}')
+    lines.insert(rows // 2, f'Big Firm,2024-02-01,5,Town,"{"x" * (1 << 20)}"')
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return Source(location=str(path), constants={"state": "CA"}, name="big")
+
+
+@pytest.mark.parametrize("size", [5_000, 13_001, 40_000, 250_000])
+def test_run_split_gives_the_same_bytes_as_unsplit(tmp_path: Path, size: int) -> None:
+    """A source of quoted line breaks split into ranges gives byte-identical outputs."""
+    source = big_source(tmp_path / "big.csv", 3_000)
+    whole = run([source], tmp_path / "whole")
+    split = run([source], tmp_path / "split", partition_bytes=size)
+    assert split.sources[0]["partitions"] > 1
+    for name in (etl.NOTICES_FILE, etl.REJECTS_FILE):
+        assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "split" / name).read_bytes()
+    assert whole.rows_rejected > 100 and whole.rows_duplicate > 100
+    assert any(
+        len(row["company"]) == len("Big Firm")
+        for row in read_rows(tmp_path / "split" / "notices.csv")
+    )
+
+
+def test_run_gives_the_same_bytes_whatever_the_number_of_buckets(tmp_path: Path) -> None:
+    """Merging in many key ranges gives the same output as in one, run after run."""
+    source = big_source(tmp_path / "big.csv", 3_000)
+    run([source], tmp_path / "one")
+    run([source], tmp_path / "many", partition_bytes=20_000, merge_rows=300)
+    run([source], tmp_path / "again", partition_bytes=20_000, merge_rows=300)
+    for name in (etl.NOTICES_FILE, etl.REJECTS_FILE):
+        one = (tmp_path / "one" / name).read_bytes()
+        assert (tmp_path / "many" / name).read_bytes() == one
+        assert (tmp_path / "again" / name).read_bytes() == one
+
+
+def test_plan_buckets_cuts_even_key_ranges(tmp_path: Path) -> None:
+    """Key samples give about merge_rows notices per bucket, and ranges that join up."""
+    parts = [
+        etl.PartResult(
+            0,
+            0,
+            rows_kept=1_000,
+            keys=tuple(f"k{i:04d}" for i in range(0, 1_000, 10)),
+            key_weight=10.0,
+        )
+    ]
+    ranges = etl.plan_buckets(parts, merge_rows=250)
+    assert len(ranges) == 4
+    assert ranges[0][0] is None and ranges[-1][1] is None
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
+    assert etl.plan_buckets(parts, merge_rows=1_000) == [(None, None)]
+
+
+def test_plan_batches_groups_small_sources_and_keeps_order(tmp_path: Path) -> None:
+    """Partitions are batched by size, in source order, so small sources share a task."""
+    sources = [
+        Source(location=str(SAMPLE / f"{stem}.csv"), constants={"state": stem.upper()})
+        for stem in ("ca", "dc", "fl")
+    ]
+    plans = etl.plan_sources(sources, {}, {}, RULES, 0)
+    assert [[p.plan.index for p in b] for b in etl.plan_batches(plans, 10_000)] == [[0, 1], [2]]
+    assert [[p.plan.index for p in b] for b in etl.plan_batches(plans, 0)] == [[0], [1], [2]]
+
+
+def test_summary_counts_add_up_and_describe_each_source(wa_source: Source, tmp_path: Path) -> None:
+    """summary.json holds the totals, and for each source its mapping and counts."""
+    summary = run([wa_source], tmp_path / "out")
+    written = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert written == json.loads(summary.to_json())
     assert (
         written["rows_in"]
         == written["rows_out"] + written["rows_rejected"] + written["rows_duplicate"]
     )
-    assert written == json.loads(summary.to_json())
-    assert set(written) >= {
-        "sources",
-        "rows_in",
-        "rows_out",
-        "rows_rejected",
-        "rows_duplicate",
-        "started_at",
-        "finished_at",
-    }
+    [entry] = written["sources"]
+    assert entry["mapping"]["fields"] == {
+        "company": "Company", "notice_date": "Received Date", "effective_date": "Layoff Start Date",
+        "jobs": "# of Workers", "city": "Location",
+    }  # fmt: skip
+    assert entry["mapping"]["kind_columns"] == ["Closure Layoff", "Type of Layoff"]
+    assert entry["mapping"]["constants"] == {"state": "WA"}
 
 
 def test_summarise_refuses_counts_that_do_not_add_up() -> None:
     """A lost row is a bug, so the summary refuses to be written."""
-    part = etl.PartResult("a", rows_in=5, rows_rejected=1)
-    merged = etl.MergeResult(rows_out=3, rows_duplicate=0, notices="n", rejects="r")
+    plan = etl.SourcePlan(0, Source(location="a"), "a")
+    part = etl.PartResult(0, 0, rows_in=5, rows_kept=4, rows_rejected=1)
+    bucket = etl.BucketResult(0, rows_out=3, rows_duplicate=0, path=None)
     with pytest.raises(RuntimeError, match="do not add up"):
-        etl.summarise([Source(location="a")], [part], merged, etl.utc_now())
+        etl.summarise([plan], [part], [bucket], "out", etl.utc_now())
 
 
-def test_merge_outputs_keeps_the_previous_files_when_it_fails(
-    write_csv: Callable[[str, str], Path], tmp_path: Path
-) -> None:
-    """A merge that fails half-way leaves the good outputs in place and nothing new beside them."""
+def test_publish_outputs_moves_all_three_files_together(wa_source: Source, tmp_path: Path) -> None:
+    """Staged outputs replace the old ones together."""
     output = tmp_path / "out"
-    sources = [Source(location=str(write_csv("ca.csv", CA_TEXT)), constants={"state": "CA"})]
-    run_etl(sources, output)
-    before = {p.name: p.read_bytes() for p in output.iterdir() if p.is_file()}
-    broken = etl.PartResult("x", 1, 0, notice_runs=[str(tmp_path / "missing.run")])
-    work_dir = etl.new_work_dir(str(output))
-    with pytest.raises(FileNotFoundError):
-        etl.merge_outputs([broken], str(output), work_dir)
-    etl.remove_work_dir(work_dir)
-    after = {p.name: p.read_bytes() for p in output.iterdir() if p.is_file()}
-    assert after == before
-    assert sorted(p.name for p in output.iterdir()) == [
-        "notices.csv",
-        "rejects.csv",
-        "summary.json",
-    ]
-
-
-def test_publish_outputs_moves_all_three_files_only_when_staged(
-    write_csv: Callable[[str, str], Path], tmp_path: Path
-) -> None:
-    """Staged outputs replace the old ones together; with one missing, the data files stay put."""
-    output = tmp_path / "out"
-    sources = [Source(location=str(write_csv("ca.csv", CA_TEXT)), constants={"state": "CA"})]
-    run_etl(sources, output)
+    run([wa_source], output)
     work_dir = etl.new_work_dir(str(output))
     for name in ("notices.csv", "rejects.csv", "summary.json"):
         Path(etl.staged_path(work_dir, name)).parent.mkdir(parents=True, exist_ok=True)
@@ -245,22 +318,6 @@ def test_publish_outputs_moves_all_three_files_only_when_staged(
     ]
     assert (output / "summary.json").read_text() == "new summary.json\n"
     assert (output / "notices.csv").read_text() == "new notices.csv\n"
-
-
-def test_transform_source_rejects_a_row_with_a_line_break_inside_a_field(
-    write_csv: Callable[[str, str], Path], tmp_path: Path
-) -> None:
-    """A bad row whose quoted field holds a line break is rejected whole, its raw text intact."""
-    path = write_csv(
-        "x.csv",
-        'Company,State,Notice Date,Jobs\n"Acme\nWest",CA,2024-01-02,ten\nBeta,CA,2024-01-03,4\n',
-    )
-    summary = run_etl([Source(location=str(path), name="x")], tmp_path / "out")
-    [reject] = read_rows(tmp_path / "out" / "rejects.csv")
-    assert reject["reason"] == "jobs: 'ten' is not a number"
-    assert reject["line"] == "2"
-    assert reject["raw"] == '"Acme\nWest",CA,2024-01-02,ten'
-    assert (summary.rows_in, summary.rows_out, summary.rows_rejected) == (2, 1, 1)
 
 
 def test_prepare_output_refuses_an_unwritable_location(tmp_path: Path) -> None:
@@ -273,9 +330,9 @@ def test_prepare_output_refuses_an_unwritable_location(tmp_path: Path) -> None:
 
 def test_fetch_source_downloads_over_http(http_sources: HttpSources, tmp_path: Path) -> None:
     """An HTTP(S) source is downloaded into the run's folder and read from there."""
-    url = http_sources.add("/ok.csv", CA_TEXT)
+    url = http_sources.add("/ok.csv", WA_TEXT)
     location = etl.fetch_source(Source(location=url), str(tmp_path), timeout=5)
-    assert Path(location).read_text() == CA_TEXT
+    assert Path(location).read_text() == WA_TEXT
     assert Path(location).parent == tmp_path / "fetched"
 
 
@@ -303,78 +360,3 @@ def test_fetch_source_refuses_a_missing_file(tmp_path: Path) -> None:
     """A local source that does not exist names the option and setting to fix."""
     with pytest.raises(SourceError, match=r"'nope\.csv' not found: .*--source or PYFLOW_SOURCES"):
         etl.fetch_source(Source(location="nope.csv"), str(tmp_path), timeout=5)
-
-
-def big_source(path: Path, rows: int) -> Source:
-    """Write a source of ``rows`` rows with some bad rows and duplicates; return it."""
-    lines = ["Company,Notice Date,Jobs,City"]
-    for i in range(rows):
-        if i % 17 == 0:
-            lines.append(f"Firm {i},not a date,{i + 1},Town {i % 7}")
-        elif i % 13 == 0:
-            lines.append(f"FIRM {i - 1},2024-01-{1 + (i - 1) % 28:02d},{i},town {(i - 1) % 7}")
-        else:
-            lines.append(f"Firm {i},2024-01-{1 + i % 28:02d},{i + 1},Town {i % 7}")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return Source(location=str(path), constants={"state": "CA"}, name="big")
-
-
-def test_plan_partitions_covers_the_file_in_byte_ranges(tmp_path: Path) -> None:
-    """A file larger than the partition size is split into contiguous ranges covering all of it."""
-    source = big_source(tmp_path / "big.csv", 500)
-    size = (tmp_path / "big.csv").stat().st_size
-    partitions = etl.plan_partitions(3, source, source.location, size // 4 + 1)
-    assert len(partitions) == 4
-    assert partitions[0].start == 0 and partitions[-1].end == size
-    assert all(a.end == b.start for a, b in itertools.pairwise(partitions))
-    assert {p.source_index for p in partitions} == {3}
-    assert etl.plan_partitions(3, source, source.location, 0) == [
-        etl.Partition(3, 0, source, source.location)
-    ]
-    assert len(etl.plan_partitions(3, source, source.location, size)) == 1
-
-
-@pytest.mark.parametrize("parts", [2, 3, 7, 50])
-def test_transform_source_split_gives_the_same_output_as_unsplit(
-    tmp_path: Path, parts: int
-) -> None:
-    """A source split into partitions gives byte-identical outputs, line numbers included."""
-    source = big_source(tmp_path / "big.csv", 2000)
-    size = (tmp_path / "big.csv").stat().st_size
-    whole_run = run_etl([source], tmp_path / "whole")
-    split_run = run_etl([source], tmp_path / "split", run_rows=97, partition_bytes=size // parts)
-    for name in (etl.NOTICES_FILE, etl.REJECTS_FILE):
-        assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "split" / name).read_bytes()
-    assert (whole_run.rows_in, whole_run.rows_duplicate) == (
-        split_run.rows_in,
-        split_run.rows_duplicate,
-    )
-    assert whole_run.rows_rejected > 100 and whole_run.rows_duplicate > 100
-    rejects = read_rows(tmp_path / "split" / "rejects.csv")
-    assert rejects[0]["line"] == "2" and rejects[0]["raw"].startswith("Firm 0,not a date")
-    line = int(rejects[-1]["line"])
-    assert (tmp_path / "big.csv").read_text().splitlines()[line - 1] == rejects[-1]["raw"]
-
-
-@pytest.mark.parametrize(
-    "values",
-    [
-        ("a", "b", ""),
-        ("comma, inside", 'quote " inside', "line\nbreak", " padded "),
-        ("", "", ""),
-        ("plain",),
-    ],
-)
-def test_csv_line_matches_the_csv_module(values: tuple[str, ...]) -> None:
-    """The fast CSV renderer writes exactly what csv.writer writes, quoting included."""
-    expected = io.StringIO()
-    csv.writer(expected, lineterminator="\n").writerow(values)
-    assert etl.csv_line(values) == expected.getvalue()
-
-
-def test_csv_line_quotes_a_carriage_return_so_it_reads_back() -> None:
-    """A carriage return inside a value is quoted, so a CSV reader gets the value back whole."""
-    values = ("cr\rreturn", "x")
-    line = etl.csv_line(values)
-    assert line == '"cr\rreturn",x\n'
-    assert next(csv.reader(io.StringIO(line, newline=""))) == list(values)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,8 @@ from prefect.exceptions import ParameterTypeError
 
 from conftest import SAMPLE, HttpSources
 from pyflow import etl
-from pyflow.errors import FetchError, SourceError
+from pyflow.config import SAMPLE_STATES
+from pyflow.errors import SourceError
 from pyflow.flow import warn_notices
 from pyflow.tasks import SUMMARY_ARTIFACT_KEY
 
@@ -26,15 +28,17 @@ def output_bytes(folder: Path) -> dict[str, bytes]:
 
 
 def test_warn_notices_consolidates_the_bundled_sample(tmp_path: Path) -> None:
-    """With no parameters but an output, the flow writes the three files and their counts add up."""
+    """With no parameters but an output, the flow reads the nine real slices and counts add up."""
     summary = warn_notices(output=str(tmp_path / "out"))
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == ["notices.csv", "rejects.csv", "summary.json"]
     assert summary.rows_in == summary.rows_out + summary.rows_rejected + summary.rows_duplicate
-    assert summary.rows_rejected > 0 and summary.rows_duplicate > 0
-    assert len((out / "notices.csv").read_text().splitlines()) == summary.rows_out + 1
+    assert summary.rows_rejected > 0 and summary.rows_duplicate > 0 and summary.sources_failed == 0
     assert len((out / "rejects.csv").read_text().splitlines()) == summary.rows_rejected + 1
-    assert summary.sources == ["sample/ca.csv", "sample/tx.csv", "sample/ny.csv", "sample/wa.csv"]
+    assert [entry["source"] for entry in summary.sources] == [
+        f"sample/{stem}.csv" for stem in SAMPLE_STATES
+    ]
+    assert all(entry["mapping"]["fields"]["company"] for entry in summary.sources)
 
 
 def test_warn_notices_is_byte_identical_on_a_second_run(tmp_path: Path) -> None:
@@ -46,7 +50,7 @@ def test_warn_notices_is_byte_identical_on_a_second_run(tmp_path: Path) -> None:
 
 
 def test_warn_notices_publishes_a_summary_artifact(tmp_path: Path) -> None:
-    """Each run leaves a markdown artifact with a stable key that shows its counts."""
+    """Each run leaves a markdown artifact with a stable key: totals, then a row per source."""
     summary = warn_notices(output=str(tmp_path / "out"))
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
@@ -57,6 +61,7 @@ def test_warn_notices_publishes_a_summary_artifact(tmp_path: Path) -> None:
     assert latest.type == "markdown"
     assert f"| Notices written | {summary.rows_out:,} |" in latest.data
     assert f"| Rows rejected | {summary.rows_rejected:,} |" in latest.data
+    assert "| sample/tx.csv | 30 | 30 | 0 | company ← JOB_SITE_NAME;" in latest.data
 
 
 def test_warn_notices_retries_a_flaky_http_source(
@@ -66,35 +71,49 @@ def test_warn_notices_retries_a_flaky_http_source(
     monkeypatch.setenv("PYFLOW_FETCH_BACKOFF", "0.05")
     url = http_sources.add("/flaky.csv", GOOD_CSV, failures=2)
     summary = warn_notices(
-        sources=[f"{url}#name=flaky", f"{SAMPLE / 'wa.csv'}#state=WA"], output=str(tmp_path / "out")
+        sources=[f"{url}#name=flaky", f"{SAMPLE / 'tx.csv'}#state=TX"], output=str(tmp_path / "out")
     )
     assert http_sources.routes["/flaky.csv"].hits == 3
     notices = (tmp_path / "out" / "notices.csv").read_text()
-    assert "CA,Acme,,2024-01-02,,10,flaky" in notices
-    assert summary.sources == ["flaky", f"{SAMPLE / 'wa.csv'}"]
+    assert ",CA,Acme,,2024-01-02,,10,,,,flaky\n" in notices
+    assert summary.sources_failed == 0
 
 
-def test_warn_notices_fails_cleanly_when_a_source_always_fails(
+def test_warn_notices_publishes_the_others_and_fails_when_a_source_always_fails(
     http_sources: HttpSources, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A source that never answers fails the run after its retries and leaves the old outputs."""
+    """A source that never answers is retried, then named; the rest is published (Failed)."""
     monkeypatch.setenv("PYFLOW_FETCH_BACKOFF", "0.05")
     monkeypatch.setenv("PYFLOW_FETCH_RETRIES", "2")
+    url = http_sources.add("/down.csv", failures=10**6, status=500)
+    state = warn_notices(
+        sources=[url, f"{SAMPLE / 'tx.csv'}#state=TX"],
+        output=str(tmp_path / "out"),
+        return_state=True,
+    )
+    assert http_sources.routes["/down.csv"].hits == 3
+    assert state.is_failed()
+    assert state.message.startswith("1 of 2 sources failed (the others were published): ")
+    assert "answered HTTP 500" in state.message
+    summary = state.result(raise_on_failure=False)
+    assert summary.rows_out == 30
+    written = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert [entry["error"] is not None for entry in written["sources"]] == [True, False]
+    assert not (tmp_path / "out" / etl.WORK_DIR_NAME).exists()
+
+
+def test_warn_notices_in_strict_mode_writes_nothing_when_a_source_fails(tmp_path: Path) -> None:
+    """strict=True: a missing source fails the run and the previous outputs stay."""
     out = tmp_path / "out"
     warn_notices(output=str(out))
     before = output_bytes(out)
-    url = http_sources.add("/down.csv", failures=10**6, status=500)
-    with pytest.raises(FetchError, match="answered HTTP 500"):
-        warn_notices(sources=[url, str(SAMPLE / "ny.csv")], output=str(out))
-    assert http_sources.routes["/down.csv"].hits == 3
+    with pytest.raises(SourceError, match="1 of 2 sources failed, and strict mode writes nothing"):
+        warn_notices(
+            sources=[str(tmp_path / "nope.csv"), f"{SAMPLE / 'tx.csv'}#state=TX"],
+            output=str(out),
+            strict=True,
+        )
     assert output_bytes(out) == before
-    assert not (out / etl.WORK_DIR_NAME).exists()
-
-
-def test_warn_notices_does_not_retry_a_missing_file(tmp_path: Path) -> None:
-    """A local source that does not exist fails at once with the fix in the message."""
-    with pytest.raises(SourceError, match="not found: check the path or URL"):
-        warn_notices(sources=[str(tmp_path / "nope.csv")], output=str(tmp_path / "out"))
 
 
 def test_warn_notices_validates_its_parameters(tmp_path: Path) -> None:

@@ -104,12 +104,15 @@ def test_test_passes_fast_and_opts_to_pytest(fast: bool, opts: str, command: str
     assert commands(c) == [command]
 
 
-def test_setup_installs_the_project_through_pips_index() -> None:
-    """With Poetry present, `invoke setup` runs `poetry install` against pip's index."""
+def test_setup_installs_the_project_through_pips_index(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With Poetry present, `invoke setup` installs through pip's index and compiles bytecode."""
+    monkeypatch.setattr(tasks.shutil, "which", lambda name: f"/usr/bin/{name}")
     c = mock_context()
     tasks.setup(c, index_url="https://mirror.test/simple")
-    assert commands(c) == ["poetry install"]
-    assert c.run.call_args.kwargs["env"] == {"POETRY_PYPI_MIRROR_URL": "https://mirror.test/simple"}
+    assert commands(c) == ["poetry install", f"poetry run {tasks.COMPILE_BYTECODE}"]
+    assert c.run.call_args_list[0].kwargs["env"] == {
+        "POETRY_PYPI_MIRROR_URL": "https://mirror.test/simple"
+    }
 
 
 def test_setup_installs_poetry_when_it_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -123,6 +126,7 @@ def test_setup_installs_poetry_when_it_is_missing(monkeypatch: pytest.MonkeyPatc
             f"{python} -m poetry --version": Result(exited=1),
             f"{python} -m pip install --quiet {tasks.POETRY_PACKAGES}": Result(),
             f"{python} -m poetry install": Result(),
+            f"{python} -m poetry run {tasks.COMPILE_BYTECODE}": Result(),
         },
     )
     tasks.setup(c, index_url="https://mirror.test/simple")
@@ -130,6 +134,7 @@ def test_setup_installs_poetry_when_it_is_missing(monkeypatch: pytest.MonkeyPatc
         f"{python} -m poetry --version",
         f"{python} -m pip install --quiet {tasks.POETRY_PACKAGES}",
         f"{python} -m poetry install",
+        f"{python} -m poetry run {tasks.COMPILE_BYTECODE}",
     ]
 
 
@@ -233,9 +238,9 @@ def test_reset_deletes_local_state() -> None:
 def test_bench_passes_its_sizes_to_the_benchmark() -> None:
     """`invoke bench` runs the benchmark module with the rows, files, workers and variants given."""
     c = mock_context()
-    tasks.bench(c, rows=1000, files=2, workers=3, variants="ad")
+    tasks.bench(c, rows=1000, files=2, workers=3, variants="a,d")
     assert commands(c) == [
-        "poetry run python -m pyflow.bench --rows 1000 --files 2 --workers 3 --variants ad"
+        "poetry run python -m pyflow.bench --rows 1000 --files 2 --workers 3 --variants a,d"
     ]
 
 

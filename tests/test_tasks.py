@@ -10,6 +10,7 @@ from prefect.states import Completed, Failed
 
 from conftest import SAMPLE, HttpSources
 from pyflow import etl, tasks
+from pyflow.columns import load_rules
 from pyflow.errors import FetchError, SourceError
 from pyflow.schema import Source
 
@@ -28,27 +29,51 @@ def test_is_transient_retries_only_network_failures(error: Exception, retried: b
     assert tasks.is_transient(None, None, Completed(data=1)) is False
 
 
-def test_prepare_source_fetches_and_splits(http_sources: HttpSources, tmp_path: Path) -> None:
-    """An HTTP source is downloaded into the run's folder and planned as partitions of it."""
+def test_fetch_then_plan_splits_a_downloaded_source(
+    http_sources: HttpSources, tmp_path: Path
+) -> None:
+    """An HTTP source is downloaded into the run's folder and planned in record ranges of it."""
     url = http_sources.add("/tx.csv", (SAMPLE / "tx.csv").read_text())
+    source = Source(location=url, constants={"state": "TX"})
     with disable_run_logger():
-        partitions = tasks.prepare_source.fn(2, Source(location=url), str(tmp_path), 5.0, 100)
-    assert len(partitions) > 1
-    assert {p.source_index for p in partitions} == {2}
-    assert all(p.location.startswith(str(tmp_path / "fetched")) for p in partitions)
-    assert partitions[-1].end == Path(partitions[0].location).stat().st_size
+        location = tasks.fetch_source.fn(source, str(tmp_path), 5.0)
+        [plan] = tasks.plan_sources.fn([source], {0: location}, {}, load_rules(), 1_000)
+    assert location.startswith(str(tmp_path / "fetched"))
+    assert plan.error is None and len(plan.ranges) > 1
+    assert plan.ranges[-1][1] == Path(location).stat().st_size
 
 
-def test_summary_markdown_shows_every_count() -> None:
-    """The artifact's table shows sources, rows read, written, rejected and dropped."""
-    summary = etl.Summary(["a", "b"], 1204, 1000, 150, 54, "s", "f", "out/n.csv", "out/r.csv")
-    markdown = tasks.summary_markdown(summary)
+def summary(**changes: object) -> etl.Summary:
+    """A summary of two sources, one of which failed."""
+    entry = {
+        "source": "ca.csv", "location": "ca.csv", "error": None, "rows_in": 1204, "rows_kept": 1054,
+        "rows_rejected": 150, "rejected_by": {}, "values_not_read": {}, "partitions": 1,
+        "mapping": {"fields": {"company": "Company", "jobs": "No. Of Employees"}, "constants": {"state": "CA"}},
+    }  # fmt: skip
+    failed = {**entry, "source": "x|y.csv", "error": "source 'x|y.csv' not found: check the path",
+              "rows_in": 0, "rows_kept": 0, "rows_rejected": 0, "mapping": None}  # fmt: skip
+    fields = {
+        "rows_in": 1204, "rows_out": 1000, "rows_rejected": 150, "rows_duplicate": 54,
+        "sources_failed": 1, "started_at": "s", "finished_at": "f", "notices": "out/n.csv",
+        "rejects": "out/r.csv", "sources": [entry, failed],
+    }  # fmt: skip
+    return etl.Summary(**{**fields, **changes})  # type: ignore[arg-type]
+
+
+def test_summary_markdown_shows_the_totals_then_each_source() -> None:
+    """The artifact shows the totals, then a row per source with its columns and any failure."""
+    markdown = tasks.summary_markdown(summary())
     for row in (
+        "| Total | Count |",
         "| Sources | 2 |",
+        "| Sources failed | 1 |",
         "| Rows read | 1,204 |",
         "| Notices written | 1,000 |",
         "| Rows rejected | 150 |",
         "| Duplicates dropped | 54 |",
         "| Notices | `out/n.csv` |",
+        "| ca.csv | 1,204 | 1,054 | 150 | company ← Company; jobs ← No. Of Employees; state = CA |  |",
+        "| x\\|y.csv | 0 | 0 | 0 |  | source 'x\\|y.csv' not found: check the path |",
     ):
         assert row in markdown
+    assert "| | |" not in markdown

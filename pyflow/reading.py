@@ -1,0 +1,334 @@
+"""Reading a CSV source as its states write it: header, line ends, encoding, record-safe splits.
+
+A source is read in byte ranges that always start and end at a record boundary, found by quote
+parity, so a quoted field with line breaks is never cut. Each range is parsed by Polars, every
+column as text; a range with rows longer than the header (which Polars refuses) is parsed by
+Python's `csv` module instead, which keeps the extra cells so they can be checked.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import csv
+import io
+import itertools
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import fsspec
+import polars as pl
+from fsspec.core import url_to_fs
+
+from pyflow import values
+from pyflow.errors import SourceError
+
+SNIFF_BYTES = 1 << 16
+"""Bytes read from a source's start to find its line ends and header."""
+
+SAMPLE_BYTES = 1 << 17
+"""Bytes of a source's first rows that its column mapping is decided on."""
+
+SCAN_BYTES = 1 << 23
+"""Bytes read at a time while scanning a source for record boundaries."""
+
+EXTRA_COLUMNS = 8
+"""Columns read beyond the header's, at first, to find cells a row has beyond it."""
+
+MAX_EXTRA_COLUMNS = 512
+"""Beyond this many extra columns, a range is parsed by Python's `csv` module instead."""
+
+EXTRA = values.EXTRA_COLUMN
+"""Column of the cells a row has beyond the header's, rendered as CSV (null when none)."""
+
+UTF8_NAMES = frozenset({"utf-8", "utf-8-sig"})
+_CP1252_UNDEFINED = frozenset({0x81, 0x8D, 0x8F, 0x90, 0x9D})
+
+
+def _as_cp1252(error: UnicodeError) -> tuple[str, int]:
+    """Decode the bytes UTF-8 refused as Windows-1252 (Latin-1 for its five unused bytes)."""
+    if not isinstance(error, UnicodeDecodeError):
+        raise error
+    bad = error.object[error.start : error.end]
+    text = "".join(
+        chr(byte) if byte in _CP1252_UNDEFINED else bytes([byte]).decode("cp1252") for byte in bad
+    )
+    return text, error.end
+
+
+codecs.register_error("pyflow-cp1252", _as_cp1252)
+csv.field_size_limit(sys.maxsize)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a source's bytes are laid out: its header, where its records start, its line ends."""
+
+    header: tuple[str, ...]
+    data_start: int
+    size: int
+    newline: str
+    encoding: str
+
+    @property
+    def width(self) -> int:
+        """The number of named columns."""
+        return len(self.header)
+
+    def decode(self, data: bytes) -> str:
+        """Decode bytes of this source: UTF-8 by default, any byte that is not read as Windows-1252."""
+        if codecs.lookup(self.encoding).name in UTF8_NAMES:
+            return data.decode("utf-8", errors="pyflow-cp1252")
+        return data.decode(self.encoding)
+
+
+def read_layout(location: str, encoding: str, label: str) -> Layout:
+    """Find a source's header, the byte where its first record starts, and its line ends.
+
+    Args:
+        location: Where to read the source (a local path or fsspec URL).
+        encoding: Its declared encoding.
+        label: Its name, for messages.
+
+    Raises:
+        SourceError: If the file is empty, binary, or its header cannot be decoded.
+    """
+    fs, path = url_to_fs(location)
+    size = fs.size(path)
+    with fs.open(path, "rb") as handle:
+        head = handle.read(SNIFF_BYTES)
+        start = len(codecs.BOM_UTF8) if head.startswith(codecs.BOM_UTF8) else 0
+        newline = "\r" if b"\n" not in head and b"\r" in head else "\n"
+        end = _record_end(head, start, newline)
+        while end is None and len(head) < size:
+            head += handle.read(SNIFF_BYTES * 16)
+            end = _record_end(head, start, newline)
+    if end is None:
+        end = len(head)
+    raw = head[start:end]
+    if not raw.strip():
+        raise SourceError(f"source '{label}' is empty: it needs a header row of column names")
+    if b"\x00" in raw:
+        raise SourceError(
+            f"source '{label}' is not a CSV file (it holds binary data): export it as CSV, "
+            "or check the URL or path"
+        )
+    layout = Layout((), end, size, newline, encoding)
+    try:
+        text = layout.decode(raw)
+    except UnicodeDecodeError as error:
+        raise SourceError(
+            f"source '{label}' is not valid {encoding} ({error.reason} at byte {error.start:,}): "
+            "name its encoding, for example '#encoding=cp1252', or leave it out to read UTF-8"
+        ) from None
+    cells = next(csv.reader(io.StringIO(text, newline="")), [])
+    if text.lstrip().lower().startswith(("<!doctype", "<html", "<?xml")):
+        raise SourceError(
+            f"source '{label}' is an HTML or XML page, not CSV: check the URL gives the file itself"
+        )
+    while cells and not cells[-1].strip():
+        cells.pop()
+    header = tuple(name.strip() or f"column {i + 1}" for i, name in enumerate(cells))
+    if not header:
+        raise SourceError(f"source '{label}' is empty: it needs a header row of column names")
+    return Layout(header, end, size, newline, encoding)
+
+
+def _record_end(data: bytes, start: int, newline: str) -> int | None:
+    """Return the offset just after the record that starts at ``start``, if ``data`` holds its end."""
+    mark = newline.encode()
+    position, quotes = start, 0
+    while True:
+        found = data.find(mark, position)
+        if found == -1:
+            return None
+        quotes += data.count(b'"', position, found)
+        if quotes % 2 == 0:
+            return found + 1
+        position = found + 1
+
+
+def sample_end(location: str, layout: Layout, size: int = SAMPLE_BYTES) -> int:
+    """Return where the records in the first ``size`` bytes after the header end (whole records)."""
+    if layout.size - layout.data_start <= size:
+        return layout.size
+    with fsspec.open(location, "rb") as handle:
+        handle.seek(layout.data_start)
+        data = handle.read(size)
+    end, position = 0, 0
+    while (found := _record_end(data, position, layout.newline)) is not None:
+        end = position = found
+    return layout.data_start + end if end else layout.size
+
+
+def record_ranges(location: str, layout: Layout, partition_bytes: int) -> list[tuple[int, int]]:
+    """Split a source's records into byte ranges of about ``partition_bytes``, never inside a record.
+
+    A boundary is moved forward to the first line end outside quotes, counting quote characters
+    from the first record (a linear scan at memory speed). A file whose unquoted fields hold stray
+    quote characters can defeat the count; such files are rare, and 0 keeps every source whole.
+
+    Args:
+        location: Where to read the source.
+        layout: Its layout.
+        partition_bytes: Target size of a range; 0, or a larger source: one range.
+
+    Returns:
+        Contiguous ``(start, end)`` ranges covering every record.
+    """
+    data_bytes = layout.size - layout.data_start
+    if partition_bytes <= 0 or data_bytes <= partition_bytes:
+        return [(layout.data_start, layout.size)]
+    count = -(-data_bytes // partition_bytes)
+    targets = [layout.data_start + data_bytes * i // count for i in range(1, count)]
+    with fsspec.open(location, "rb") as handle:
+        starts = _record_starts(handle, layout, targets)
+    bounds = sorted({layout.data_start, *(s for s in starts if s < layout.size), layout.size})
+    return [(a, b) for a, b in itertools.pairwise(bounds) if b > a]
+
+
+def _record_starts(handle: io.BufferedIOBase, layout: Layout, targets: list[int]) -> list[int]:
+    """For each target offset (ascending), return the first record start at or after it."""
+    mark = layout.newline.encode()
+    handle.seek(layout.data_start)
+    found: list[int] = []
+    offset, quotes, seeking = layout.data_start, 0, False
+    pending = iter(targets)
+    target = next(pending, None)
+    while target is not None and (chunk := handle.read(SCAN_BYTES)):
+        position = 0
+        while target is not None:
+            if not seeking:
+                if target >= offset + len(chunk):
+                    break
+                local = max(target - offset, position)
+                quotes += chunk.count(b'"', position, local)
+                position, seeking = local, True
+            line_end = chunk.find(mark, position)
+            if line_end == -1:
+                break
+            quotes += chunk.count(b'"', position, line_end)
+            position = line_end + 1
+            if quotes % 2 == 0:
+                found.append(offset + position)
+                seeking = False
+                while target is not None and target < offset + position:
+                    target = next(pending, None)
+        quotes += chunk.count(b'"', position)
+        offset += len(chunk)
+    return found
+
+
+def read_records(location: str, layout: Layout, start: int, end: int) -> pl.DataFrame:
+    """Parse the records in one byte range: columns ``c0``...``cN`` as text, and `EXTRA`.
+
+    Blank records are kept (as blank rows), so a row's position is its record's position.
+
+    Raises:
+        SourceError: If the bytes cannot be decoded with the source's declared encoding.
+    """
+    with fsspec.open(location, "rb") as handle:
+        handle.seek(start)
+        data = handle.read(end - start)
+    if codecs.lookup(layout.encoding).name not in UTF8_NAMES:
+        try:
+            data = data.decode(layout.encoding).encode("utf-8")
+        except UnicodeDecodeError as error:
+            raise SourceError(
+                f"is not valid {layout.encoding} ({error.reason} at byte {start + error.start:,}): "
+                "name its encoding, for example '#encoding=cp1252', or leave it out to read UTF-8"
+            ) from None
+    try:
+        return _polars_read(data, layout)
+    except pl.exceptions.PolarsError as error:
+        if "utf-8" in str(error).lower():
+            data = layout.decode(data).encode("utf-8")
+            with contextlib.suppress(pl.exceptions.PolarsError):
+                return _polars_read(data, layout)
+    return _csv_read(data.decode("utf-8", errors="pyflow-cp1252"), layout)
+
+
+def _polars_read(data: bytes, layout: Layout) -> pl.DataFrame:
+    """Parse CSV bytes with Polars, every column as text, keeping cells beyond the header.
+
+    Polars needs the number of columns up front and refuses a row with more: it is given the
+    header's and a few more, and reads again with more while it refuses; rows wider still (such
+    as a row of 16,384 cells) are parsed by Python's `csv` module instead.
+    """
+    extra = EXTRA_COLUMNS
+    while extra <= MAX_EXTRA_COLUMNS:
+        names = [f"c{i}" for i in range(layout.width + extra)]
+        try:
+            frame = pl.read_csv(
+                data,
+                has_header=False,
+                schema=dict.fromkeys(names, pl.String),
+                eol_char=layout.newline,
+                quote_char='"',
+                empty_string_is_null=False,
+                missing_columns="insert",
+                raise_if_empty=False,
+            )
+        except pl.exceptions.PolarsError as error:
+            if "utf-8" in str(error).lower():
+                raise
+            extra *= 8
+            continue
+        return _with_extras(frame, names[: layout.width], names[layout.width :])
+    return _csv_read(data.decode("utf-8", errors="pyflow-cp1252"), layout)
+
+
+def _with_extras(frame: pl.DataFrame, named: list[str], beyond: list[str]) -> pl.DataFrame:
+    """Keep the named columns, and gather each row's non-blank cells beyond them into `EXTRA`."""
+    present = [pl.col(n).str.strip_chars().fill_null("") != "" for n in beyond]
+    rows = frame.select(pl.any_horizontal(present)).to_series()
+    extras = pl.Series(EXTRA, [None] * frame.height, dtype=pl.String)
+    if rows.any():
+        where = rows.arg_true()
+        cells = [
+            pl.when(check).then(_quoted(pl.col(n)))
+            for n, check in zip(beyond, present, strict=True)
+        ]
+        rendered = frame[where].select(pl.concat_str(cells, separator=",", ignore_nulls=True))
+        extras = extras.scatter(where, rendered.to_series())
+    return frame.select(named).with_columns(extras)
+
+
+def _quoted(cell: pl.Expr) -> pl.Expr:
+    """Quote a cell as `csv.writer` does: when it holds a comma, a quote or a line break."""
+    return (
+        pl.when(cell.str.contains('[",\r\n]'))
+        .then(pl.lit('"') + cell.str.replace_all('"', '""', literal=True) + pl.lit('"'))
+        .otherwise(cell)
+    )
+
+
+def _csv_read(text: str, layout: Layout) -> pl.DataFrame:
+    """Parse text with Python's `csv` module: for rows longer than the header, which Polars refuses."""
+    width = layout.width
+    columns: list[list[str | None]] = [[] for _ in range(width)]
+    extras: list[str | None] = []
+    for row in csv.reader(io.StringIO(text, newline="")):
+        for index in range(width):
+            columns[index].append(row[index] if index < len(row) else None)
+        beyond = [cell for cell in row[width:] if cell.strip()]
+        extras.append(csv_line(beyond) if beyond else None)
+    frame = pl.DataFrame(
+        {f"c{i}": pl.Series(values, dtype=pl.String) for i, values in enumerate(columns)}
+    )
+    return frame.with_columns(pl.Series(EXTRA, extras, dtype=pl.String))
+
+
+def csv_line(values: list[str]) -> str:
+    """Render cells as one CSV record (quoted as `csv.writer` does), without a line end."""
+    out = io.StringIO()
+    csv.writer(out, lineterminator="").writerow(values)
+    return out.getvalue()
+
+
+def chunks(location: str, size: int = SCAN_BYTES) -> Iterator[bytes]:
+    """Yield a file's bytes in chunks."""
+    with fsspec.open(location, "rb") as handle:
+        while chunk := handle.read(size):
+            yield chunk
