@@ -468,6 +468,8 @@ def setup(c: Context, index_url: str = "") -> None:
     if not shutil.which("poetry") and c.run(f"{poetry(c)} --version", warn=True, hide=True).failed:
         c.run(f"{shlex.quote(sys.executable)} -m pip install --quiet {POETRY_PACKAGES}")
         c.config.pyflow.poetry = f"{shlex.quote(sys.executable)} -m poetry"
+        if shutil.which("pyenv"):
+            c.run("pyenv rehash", warn=True)
     env = poetry_env(index_url or pip_index_url())
     c.run(f"{poetry(c)} install", env=env)
     c.run(in_env(c, COMPILE_BYTECODE))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -130,6 +132,18 @@ def report(summary: Summary) -> None:
     print(f"pyflow: wrote {summary.notices} and {summary.rejects}")
 
 
+def exit_now(code: int) -> None:
+    """Exit once Prefect's exit handlers have sent the run's last logs and events.
+
+    A normal interpreter exit then spends most of a second tearing down native libraries
+    (the engine's thread pools among them) for nothing: the process is ending anyway.
+    """
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
     logging.captureWarnings(True)
-    sys.exit(main())
+    exit_now(main())

@@ -373,6 +373,7 @@ class Settings(BaseSettings):
                 "threads_per_worker": self.dask_threads,
                 "processes": True,
                 "dashboard_address": None,
+                "env": {"POLARS_MAX_THREADS": str(self.dask_threads)},
             }
         )
 

@@ -71,8 +71,9 @@ def warn_notices(
             settings.rules,
             settings.partition_bytes,
         )
+        batch_bytes, stack_bytes = etl.batch_sizes(settings.partition_bytes)
         batches = transform_batch.map(
-            etl.plan_batches(plans, settings.partition_bytes), unmapped(work_dir)
+            etl.plan_batches(plans, batch_bytes), unmapped(work_dir), unmapped(stack_bytes)
         )
         wait(batches)
         parts = [part for batch in batches.result() for part in batch]
@@ -81,7 +82,11 @@ def warn_notices(
         ranges = etl.plan_buckets(usable)
         labels = {plan.index: plan.label for plan in plans}
         merged = merge_bucket.map(
-            range(len(ranges)), ranges, unmapped(usable), unmapped(labels), unmapped(work_dir)
+            range(len(ranges)),
+            ranges,
+            unmapped(etl.notice_files(usable)),
+            unmapped(labels),
+            unmapped(work_dir),
         )
         wait(merged)
         summary = stage_outputs(plans, parts, merged.result(), location, work_dir, started_at)

@@ -14,7 +14,6 @@ import csv
 import io
 import itertools
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import fsspec
@@ -325,10 +324,3 @@ def csv_line(values: list[str]) -> str:
     out = io.StringIO()
     csv.writer(out, lineterminator="").writerow(values)
     return out.getvalue()
-
-
-def chunks(location: str, size: int = SCAN_BYTES) -> Iterator[bytes]:
-    """Yield a file's bytes in chunks."""
-    with fsspec.open(location, "rb") as handle:
-        while chunk := handle.read(size):
-            yield chunk

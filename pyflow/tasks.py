@@ -64,31 +64,34 @@ def plan_sources(
     for plan in plans:
         if plan.error:
             logger.warning("%s", plan.error)
-        elif plan.columns:
-            mapped = ", ".join(
-                f"{field} <- {plan.columns.header[index]!r}"
-                for field, index in plan.columns.fields.items()
-            )
-            logger.info("Mapped %s: %s", plan.label, mapped)
+    ranges = sum(len(plan.ranges) for plan in plans if not plan.error)
+    logger.info(
+        "Planned %s sources in %s ranges; each one's column mapping is in summary.json",
+        len(plans),
+        ranges,
+    )
     return plans
 
 
 @task(name="transform-sources", cache_policy=NO_CACHE)
-def transform_batch(batch: list[etl.Partition], work_dir: str) -> list[etl.PartResult]:
+def transform_batch(
+    batch: list[etl.Partition], work_dir: str, stack_bytes: int
+) -> list[etl.PartResult]:
     """Normalise a batch of partitions into part files of notices and rejects."""
-    parts = etl.transform_batch(batch, work_dir)
+    parts = etl.transform_batch(batch, work_dir, stack_bytes)
     logger = get_run_logger()
-    for partition, part in zip(batch, parts, strict=True):
+    for part in parts:
         if part.error:
             logger.warning("%s", part.error)
-            continue
-        logger.info(
-            "Read %s rows from %s: %s kept, %s rejected",
-            f"{part.rows_in:,}",
-            partition.name,
-            f"{part.rows_kept:,}",
-            f"{part.rows_rejected:,}",
-        )
+    names = sorted({partition.plan.label for partition in batch})
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    logger.info(
+        "Read %s rows from %s: %s kept, %s rejected",
+        f"{sum(part.rows_in for part in parts):,}",
+        shown,
+        f"{sum(part.rows_kept for part in parts):,}",
+        f"{sum(part.rows_rejected for part in parts):,}",
+    )
     return parts
 
 
@@ -96,12 +99,12 @@ def transform_batch(batch: list[etl.Partition], work_dir: str) -> list[etl.PartR
 def merge_bucket(
     index: int,
     bounds: tuple[str | None, str | None],
-    parts: list[etl.PartResult],
+    files: tuple[list[str], list[int]],
     labels: dict[int, str],
     work_dir: str,
 ) -> etl.BucketResult:
     """Merge one key range of every part into a sorted chunk of notices, dropping duplicates."""
-    return etl.merge_bucket(index, bounds, parts, labels, work_dir)
+    return etl.merge_bucket(index, bounds, files, labels, work_dir)
 
 
 @task(name="stage-outputs", cache_policy=NO_CACHE)

@@ -195,3 +195,15 @@ def test_flow_reports_a_source_that_keeps_failing_and_publishes_the_others(
     assert "answered HTTP 503" in state.message
     assert http_sources.routes["/down.csv"].hits == 2
     assert state.result(raise_on_failure=False).rows_out == 30
+
+
+def test_local_cluster_workers_run_the_engine_on_their_own_threads() -> None:
+    """A local cluster's workers run Polars on their Dask threads, not on every CPU each."""
+    from distributed import Client, LocalCluster
+
+    from pyflow.config import get_settings
+
+    runner = get_settings(task_runner="dask", dask_workers=2, dask_threads=1).build_task_runner()
+    with LocalCluster(**runner.cluster_kwargs) as cluster, Client(cluster) as client:
+        sizes = client.run(lambda: __import__("polars").thread_pool_size())
+    assert list(sizes.values()) == [1, 1]

@@ -33,7 +33,7 @@ def test_deploy_local_registers_every_flow_to_the_process_pool() -> None:
     assert found.pull_steps == [
         {"prefect.deployments.steps.set_working_directory": {"directory": str(deploy.PROJECT_DIR)}}
     ]
-    assert set(found.parameter_openapi_schema["properties"]) == {"sources", "output"}
+    assert set(found.parameter_openapi_schema["properties"]) == {"sources", "output", "strict"}
     assert found.schedules == []
 
 
@@ -116,7 +116,7 @@ def test_deploy_production_registers_the_image_with_its_job_variables(
             "PYFLOW_TASK_RUNNER": "dask",
         },
     }
-    assert set(found.parameter_openapi_schema["properties"]) == {"sources", "output"}
+    assert set(found.parameter_openapi_schema["properties"]) == {"sources", "output", "strict"}
 
 
 def test_deploy_production_twice_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
