@@ -168,8 +168,8 @@ def summary_markdown(summary: etl.Summary) -> str:
         "",
         "## Sources",
         "",
-        "| Source | Rows read | Kept | Rejected | Columns | Failed |",
-        "|---|---|---|---|---|---|",
+        "| Source | Rows read | Kept | Rejected | Columns | Ignored | Lacks | Failed |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for entry in summary.sources:
         mapping = entry["mapping"] or {}
@@ -180,9 +180,12 @@ def summary_markdown(summary: etl.Summary) -> str:
             f"{field} = {value}" for field, value in mapping.get("constants", {}).items()
         )
         shown = "; ".join(filter(None, (columns, constants)))
+        ignored = mapping.get("ignored", [])
+        more = f" and {len(ignored) - 5} more" if len(ignored) > 5 else ""
         lines.append(
             f"| {_cell(entry['source'])} | {entry['rows_in']:,} | {entry['rows_kept']:,} | "
-            f"{entry['rows_rejected']:,} | {_cell(shown)} | {_cell(entry['error'] or '')} |"
+            f"{entry['rows_rejected']:,} | {_cell(shown)} | {_cell(', '.join(ignored[:5]) + more)} | "
+            f"{_cell(', '.join(mapping.get('missing', [])))} | {_cell(entry['error'] or '')} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -330,7 +330,7 @@ def test_image_default_command_runs_the_example_flow(built_image: str) -> None:
     assert config["WorkingDir"] == WORKDIR
     with container(built_image) as name:
         result = run_in(name, *config["Cmd"])
-        assert "17 notices" in result.stdout
+        assert "247 notices" in result.stdout
         output = f"{WORKDIR}/data/output"
         summary = json.loads(run_in(name, "cat", f"{output}/summary.json").stdout)
         notices = list(
@@ -352,7 +352,7 @@ def test_image_default_command_runs_the_example_flow(built_image: str) -> None:
     )
     assert summary["rows_out"] == len(notices) > 0
     assert summary["rows_rejected"] == len(rejects) > 0
-    assert len(summary["sources"]) == 4
+    assert len(summary["sources"]) == 9 and summary["sources_failed"] == 0
     assert owners == [APP_UID] * 3
 
 

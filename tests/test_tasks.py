@@ -48,7 +48,8 @@ def summary(**changes: object) -> etl.Summary:
     entry = {
         "source": "ca.csv", "location": "ca.csv", "error": None, "rows_in": 1204, "rows_kept": 1054,
         "rows_rejected": 150, "rejected_by": {}, "values_not_read": {}, "partitions": 1,
-        "mapping": {"fields": {"company": "Company", "jobs": "No. Of Employees"}, "constants": {"state": "CA"}},
+        "mapping": {"fields": {"company": "Company", "jobs": "No. Of Employees"}, "constants": {"state": "CA"},
+                    "ignored": ["County", "Address", "A", "B", "C", "D"], "missing": ["city", "notice_date"]},
     }  # fmt: skip
     failed = {**entry, "source": "x|y.csv", "error": "source 'x|y.csv' not found: check the path",
               "rows_in": 0, "rows_kept": 0, "rows_rejected": 0, "mapping": None}  # fmt: skip
@@ -72,8 +73,9 @@ def test_summary_markdown_shows_the_totals_then_each_source() -> None:
         "| Rows rejected | 150 |",
         "| Duplicates dropped | 54 |",
         "| Notices | `out/n.csv` |",
-        "| ca.csv | 1,204 | 1,054 | 150 | company ← Company; jobs ← No. Of Employees; state = CA |  |",
-        "| x\\|y.csv | 0 | 0 | 0 |  | source 'x\\|y.csv' not found: check the path |",
+        "| ca.csv | 1,204 | 1,054 | 150 | company ← Company; jobs ← No. Of Employees; state = CA "
+        "| County, Address, A, B, C and 1 more | city, notice_date |  |",
+        "| x\\|y.csv | 0 | 0 | 0 |  |  |  | source 'x\\|y.csv' not found: check the path |",
     ):
         assert row in markdown
     assert "| | |" not in markdown
