@@ -671,8 +671,9 @@ def merge_bucket(
 ) -> BucketResult:
     """Merge one key range of every part: drop duplicate notices, keep the first, write a chunk.
 
-    The first of a set of duplicates is the one from the earliest source, partition and record,
-    so the output does not depend on how the sources were split or scheduled.
+    Each part file is sorted by key and origin, so they are merged, not sorted again. The first
+    of a set of duplicates is the one from the earliest source, partition and record, so the
+    output does not depend on how the sources were split or scheduled.
 
     Args:
         index: The bucket's position; chunks are concatenated in this order.
@@ -686,12 +687,18 @@ def merge_bucket(
         return BucketResult(index, 0, 0, None)
     assert tuple(NOTICE_FIELDS) == ("notice_id", *normalise.NOTICE_COLUMNS[1:-3], "source")
     low, high = bounds
-    scan = _scan_parts(paths).filter(pl.col("source_index").is_in(sources))
+    keep = pl.col("source_index").is_in(sources)
     if low is not None:
-        scan = scan.filter(pl.col("key") >= low)
+        keep &= pl.col("key") >= low
     if high is not None:
-        scan = scan.filter(pl.col("key") < high)
-    rows = scan.sort("key", "source_index", "part_index", "record").collect()
+        keep &= pl.col("key") < high
+    scans = [_scan_parts([path]).filter(keep) for path in paths]
+    while len(scans) > 1:
+        scans = [
+            pair[0].merge_sorted(pair[1], key=["key", *normalise.IDS]) if len(pair) > 1 else pair[0]
+            for pair in (scans[i : i + 2] for i in range(0, len(scans), 2))
+        ]
+    rows = scans[0].collect()
     unique = rows.filter(pl.col("key") != pl.col("key").shift(1, fill_value=""))
     out = unique.select(
         plh.col("key").chash.sha2_256().str.slice(0, ID_LENGTH).alias("notice_id"),

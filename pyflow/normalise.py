@@ -11,7 +11,8 @@ large ones is the same work as reading each alone. Every value is read once per 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 import polars as pl
 
@@ -131,26 +132,40 @@ def _dates(raw: pl.Series, day_first: pl.Series) -> values.Reading:
     )
 
 
+READERS = 4
+"""Fields read at once, each in a thread: the engine releases Python's lock while it works."""
+
+
 def normalise(raw: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, values.Reading]]:
     """Read every field of every (non-blank) row of the stack, each distinct value once.
+
+    The fields are independent, so they are read at once, in threads.
 
     Returns:
         The rows with their notice fields, `IDS`, the raw state (for reasons) and the cells
         beyond the header; and the readings of the fields whose unread values are reported.
     """
-    readings = {
-        "notice_date": _dates(raw.get_column("notice_date"), raw.get_column("notice_day_first")),
-        "effective_date": _dates(raw.get_column("effective_date"), raw.get_column("effective_day_first")),
-        "jobs": values.read_distinct(raw.get_column("jobs"), _JOBS),
+    column = raw.get_column
+    work: dict[str, Callable[[], values.Reading]] = {
+        "notice_date": lambda: _dates(column("notice_date"), column("notice_day_first")),
+        "effective_date": lambda: _dates(column("effective_date"), column("effective_day_first")),
+        "jobs": lambda: values.read_distinct(column("jobs"), _JOBS),
+        "company": lambda: values.Reading(values.names(column("company")), pl.Series([], dtype=pl.String)),
+        "kinds": lambda: values.read_distinct(column("kinds"), _KIND, report=False),
+        "state": lambda: values.read_distinct(column("state"), _STATE, report=False),
+        "city": lambda: values.read_distinct(column("city"), _CITY, report=False),
+        **{
+            flag: lambda flag=flag: values.read_distinct(column(f"{flag}_yes_no"), _YES_NO, report=False)
+            for flag in FLAG_FIELDS
+        },
     }  # fmt: skip
-    company = values.names(raw.get_column("company"))
-    kinds = values.read_distinct(
-        raw.get_column("kinds"), _KIND, report=False
-    ).values.struct.unnest()
-    yes_no = {
-        flag: values.read_distinct(raw.get_column(f"{flag}_yes_no"), _YES_NO, report=False).values
-        for flag in FLAG_FIELDS
-    }
+    with ThreadPoolExecutor(READERS) as pool:
+        futures = {name: pool.submit(read) for name, read in work.items()}
+        done = {name: future.result() for name, future in futures.items()}
+    readings = {name: done[name] for name in REPORTED}
+    company = done["company"].values
+    kinds = done["kinds"].values.struct.unnest()
+    yes_no = {flag: done[flag].values for flag in FLAG_FIELDS}
     amended = company.str.contains(values.COMPANY_AMENDED).fill_null(value=False) | kinds[
         "is_amendment"
     ].fill_null(value=False)
@@ -161,8 +176,8 @@ def normalise(raw: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, values.Reading
         pl.col("state").alias("raw_state"),
     ).with_columns(
         company.alias("company"),
-        values.read_distinct(raw.get_column("state"), _STATE, report=False).values.alias("state"),
-        values.read_distinct(raw.get_column("city"), _CITY, report=False).values.alias("city"),
+        done["state"].values.alias("state"),
+        done["city"].values.alias("city"),
         readings["notice_date"].values.alias("notice_date"),
         readings["effective_date"].values.alias("effective_date"),
         readings["jobs"].values.alias("jobs"),
