@@ -520,6 +520,7 @@ def compare(args: argparse.Namespace, inputs: Path) -> int:
             env = {**shared, **({"POLARS_MAX_THREADS": "1"} if variant in ONE_THREAD else {})}
             output = args.folder / f"output-{variant}"
             shutil.rmtree(output, ignore_errors=True)
+            os.sync()  # the last variant's writes go to disk now, not during this one
             if variant == "e":
                 measured = run_real(args.real_data, output, env)
                 if isinstance(measured, str):
