@@ -133,7 +133,7 @@ class Settings(BaseSettings):
     thread_workers: int = Field(
         default=1,
         ge=1,
-        description="Threads of the thread runner: tasks it runs at once. Python threads do not run CPU-bound work in parallel, so more only helps many HTTP(S) sources.",
+        description="Threads of the thread runner: tasks it runs at once. Each task already uses every core (the engine, Polars, is multi-threaded), so more only helps many HTTP(S) sources.",
     )
     dask_address: str | None = Field(
         default=None,
@@ -148,7 +148,7 @@ class Settings(BaseSettings):
     partition_bytes: int = Field(
         default=64 * 1024 * 1024,
         ge=0,
-        description="Sources larger than this many bytes are split into partitions of about this size, read in parallel; 0: never split.",
+        description="Sources larger than this many bytes are split, at record boundaries, into partitions of about this size, read in parallel; a task reads two partitions' worth, one at a time; 0: never split.",
     )
     aliases_file: Path | None = Field(
         default=None,
