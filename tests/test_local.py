@@ -274,6 +274,9 @@ def test_read_state_ignores_a_server_that_is_gone(tmp_path: Path) -> None:
     assert local.read_state(tmp_path) is None
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "server"])
     try:
+        deadline = time.monotonic() + 10
+        while not psutil.Process(alive.pid).cmdline() and time.monotonic() < deadline:
+            time.sleep(0.01)  # right after exec, the kernel may show an empty command line
         started = psutil.Process(alive.pid).create_time()
         state = {"pid": alive.pid, "port": 4321, "started": started}
         (tmp_path / local.STATE_FILE).write_text(json.dumps(state))
