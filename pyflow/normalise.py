@@ -263,13 +263,7 @@ NOTICE_COLUMNS = ("key", *NOTICE_FIELDS[1:-1], *IDS)
 
 def raw_row(width: int) -> pl.Expr:
     """The row as its file had it, rendered as one CSV record (trailing empty cells dropped)."""
-    quoted = [
-        pl.when(pl.col(f"c{i}").str.contains('[",\r\n]'))
-        .then(pl.lit('"') + pl.col(f"c{i}").str.replace_all('"', '""', literal=True) + pl.lit('"'))
-        .otherwise(pl.col(f"c{i}"))
-        .fill_null("")
-        for i in range(width)
-    ]
-    row = pl.concat_str(quoted, separator=",").str.strip_chars_end(",")
+    cells = [reading.quoted(pl.col(f"c{i}")).fill_null("") for i in range(width)]
+    row = pl.concat_str(cells, separator=",").str.strip_chars_end(",")
     extra = pl.col(reading.EXTRA)
     return pl.when(extra.is_null()).then(row).otherwise(pl.concat_str([row, extra], separator=",")).alias("raw")  # fmt: skip

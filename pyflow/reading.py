@@ -286,7 +286,7 @@ def _with_extras(frame: pl.DataFrame, named: list[str], beyond: list[str]) -> pl
     if rows.any():
         where = rows.arg_true()
         cells = [
-            pl.when(check).then(_quoted(pl.col(n)))
+            pl.when(check).then(quoted(pl.col(n)))
             for n, check in zip(beyond, present, strict=True)
         ]
         rendered = frame[where].select(pl.concat_str(cells, separator=",", ignore_nulls=True))
@@ -294,7 +294,7 @@ def _with_extras(frame: pl.DataFrame, named: list[str], beyond: list[str]) -> pl
     return frame.select(named).with_columns(extras)
 
 
-def _quoted(cell: pl.Expr) -> pl.Expr:
+def quoted(cell: pl.Expr) -> pl.Expr:
     """Quote a cell as `csv.writer` does: when it holds a comma, a quote or a line break."""
     return (
         pl.when(cell.str.contains('[",\r\n]'))
