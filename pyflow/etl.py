@@ -20,7 +20,7 @@ import math
 import os
 import shutil
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
@@ -399,17 +399,24 @@ def plan_batches(plans: list[SourcePlan], batch_bytes: int) -> list[list[Partiti
     task reads its batch a stack at a time (`transform_batch`), so a batch can be larger than
     memory should hold at once. 0 gives one partition per batch.
     """
-    batches: list[list[Partition]] = []
+    return _runs((partition for plan in plans for partition in partitions_of(plan)), batch_bytes)
+
+
+def _runs(partitions: Iterable[Partition], limit: int) -> list[list[Partition]]:
+    """Group partitions, in order, into runs of at most ``limit`` bytes.
+
+    A partition larger than ``limit`` is a run of its own; 0 makes every partition one.
+    """
+    runs: list[list[Partition]] = []
     size = 0
-    for plan in plans:
-        for partition in partitions_of(plan):
-            length = partition.end - partition.start
-            if not batches or batch_bytes <= 0 or size + length > batch_bytes:
-                batches.append([])
-                size = 0
-            batches[-1].append(partition)
-            size += length
-    return batches
+    for partition in partitions:
+        length = partition.end - partition.start
+        if not runs or limit <= 0 or size + length > limit:
+            runs.append([])
+            size = 0
+        runs[-1].append(partition)
+        size += length
+    return runs
 
 
 def transform_batch(batch: list[Partition], work_dir: str, stack_bytes: int) -> list[PartResult]:
@@ -423,16 +430,9 @@ def transform_batch(batch: list[Partition], work_dir: str, stack_bytes: int) -> 
     Returns:
         One result per partition, in the batch's order.
     """
-    stacks: list[list[Partition]] = []
-    size = 0
-    for partition in batch:
-        length = partition.end - partition.start
-        if not stacks or size + length > max(stack_bytes, 1):
-            stacks.append([])
-            size = 0
-        stacks[-1].append(partition)
-        size += length
-    return [part for stack in stacks for part in transform_stack(stack, work_dir)]
+    return [
+        part for stack in _runs(batch, stack_bytes) for part in transform_stack(stack, work_dir)
+    ]
 
 
 def transform_stack(batch: list[Partition], work_dir: str) -> list[PartResult]:

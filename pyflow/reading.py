@@ -286,8 +286,7 @@ def _with_extras(frame: pl.DataFrame, named: list[str], beyond: list[str]) -> pl
     if rows.any():
         where = rows.arg_true()
         cells = [
-            pl.when(check).then(quoted(pl.col(n)))
-            for n, check in zip(beyond, present, strict=True)
+            pl.when(check).then(quoted(pl.col(n))) for n, check in zip(beyond, present, strict=True)
         ]
         rendered = frame[where].select(pl.concat_str(cells, separator=",", ignore_nulls=True))
         extras = extras.scatter(where, rendered.to_series())
