@@ -9,24 +9,6 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-NOTICE_FIELDS: tuple[str, ...] = (
-    "notice_id",
-    "state",
-    "company",
-    "city",
-    "notice_date",
-    "effective_date",
-    "jobs",
-    "is_closure",
-    "is_temporary",
-    "is_amendment",
-    "source",
-)
-"""Columns of ``notices.csv``, in order."""
-
-REJECT_FIELDS: tuple[str, ...] = ("source", "record", "reason", "raw")
-"""Columns of ``rejects.csv``, in order: ``record`` counts the file's records, 1 after the header."""
-
 INPUT_FIELDS: tuple[str, ...] = (
     "state",
     "company",
@@ -39,6 +21,12 @@ INPUT_FIELDS: tuple[str, ...] = (
 
 FLAG_FIELDS: tuple[str, ...] = ("is_closure", "is_temporary", "is_amendment")
 """Facts read from a source's notice-type columns where it has them; empty when unknown."""
+
+NOTICE_FIELDS: tuple[str, ...] = ("notice_id", *INPUT_FIELDS, *FLAG_FIELDS, "source")
+"""Columns of ``notices.csv``, in order."""
+
+REJECT_FIELDS: tuple[str, ...] = ("source", "record", "reason", "raw")
+"""Columns of ``rejects.csv``, in order: ``record`` counts the file's records, 1 after the header."""
 
 REQUIRED_FIELDS: tuple[str, ...] = ("state", "company")
 """Fields without which a row is not a notice."""
