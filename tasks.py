@@ -39,9 +39,41 @@ COMPILE_BYTECODE = (
 told not to write it (PYTHONDONTWRITEBYTECODE, as in some containers and CI machines)."""
 
 
-def default_poetry() -> str:
-    """Return the command that runs Poetry: on PATH, else through this Python."""
-    return "poetry" if shutil.which("poetry") else f"{shlex.quote(sys.executable)} -m poetry"
+VENV = ROOT / ".venv"
+"""The project's virtual environment (poetry.toml keeps it in the project)."""
+
+
+def find_poetry() -> str:
+    """Return a command that runs Poetry: on PATH, else through this Python or its base Python.
+
+    From an activated .venv, this Python is the venv's, which has no Poetry; the Python the venv
+    was made from has it when `invoke setup` installed it there without a script on PATH.
+    """
+    if shutil.which("poetry"):
+        return "poetry"
+    base = getattr(sys, "_base_executable", sys.executable)
+    for python in dict.fromkeys([sys.executable, base]):
+        probe = subprocess.run([python, "-c", "import poetry.console"], capture_output=True)
+        if probe.returncode == 0:
+            return f"{shlex.quote(python)} -m poetry"
+    return ""
+
+
+def activate_venv(venv: Path = VENV) -> bool:
+    """Put the project's .venv first on PATH for the commands run from here, as `poetry run` does.
+
+    Returns:
+        Whether the project has a .venv (before `invoke setup`, it has none).
+    """
+    bin_dir = venv / "bin"
+    if not (bin_dir / "python").exists():
+        return False
+    path = os.environ.get("PATH", "")
+    if path.split(os.pathsep)[0] != str(bin_dir):
+        os.environ["PATH"] = os.pathsep.join([str(bin_dir), path])
+    os.environ["VIRTUAL_ENV"] = str(venv)
+    os.environ.pop("PYTHONHOME", None)
+    return True
 
 
 def pip_index_url() -> str:
@@ -71,7 +103,14 @@ def poetry_env(index_url: str) -> dict[str, str]:
     return {"POETRY_PYPI_MIRROR_URL": index_url}
 
 
-def run_options(sources: list[str], output: str, runner: str, workers: int) -> str:
+def run_options(
+    sources: list[str],
+    output: str,
+    runner: str,
+    workers: int,
+    flow: str = "",
+    params: list[str] | None = None,
+) -> str:
     """Turn `invoke run` flags into `python -m pyflow` options."""
     options = [f"--source {shlex.quote(source)}" for source in sources]
     if output:
@@ -80,6 +119,9 @@ def run_options(sources: list[str], output: str, runner: str, workers: int) -> s
         options.append(f"--runner {shlex.quote(runner)}")
     if workers:
         options.append(f"--workers {workers}")
+    if flow:
+        options.append(f"--flow {shlex.quote(flow)}")
+    options += [f"--param {shlex.quote(param)}" for param in params or []]
     return " ".join(options)
 
 
@@ -108,39 +150,70 @@ def pytest_options(fast: bool, opts: str) -> str:
     return " ".join(options)
 
 
-def descendants(pid: int) -> list[int]:
-    """Return the process IDs of a process's children, grandchildren and so on (Linux /proc)."""
-    parents: dict[int, list[int]] = {}
+def foreground_processes(pid: int) -> list[int]:
+    """Return a process's children, and their descendants in the same session (Linux /proc).
+
+    Processes that started a session of their own (the server and worker `invoke dev` starts)
+    are left out: the command that started them stops them in order.
+    """
+    parents: dict[int, list[tuple[int, int]]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, queue = [], [pid]
-    while queue:
-        children = parents.get(queue.pop(), [])
-        found += children
-        queue += children
+        parents.setdefault(int(fields[1]), []).append((int(stat.parent.name), int(fields[3])))
+    found = []
+    for child, session in parents.get(pid, []):
+        queue = [child]
+        found.append(child)
+        while queue:
+            for grandchild, its_session in parents.get(queue.pop(), []):
+                if its_session == session:
+                    found.append(grandchild)
+                    queue.append(grandchild)
     return found
 
 
-def interrupt(signum: int, frame: object) -> None:
-    """On SIGTERM, do what Ctrl-C in a terminal does: interrupt the command and this process."""
-    for pid in descendants(os.getpid()):
+def forward_interrupt(signum: int, frame: object) -> None:
+    """Pass SIGINT or SIGTERM on as SIGINT (Ctrl-C) to the command running, which stops cleanly.
+
+    Invoke itself would write Ctrl-C to the command's input, which does nothing unless the
+    command runs in a terminal; this works whether or not the output is a terminal.
+    """
+    for pid in foreground_processes(os.getpid()):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGINT)
-    raise KeyboardInterrupt
 
 
 def poetry(c: Context) -> str:
-    """Return the configured Poetry command."""
+    """Return the command that runs Poetry (found once, then kept in invoke's configuration).
+
+    Raises:
+        Exit: If Poetry is nowhere to be found.
+    """
+    if not c.config.pyflow.poetry:
+        c.config.pyflow.poetry = find_poetry()
+    if not c.config.pyflow.poetry:
+        raise Exit("Poetry is not installed: run `invoke setup`, which installs it")
     return c.config.pyflow.poetry
 
 
 def in_env(c: Context, command: str) -> str:
-    """Return a command that runs inside the project's virtual environment."""
-    return f"{poetry(c)} run {command}"
+    """Return a command that runs in the project's .venv: directly, else through `poetry run`."""
+    return command if activate_venv() else f"{poetry(c)} run {command}"
+
+
+def run_in_foreground(c: Context, command: str) -> None:
+    """Run a long-running command until it ends; SIGINT or SIGTERM stop it cleanly."""
+    previous = {
+        sig: signal.signal(sig, forward_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        c.run(command, pty=sys.stdout.isatty())
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 # --- the image: invoke build, invoke push --------------------------------------------------
@@ -465,7 +538,7 @@ def push_image(c: Context, engine: str, tags: list[str], insecure: bool = False)
 )
 def setup(c: Context, index_url: str = "") -> None:
     """Install Poetry if it is missing, then the project and its tools into .venv."""
-    if not shutil.which("poetry") and c.run(f"{poetry(c)} --version", warn=True, hide=True).failed:
+    if not c.config.pyflow.poetry and not find_poetry():
         c.run(f"{shlex.quote(sys.executable)} -m pip install --quiet {POETRY_PACKAGES}")
         c.config.pyflow.poetry = f"{shlex.quote(sys.executable)} -m poetry"
         if shutil.which("pyenv"):
@@ -476,12 +549,15 @@ def setup(c: Context, index_url: str = "") -> None:
 
 
 @task(
-    iterable=["source"],
+    iterable=["source", "param"],
     help={
         "source": "a file or URL to read, LOCATION[#key=value,...]; repeat for more (default: PYFLOW_SOURCES, else the bundled sample)",
         "output": "folder or fsspec URL for the outputs (default: PYFLOW_OUTPUT, else data/output)",
         "runner": "task runner, threads or dask (default: PYFLOW_TASK_RUNNER, else threads)",
         "workers": "worker processes of a local Dask cluster (default: the CPUs available)",
+        "flow": "another flow of FLOWS to run, such as one `invoke new-flow` made (default: warn-notices, the example)",
+        "param": "a parameter of --flow, NAME=VALUE with the value as JSON or text; repeat for more (default: the flow's defaults)",
+        "temporary-server": "run on a temporary Prefect server that stops with the run (default: this project's server, started in the background if it is not running)",
     },
 )
 def run(
@@ -490,10 +566,57 @@ def run(
     output: str = "",
     runner: str = "",
     workers: int = 0,
+    flow: str = "",
+    param: list[str] | None = None,
+    temporary_server: bool = False,
 ) -> None:
-    """Run the example flow once, on Prefect's temporary local server."""
-    options = run_options(source or [], output, runner, workers)
-    c.run(in_env(c, f"python -m pyflow {options}".strip()))
+    """Run a flow once (the example by default), on this project's Prefect server."""
+    options = run_options(source or [], output, runner, workers, flow, param)
+    if not temporary_server:
+        options = f"--keep-server {options}"
+    c.run(
+        in_env(c, f"python -m pyflow {options}".strip()),
+        env={"PREFECT_HOME": str(c.config.pyflow.home)},
+    )
+
+
+@task(
+    positional=["flow"],
+    help={
+        "flow": "the flow to run, by name, such as warn-notices (`invoke status` lists the deployments)",
+        "wait": "follow the run until it ends, and fail if it does not complete (default: start it and return)",
+    },
+)
+def trigger(c: Context, flow: str, wait: bool = False) -> None:
+    """Start a run of a flow's deployment on the project's server; `invoke dev`'s worker runs it."""
+    command = local_command(c, f"trigger {shlex.quote(flow)}")
+    c.run(in_env(c, command + (" --wait" if wait else "")))
+
+
+@task
+def status(c: Context) -> None:
+    """Show what runs: the server, the work pool's workers, the deployments and the last runs."""
+    c.run(in_env(c, local_command(c, "status")))
+
+
+@task(
+    help={
+        "follow": "keep printing new lines until Ctrl-C (default: print the end and return)",
+        "lines": "how many of the last lines of each log to print (default: 20)",
+    }
+)
+def logs(c: Context, follow: bool = False, lines: int = 20) -> None:
+    """Show the local server's and worker's logs (from `invoke server` and `invoke dev`)."""
+    command = local_command(c, "logs") + f" --lines {lines}" + (" --follow" if follow else "")
+    run_in_foreground(c, in_env(c, command))
+
+
+@task(
+    name="new-flow", help={"name": "the new flow's module and function name, such as daily_report"}
+)
+def new_flow(c: Context, name: str) -> None:
+    """Scaffold a flow with its tasks and a test, and add it to FLOWS."""
+    c.run(in_env(c, f"python -m pyflow.scaffold {shlex.quote(name)}"))
 
 
 @task(
@@ -528,11 +651,7 @@ def deploy(c: Context, env: str = "", image: str = "", engine: str = "") -> None
 @task(help={"port": "port of the local server (default: PYFLOW_SERVER_PORT, else 4200)"})
 def dev(c: Context, port: int = 0) -> None:
     """Start the server, register the deployments and run a worker in the foreground (Ctrl-C stops all)."""
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        c.run(in_env(c, local_command(c, "dev", port)), pty=sys.stdout.isatty())
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    run_in_foreground(c, in_env(c, local_command(c, "dev", port)))
 
 
 @task
@@ -950,6 +1069,10 @@ def ci(c: Context) -> None:
 ns = Collection(
     setup,
     run,
+    trigger,
+    status,
+    logs,
+    new_flow,
     server,
     deploy,
     dev,
@@ -970,7 +1093,7 @@ ns = Collection(
 )
 ns.configure(
     {
-        "pyflow": {"poetry": default_poetry(), "podman_isolation": "", "home": str(PREFECT_HOME)},
+        "pyflow": {"poetry": "", "podman_isolation": "", "home": str(PREFECT_HOME)},
         "run": {"echo": True},
     }
 )

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pyflow.errors import PyflowError, SettingsError, SourcesFailed
 
@@ -17,6 +18,10 @@ if TYPE_CHECKING:
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXAMPLE = "warn-notices"
+"""The example flow, which `python -m pyflow` runs unless told another with --flow."""
+RESULT_CHARS = 200
+"""How much of another flow's result is printed."""
 
 
 def positive(text: str) -> int:
@@ -72,6 +77,26 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument(
+        "--flow",
+        metavar="NAME",
+        help="run another flow of FLOWS (pyflow/flow.py) with its default parameters and any "
+        "--param (default: warn-notices, the example, with the options above)",
+    )
+    parser.add_argument(
+        "--param",
+        dest="params",
+        action="append",
+        metavar="NAME=VALUE",
+        help="a parameter of the --flow, its value as JSON or else as text; repeat for more",
+    )
+    parser.add_argument(
+        "--keep-server",
+        action="store_true",
+        help="run on this project's Prefect server, starting it in the background if it is not "
+        "running, so that the next runs start at once and the run's links keep working "
+        "(default: use it if it runs, else a temporary server that stops with the run)",
+    )
+    parser.add_argument(
         "--dask-address",
         metavar="ADDRESS",
         help="use a running Dask scheduler, such as tcp://127.0.0.1:8786 (default: PYFLOW_DASK_ADDRESS)",
@@ -85,10 +110,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status: 0 on success, 1 if the run failed, 2 for invalid options or settings.
     """
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     from pyflow import runtime
     from pyflow.config import get_settings
 
+    if args.flow and args.flow.replace("_", "-") != EXAMPLE:
+        return run_other(args, parser)
+    if args.params:
+        parser.error(f"--param is for other flows: {EXAMPLE} takes the options above")
     try:
         settings = get_settings(
             sources=args.sources,
@@ -100,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         runtime.preflight(settings)
         runtime.quiet_logging()
-        summary = runtime.run_flow(settings)
+        summary = runtime.run_flow(settings, keep_server=args.keep_server)
     except SettingsError as error:
         print(f"pyflow: invalid settings: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -119,6 +149,70 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pyflow: the run failed: {error}", file=sys.stderr)
         return EXIT_FAILED
     report(summary)
+    return 0
+
+
+def parse_params(pairs: list[str] | None) -> dict[str, Any]:
+    """Turn ``NAME=VALUE`` pairs into parameters: each value as JSON, else as text.
+
+    Raises:
+        ValueError: If a pair has no ``=`` or no name.
+    """
+    parameters: dict[str, Any] = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.isidentifier():
+            raise ValueError(f"--param '{pair}' is not NAME=VALUE, such as count=3")
+        try:
+            parameters[name] = json.loads(value)
+        except json.JSONDecodeError:
+            parameters[name] = value
+    return parameters
+
+
+def run_other(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Run a flow other than the example with its parameters; print its result.
+
+    Returns:
+        The exit status: 0 on success, 1 if the run failed, 2 for invalid options.
+    """
+    from pyflow import runtime
+    from pyflow.config import get_settings
+
+    example_only = [
+        option
+        for option, value in (
+            ("--source", args.sources),
+            ("--output", args.output),
+            ("--strict", args.strict),
+            ("--runner", args.runner),
+            ("--workers", args.workers),
+            ("--dask-address", args.dask_address),
+        )
+        if value
+    ]
+    if example_only:
+        parser.error(
+            f"{', '.join(example_only)}: options of {EXAMPLE}; pass --param NAME=VALUE to "
+            f"flow '{args.flow}'"
+        )
+    try:
+        parameters = parse_params(args.params)
+    except ValueError as error:
+        parser.error(str(error))
+    try:
+        flow = runtime.find_flow(args.flow)
+        settings = get_settings()
+        runtime.quiet_logging()
+        result = runtime.run_any(flow, parameters, settings, keep_server=args.keep_server)
+    except SettingsError as error:
+        print(f"pyflow: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except PyflowError as error:
+        print(f"pyflow: the run failed: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    shown = repr(result)
+    print(f"pyflow: flow '{flow.name}' completed; it returned {shown[:RESULT_CHARS]}")
     return 0
 
 

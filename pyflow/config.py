@@ -184,7 +184,7 @@ class Settings(BaseSettings):
         default=4200,
         ge=1,
         le=65535,
-        description="Port of this project's local Prefect server (`invoke server`, `invoke dev`).",
+        description="Port of this project's local Prefect server and its UI (`invoke server`, `invoke dev`, `invoke run`).",
     )
     namespace: str = Field(
         default="prefect",

@@ -1,7 +1,7 @@
 """The local orchestration loop: this project's Prefect server, its process work pool and a worker.
 
-``python -m pyflow.local server|stop|dev|reset`` (what `invoke server`, `invoke dev` and
-`invoke reset` run). The server's state (SQLite database, logs, its process ID) lives in the
+``python -m pyflow.local server|stop|dev|reset|trigger|status|logs`` (what the invoke tasks of the
+same names run). The server's state (SQLite database, logs, its process ID) lives in the
 project's ``.prefect/`` folder, so two projects never share a server. Every process started here
 runs in a session of its own and gets ``PREFECT_API_URL``, and everything started is stopped
 again: on Ctrl-C, on SIGTERM, and when a step fails.
@@ -18,11 +18,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import psutil
@@ -30,11 +32,17 @@ import psutil
 from pyflow.config import Settings, get_settings
 from pyflow.errors import PyflowError
 
+if TYPE_CHECKING:
+    from prefect.client.orchestration import SyncPrefectClient
+
 HOST = "127.0.0.1"
 STATE_FILE = "server.json"
 SERVER_LOG = "server.log"
+WORKER_LOG = "worker.log"
 STARTUP_TIMEOUT = 90.0
 LOG_TAIL_LINES = 20
+LAST_RUNS = 5
+"""How many of the latest flow runs `invoke status` lists."""
 
 
 class LocalError(PyflowError):
@@ -102,11 +110,37 @@ def running_server(home: Path) -> ServerState | None:
 
 
 def child_env(home: Path, api_url: str | None) -> dict[str, str]:
-    """Return the environment of a process started here: this project's home and API."""
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    """Return the environment of a process started here: this project's home, API and tools.
+
+    This environment's own scripts come first on PATH, so a process started here (and the flow
+    runs a worker starts) finds them even when the virtual environment is not activated.
+    """
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = {
+        **os.environ,
+        "PATH": path,
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
     if api_url:
         env["PREFECT_API_URL"] = api_url
     return env
+
+
+def server_env(home: Path, port: int) -> dict[str, str]:
+    """Return the server's environment: the UI must call the API on the port it is served on.
+
+    `prefect server start --port` serves on that port, but its UI reads the API's address from
+    the settings (port 4200 unless told), so on any other port every page would fail or, worse,
+    show another server's data.
+    """
+    api_url = ServerState(0, port).api_url
+    return {
+        **child_env(home, None),
+        "PREFECT_SERVER_API_HOST": HOST,
+        "PREFECT_SERVER_API_PORT": str(port),
+        "PREFECT_UI_API_URL": api_url,
+    }
 
 
 def prefect_command(*args: str) -> list[str]:
@@ -117,7 +151,7 @@ def prefect_command(*args: str) -> list[str]:
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     """Return the last lines of a log file, indented, for an error message."""
     try:
-        text = path.read_text(errors="replace").splitlines()[-lines:]
+        text = path.read_text(errors="replace").rstrip().splitlines()[-lines:]
     except OSError:
         return "  (no log)"
     return "\n".join(f"  {line}" for line in text)
@@ -176,7 +210,7 @@ def start_server(home: Path, port: int) -> tuple[ServerState, bool]:
     with log_path.open("w") as log:
         process = subprocess.Popen(
             prefect_command("server", "start", "--host", HOST, "--port", str(port)),
-            env=child_env(home, None),
+            env=server_env(home, port),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -258,6 +292,8 @@ def interrupt_on_stop_signals() -> Iterator[None]:
     """
 
     def interrupt(signum: int, frame: object) -> None:
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)  # a second signal must not interrupt the cleanup
         raise KeyboardInterrupt
 
     previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -308,8 +344,11 @@ def dev(settings: Settings, home: Path, port: int) -> int:
                     ),
                     env=child_env(home, server.api_url),
                     stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
                     start_new_session=True,
                 )
+                copy_output(worker, home / WORKER_LOG)
                 registered = register(settings)
             wait_for_worker(server.api_url, settings.work_pool, worker_name, worker, worker_started)
             print(
@@ -330,19 +369,221 @@ def dev(settings: Settings, home: Path, port: int) -> int:
             print("pyflow dev: stopped everything it started", flush=True)
 
 
+def copy_output(process: subprocess.Popen[bytes], log_path: Path) -> threading.Thread:
+    """Copy a process's output to this console and to a log file (`invoke logs` reads it)."""
+
+    def copy() -> None:
+        assert process.stdout is not None
+        with log_path.open("wb") as log:
+            for line in process.stdout:
+                log.write(line)
+                log.flush()
+                with contextlib.suppress(OSError, ValueError):
+                    sys.stdout.buffer.write(line)
+                    sys.stdout.flush()
+
+    thread = threading.Thread(target=copy, name="worker-output", daemon=True)
+    thread.start()
+    return thread
+
+
 def ready_message(server: ServerState, deployments: list[str], seconds: float) -> str:
     """Tell the user where the UI is and how to trigger a run."""
-    runs = "\n".join(
-        f"  PREFECT_API_URL={server.api_url} poetry run prefect deployment run {name}"
-        for name in deployments
-    )
+    flows = sorted({name.partition("/")[0] for name in deployments})
+    runs = "\n".join(f"  invoke trigger {flow}" for flow in flows)
     return (
         f"pyflow dev: ready in {seconds:.1f} s: server healthy, "
         f"{len(deployments)} deployment(s) registered, worker polling.\n"
-        f"  UI: {server.url}\n"
+        f"  UI: {server.url}/deployments\n"
         f"Trigger a run from the UI (Deployments, then Run), or from another terminal:\n{runs}\n"
+        "See what runs with `invoke status`, the logs with `invoke logs -f`.\n"
         "Press Ctrl-C to stop the worker and everything this command started."
     )
+
+
+def api_url_for(home: Path) -> str:
+    """Return the Prefect API to talk to: ``PREFECT_API_URL``, else this project's running server.
+
+    Raises:
+        LocalError: If neither is there, with how to start the server.
+    """
+    from prefect.settings import PREFECT_API_URL
+
+    configured = PREFECT_API_URL.value()
+    if configured:
+        return configured
+    server = running_server(home)
+    if server is None:
+        raise LocalError(
+            "there is no Prefect server to talk to: PREFECT_API_URL is not set and this "
+            "project's server is not running. Start it with `invoke server` (or `invoke dev`), "
+            "or set PREFECT_API_URL in .env"
+        )
+    return server.api_url
+
+
+def ui_link(api_url: str, path: str) -> str:
+    """Return the UI's address of an API object, such as ``runs/flow-run/ID``."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        return f"{PREFECT_UI_URL.value()}/{path}"
+
+
+def online_workers(client: SyncPrefectClient, pool: str) -> list[str]:
+    """Return the names of the workers polling a work pool now."""
+    from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+
+    try:
+        workers = client.read_workers_for_work_pool(pool)
+    except (ObjectNotFound, PrefectHTTPStatusError):
+        return []  # no such pool yet
+    return sorted(w.name for w in workers if str(w.status).upper().endswith("ONLINE"))
+
+
+def trigger(api_url: str, deployment: str, pool: str, wait: bool) -> int:
+    """Start a run of a deployment; with ``wait``, follow it to its end.
+
+    Returns:
+        The exit status: 0 once started (or, with ``wait``, completed), 1 if the run did not complete.
+
+    Raises:
+        LocalError: If the deployment does not exist, with the ones that do.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with (
+        temporary_settings(updates={PREFECT_API_URL: api_url}),
+        get_client(sync_client=True) as client,
+    ):
+        try:
+            found = client.read_deployment_by_name(deployment)
+        except ObjectNotFound:
+            known = ", ".join(deployment_names(client)) or "none"
+            raise LocalError(
+                f"there is no deployment {deployment} at {api_url} (there are: {known}): start "
+                "`invoke dev`, which registers every flow in FLOWS, or name another flow"
+            ) from None
+        run = client.create_flow_run_from_deployment(found.id)
+        print(f"pyflow trigger: started {deployment} as '{run.name}'", flush=True)
+        print(f"  {ui_link(api_url, f'runs/flow-run/{run.id}')}", flush=True)
+        if not online_workers(client, found.work_pool_name or pool):
+            print(
+                f"pyflow trigger: no worker polls work pool '{found.work_pool_name}', so the run "
+                "waits until one does: start one with `invoke dev`",
+                file=sys.stderr,
+            )
+        if not wait:
+            return 0
+        while True:
+            state = client.read_flow_run(run.id).state
+            if state is not None and state.is_final():
+                print(f"pyflow trigger: '{run.name}' ended {state.name}", flush=True)
+                return 0 if state.is_completed() else 1
+            time.sleep(0.5)
+
+
+def deployment_names(client: SyncPrefectClient) -> list[str]:
+    """Return every deployment's full name, ``FLOW/DEPLOYMENT``, sorted."""
+    flows = {flow.id: flow.name for flow in client.read_flows()}
+    return sorted(f"{flows.get(d.flow_id, '?')}/{d.name}" for d in client.read_deployments())
+
+
+def status_report(home: Path, pool: str) -> str:
+    """Describe what runs: the server, the work pool and its workers, deployments, last runs."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    server = running_server(home)
+    lines = []
+    if server:
+        uptime = (time.time() - server.started) / 60
+        lines.append(
+            f"server:      running at {server.url} (pid {server.pid}, up {uptime:.0f} min; "
+            f"log: {home / SERVER_LOG})"
+        )
+    else:
+        lines.append("server:      not running: start it with `invoke server` or `invoke dev`")
+    try:
+        api_url = api_url_for(home)
+    except LocalError:
+        return "\n".join(lines)
+    if not server:
+        lines.append(f"API:         {api_url} (PREFECT_API_URL)")
+    if not is_healthy(api_url):
+        lines.append(f"API:         {api_url} does not answer its health check")
+        return "\n".join(lines)
+    with (
+        temporary_settings(updates={PREFECT_API_URL: api_url}),
+        get_client(sync_client=True) as client,
+    ):
+        workers = online_workers(client, pool)
+        online = (
+            f"{len(workers)} worker(s) online: {', '.join(workers)}"
+            if workers
+            else "no worker online (`invoke dev` starts one)"
+        )
+        lines.append(f"work pool:   {pool}: {online}")
+        lines.append(
+            f"deployments: {', '.join(deployment_names(client)) or 'none (`invoke dev` registers them)'}"
+        )
+        flows = {flow.id: flow.name for flow in client.read_flows()}
+        runs = client.read_flow_runs(sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=LAST_RUNS)
+        lines.append(
+            "last runs:" + ("" if runs else "   none yet (`invoke run` or `invoke trigger`)")
+        )
+        for run in runs:
+            when = run.expected_start_time or run.created
+            took = f"{run.total_run_time.total_seconds():.1f} s"
+            lines.append(
+                f"  {when:%Y-%m-%d %H:%M:%S}  {flows.get(run.flow_id, '?')}  '{run.name}'  "
+                f"{run.state_name}  {took}  {ui_link(api_url, f'runs/flow-run/{run.id}')}"
+            )
+    return "\n".join(lines)
+
+
+def log_files(home: Path) -> dict[str, Path]:
+    """Return the logs `invoke logs` shows, by name: the server's and the worker's."""
+    return {"server": home / SERVER_LOG, "worker": home / WORKER_LOG}
+
+
+def show_logs(home: Path, lines: int, follow: bool, poll: float = 0.3) -> None:
+    """Print the end of the server's and the worker's logs; with ``follow``, keep printing them.
+
+    Raises:
+        LocalError: If there is no log yet.
+    """
+    files = {name: path for name, path in log_files(home).items() if path.exists()}
+    if not files:
+        raise LocalError(
+            f"there are no logs in {home} yet: `invoke server` or `invoke dev` writes them"
+        )
+    positions = {}
+    for name, path in files.items():
+        print(f"==> {name}: {path} <==")
+        print(log_tail(path, lines) if path.stat().st_size else "  (empty)", flush=True)
+        positions[name] = path.stat().st_size
+    while follow:
+        for name, path in log_files(home).items():
+            try:
+                size = path.stat().st_size
+            except OSError:
+                continue
+            start = positions.get(name, 0) if size >= positions.get(name, 0) else 0
+            if size > start:
+                with path.open("rb") as log:
+                    log.seek(start)
+                    chunk = log.read(size - start)
+                complete = chunk.rfind(b"\n") + 1
+                for line in chunk[:complete].decode(errors="replace").splitlines():
+                    print(f"{name} | {line}", flush=True)
+                positions[name] = start + complete
+            else:
+                positions[name] = start
+        time.sleep(poll)
 
 
 def reset(home: Path, output: Path) -> list[Path]:
@@ -372,10 +613,15 @@ def reset(home: Path, output: Path) -> list[Path]:
     return removed
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run ``server``, ``stop``, ``dev`` or ``reset`` for this project."""
+def build_parser() -> argparse.ArgumentParser:
+    """Describe the command line: one subcommand per invoke task."""
     parser = argparse.ArgumentParser(prog="python -m pyflow.local", description=__doc__)
-    parser.add_argument("command", choices=["server", "stop", "dev", "reset"])
+    parser.add_argument(
+        "command", choices=["server", "stop", "dev", "reset", "trigger", "status", "logs"]
+    )
+    parser.add_argument(
+        "flow", nargs="?", help="trigger: the flow to run (default: the first in FLOWS)"
+    )
     parser.add_argument(
         "--home",
         type=Path,
@@ -385,7 +631,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--port", type=int, help="server port (default: PYFLOW_SERVER_PORT, else 4200)"
     )
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--wait", action="store_true", help="trigger: follow the run to its end (default: start it)"
+    )
+    parser.add_argument(
+        "--follow", "-f", action="store_true", help="logs: keep printing new lines (default: no)"
+    )
+    parser.add_argument(
+        "--lines",
+        "-n",
+        type=int,
+        default=LOG_TAIL_LINES,
+        help=f"logs: how many of the last lines to show (default: {LOG_TAIL_LINES})",
+    )
+    return parser
+
+
+def default_flow() -> str:
+    """Return the name of the project's first flow, the one `invoke trigger` runs by default."""
+    from pyflow.flow import FLOWS
+
+    return FLOWS[0].name
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one of the local loop's commands for this project."""
+    args = build_parser().parse_args(argv)
     home = args.home.resolve()
     try:
         settings = get_settings(server_port=args.port)
@@ -403,6 +674,14 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "reset":
             removed = reset(home, Path(settings.output or "data/output").resolve())
             print(f"pyflow: removed {', '.join(map(str, removed)) or 'nothing'}")
+        elif args.command == "trigger":
+            deployment = f"{args.flow or default_flow()}/{settings.env}"
+            return trigger(api_url_for(home), deployment, settings.work_pool, args.wait)
+        elif args.command == "status":
+            print(status_report(home, settings.work_pool))
+        elif args.command == "logs":
+            with interrupt_on_stop_signals(), contextlib.suppress(KeyboardInterrupt):
+                show_logs(home, args.lines, args.follow)
         else:
             return dev(settings, home, settings.server_port)
     except PyflowError as error:

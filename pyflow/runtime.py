@@ -8,10 +8,16 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pyflow import etl
 from pyflow.config import Settings
-from pyflow.errors import PyflowError, SourceError, SourcesFailed
+from pyflow.errors import PyflowError, SettingsError, SourceError, SourcesFailed
+
+if TYPE_CHECKING:
+    from prefect import Flow
+
+    from pyflow.local import ServerState
 
 logger = logging.getLogger("pyflow")
 
@@ -30,6 +36,18 @@ class HideExpectedTracebacks(logging.Filter):
         return True
 
 
+class HideDrainNotices(logging.Filter):
+    """Drop Prefect's "Still processing items" warning, printed when a short run ends.
+
+    Its services print it while they send the run's last events at exit, which they then do;
+    nothing is lost and there is nothing for the user to do.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Keep every record but that one."""
+        return not record.getMessage().startswith("Still processing items")
+
+
 def quiet_logging() -> None:
     """Set up Prefect's logging, hide tracebacks of expected errors, and quiet Dask's INFO lines.
 
@@ -43,8 +61,9 @@ def quiet_logging() -> None:
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, HideExpectedTracebacks) for f in handler.filters):
-            handler.addFilter(HideExpectedTracebacks())
+        for kind in (HideExpectedTracebacks, HideDrainNotices):
+            if not any(isinstance(f, kind) for f in handler.filters):
+                handler.addFilter(kind())
 
 
 def preflight(settings: Settings) -> None:
@@ -108,9 +127,40 @@ def _using_api(api_url: str) -> Iterator[str]:
             os.environ["PREFECT_API_URL"] = previous
 
 
+def _project_server(home: Path, keep_port: int | None) -> ServerState | None:
+    """Return this project's running server; with ``keep_port``, start it there if it is not running.
+
+    A server that cannot start (its port is taken by another program) is reported as a warning
+    and the run falls back to a temporary server.
+    """
+    from pyflow.local import LocalError, running_server, start_server
+
+    running = running_server(home)
+    if running:
+        logger.info("Using this project's Prefect server at %s", running.url)
+        return running
+    if keep_port is None:
+        return None
+    try:
+        started, _ = start_server(home, keep_port)
+    except LocalError as error:
+        logger.warning(
+            "This project's Prefect server cannot start (%s), so this run uses a temporary one, "
+            "whose links stop working when the run ends",
+            error,
+        )
+        return None
+    logger.info(
+        "Started this project's Prefect server at %s in the background: the next runs reuse it, "
+        "and its links keep working (`invoke server --stop` stops it)",
+        started.url,
+    )
+    return started
+
+
 @contextmanager
-def prefect_api() -> Iterator[str]:
-    """Use the configured Prefect API, this project's running server, or a temporary one.
+def prefect_api(keep_port: int | None = None) -> Iterator[str]:
+    """Use the configured Prefect API, this project's server, or a temporary one.
 
     Prefect would start a temporary server by itself, but one per process: every Dask worker
     process would start its own. This starts one, gives its URL to every process started inside
@@ -118,7 +168,7 @@ def prefect_api() -> Iterator[str]:
     output (including the tracebacks its background services print when they are stopped
     mid-batch) goes to ``temporary-server.log`` in Prefect's home, not to the console. When
     this project's server runs (`invoke server`, `invoke dev`), the run uses it, and shows in
-    its UI.
+    its UI; with ``keep_port``, it is started on that port if it does not run (`invoke run`).
 
     Yields:
         The API URL in use.
@@ -129,17 +179,14 @@ def prefect_api() -> Iterator[str]:
     from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import PREFECT_API_URL, PREFECT_HOME
 
-    from pyflow.local import running_server
-
     configured = PREFECT_API_URL.value()
     if configured:
         yield configured
         return
     home = Path(PREFECT_HOME.value()).expanduser().resolve()
-    running = running_server(home)
-    if running:
-        logger.info("Using this project's Prefect server at %s", running.url)
-        with _using_api(running.api_url) as api_url:
+    project = _project_server(home, keep_port)
+    if project:
+        with _using_api(project.api_url) as api_url:
             yield api_url
         return
     home.mkdir(parents=True, exist_ok=True)
@@ -175,8 +222,12 @@ def without_heartbeats() -> Iterator[None]:
         yield
 
 
-def run_flow(settings: Settings) -> etl.Summary:
+def run_flow(settings: Settings, keep_server: bool = False) -> etl.Summary:
     """Run the example flow with the task runner the settings choose, without heartbeats.
+
+    Args:
+        settings: The run's settings.
+        keep_server: Run on this project's server, starting it in the background if needed.
 
     Raises:
         SourcesFailed: If some sources failed and the others were published, with the summary.
@@ -185,7 +236,8 @@ def run_flow(settings: Settings) -> etl.Summary:
     from pyflow.flow import warn_notices
 
     flow = warn_notices.with_options(task_runner=settings.build_task_runner())
-    with prefect_api(), without_heartbeats():
+    keep_port = settings.server_port if keep_server else None
+    with prefect_api(keep_port), without_heartbeats():
         state = flow(
             sources=settings.sources,
             output=settings.require_output(),
@@ -200,3 +252,49 @@ def run_flow(settings: Settings) -> etl.Summary:
     if isinstance(result, PyflowError):
         raise result
     raise PyflowError(f"the flow run ended {state.name}: {state.message}")
+
+
+def find_flow(name: str) -> Flow[Any, Any]:
+    """Return the flow of `pyflow.flow.FLOWS` with this name (``my_flow`` finds ``my-flow``).
+
+    Raises:
+        SettingsError: If there is none, with the names there are.
+    """
+    from pyflow.flow import FLOWS
+
+    wanted = name.replace("_", "-")
+    for candidate in FLOWS:
+        if candidate.name == wanted:
+            return candidate
+    names = ", ".join(candidate.name for candidate in FLOWS)
+    raise SettingsError(
+        f"there is no flow '{name}' in FLOWS (pyflow/flow.py); there are: {names}. "
+        "Scaffold a new one with `invoke new-flow NAME`"
+    )
+
+
+def run_any(
+    flow: Flow[Any, Any], parameters: dict[str, Any], settings: Settings, keep_server: bool
+) -> Any:
+    """Run any flow once with these parameters, as `run_flow` runs the example; return its result.
+
+    Raises:
+        SettingsError: If the parameters do not fit the flow's signature.
+        PyflowError: If the run does not complete, naming its state.
+    """
+    from prefect.exceptions import ParameterTypeError, SignatureMismatchError
+
+    flows_logger = logging.getLogger("prefect.flows")
+    flows_logger.disabled = True  # it logs the same error at ERROR level before raising it
+    try:
+        flow.validate_parameters(parameters)
+    except (ParameterTypeError, SignatureMismatchError) as error:
+        raise SettingsError(f"the parameters of flow '{flow.name}' do not fit: {error}") from None
+    finally:
+        flows_logger.disabled = False
+    keep_port = settings.server_port if keep_server else None
+    with prefect_api(keep_port), without_heartbeats():
+        state = flow(**parameters, return_state=True)
+    if state.is_completed():
+        return state.result()
+    raise PyflowError(f"the run of flow '{flow.name}' ended {state.name}: {state.message}")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -15,6 +18,67 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "pyflow" / "sample"
 WARN_DATA = ROOT.parent / "shared" / "warn-data"
 """The real WARN files 44 states publish, and the peer's output on them (see its README)."""
+
+
+VENV_BIN = Path(sys.executable).parent
+"""The scripts of the environment the tests run in (the project's .venv)."""
+
+
+def in_ci() -> bool:
+    """Return whether the tests run in CI, where a missing tool is a failure, not a skip."""
+    return os.environ.get("CI", "").strip().lower() not in {"", "0", "false", "no"}
+
+
+def require_tools(*tools: str, hint: str) -> None:
+    """Skip the test (fail it in CI) unless every tool is on PATH; ``hint`` says how to install."""
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if not missing:
+        return
+    message = f"{', '.join(missing)} not found on PATH; this test needs them: {hint}"
+    if in_ci():
+        pytest.fail(f"CI is set, so this is an error: {message}")
+    pytest.skip(message)
+
+
+def activated_venv_env(**extra: str) -> dict[str, str]:
+    """Return the environment of a shell with .venv activated and no Poetry on PATH.
+
+    Nothing of this session's Prefect or pyflow settings is kept.
+    """
+    folders = [
+        folder
+        for folder in os.environ.get("PATH", "").split(os.pathsep)
+        if folder and not (Path(folder) / "poetry").exists() and Path(folder) != VENV_BIN
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "PYFLOW_"))}
+    env.update(PATH=os.pathsep.join([str(VENV_BIN), *folders]), VIRTUAL_ENV=str(VENV_BIN.parent))
+    assert shutil.which("poetry", path=env["PATH"]) is None
+    return {**env, **extra}
+
+
+def run_invoke(
+    env: dict[str, str], *args: str, cwd: Path = ROOT, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """Run an invoke task as a user does; fail the test with its output if it fails."""
+    result = subprocess.run(
+        ["invoke", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert result.returncode == 0, f"invoke {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+@pytest.fixture
+def without_venv(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run invoke's tasks as before `invoke setup` made .venv: through `poetry run`."""
+    import tasks
+
+    monkeypatch.setattr(tasks, "activate_venv", lambda venv=tasks.VENV: False)
 
 
 @pytest.fixture(scope="session")

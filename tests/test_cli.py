@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -132,3 +133,68 @@ def test_cli_refuses_an_unwritable_output_before_starting(isolated_settings: Pat
     assert "--output or PYFLOW_OUTPUT" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (isolated_settings / ".prefect").exists()
+
+
+def test_cli_flow_refuses_a_name_not_in_flows(isolated_settings: Path) -> None:
+    """--flow with a name FLOWS lacks exits 2, naming the flows there are and the scaffold."""
+    result = run_cli(isolated_settings, "--flow", "nope")
+    assert result.returncode == 2
+    assert result.stderr == (
+        "pyflow: there is no flow 'nope' in FLOWS (pyflow/flow.py); there are: warn-notices. "
+        "Scaffold a new one with `invoke new-flow NAME`\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--flow", "other", "--source", "a.csv"],
+            "--source: options of warn-notices; pass --param NAME=VALUE to flow 'other'",
+        ),
+        (["--flow", "other", "--param", "count"], "--param 'count' is not NAME=VALUE"),
+        (["--param", "count=3"], "--param is for other flows: warn-notices takes the options"),
+    ],
+)
+def test_cli_flow_options_refuse_what_does_not_fit(
+    isolated_settings: Path, args: list[str], message: str
+) -> None:
+    """Options of the example given to another flow, and malformed parameters, exit 2 at once."""
+    result = run_cli(isolated_settings, *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_parse_params_reads_json_else_text() -> None:
+    """A parameter's value is JSON when it parses as JSON, else the text itself."""
+    from pyflow.__main__ import parse_params
+
+    assert parse_params(["count=3", 'names=["a"]', "label=a b", "flag=true", "empty="]) == {
+        "count": 3,
+        "names": ["a"],
+        "label": "a b",
+        "flag": True,
+        "empty": "",
+    }
+
+
+@pytest.mark.slow
+def test_cli_keep_server_falls_back_to_a_temporary_server_when_the_port_is_taken(
+    isolated_settings: Path,
+) -> None:
+    """With the project's port taken by another program, the run still completes, and says why."""
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        (isolated_settings / ".env").write_text(f"PYFLOW_SERVER_PORT={port}\n")
+        result = run_cli(isolated_settings, "--keep-server")
+    console = result.stdout + result.stderr
+    assert result.returncode == 0, console
+    assert (
+        f"This project's Prefect server cannot start (port {port} on 127.0.0.1 is taken" in console
+    )
+    assert "so this run uses a temporary one, whose links stop working when the run ends" in console
+    assert "Starting a temporary Prefect server" in console
+    assert "Traceback" not in console

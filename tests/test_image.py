@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, require_tools
 
 pytestmark = [pytest.mark.slow, pytest.mark.container, pytest.mark.timeout(1800)]
 
@@ -46,20 +46,9 @@ DEV_TOOLS = ["pytest", "ruff", "invoke", "poetry", "pre_commit", "pytest_mock"]
 INSTALL_HINT = "apt-get install -y podman buildah skopeo debootstrap docker-registry"
 
 
-def in_ci() -> bool:
-    """Return whether the tests run in CI, where a missing tool is a failure, not a skip."""
-    return os.environ.get("CI", "").strip().lower() not in {"", "0", "false", "no"}
-
-
 def require(*tools: str) -> None:
     """Skip the test (fail it in CI) unless every tool is on PATH."""
-    missing = [tool for tool in tools if shutil.which(tool) is None]
-    if not missing:
-        return
-    message = f"{', '.join(missing)} not found on PATH; the image tests need them: {INSTALL_HINT}"
-    if in_ci():
-        pytest.fail(f"CI is set, so this is an error: {message}")
-    pytest.skip(message)
+    require_tools(*tools, hint=INSTALL_HINT)
 
 
 def run(*command: str, timeout: float = 900, **kwargs: object) -> subprocess.CompletedProcess[str]:

@@ -15,6 +15,7 @@ import tasks
 
 ROOT = tasks.ROOT
 
+pytestmark = pytest.mark.usefixtures("without_venv")
 POETRY = "poetry"
 TEST_HOME = Path(tempfile.mkdtemp(prefix="pyflow-invoke-tests-")) / ".prefect"
 """The Prefect home these tests give the tasks: `invoke push` records its digests there."""

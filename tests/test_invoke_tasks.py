@@ -7,15 +7,19 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 from subprocess import CompletedProcess
 
+import psutil
 import pytest
-from invoke import Config, MockContext, Result
+from invoke import Config, Exit, MockContext, Result
 from pytest_mock import MockerFixture
 
 import tasks
 
+pytestmark = pytest.mark.usefixtures("without_venv")
 POETRY = "poetry"
+ACTIVATE_VENV = tasks.activate_venv
 
 
 def mock_context(**results: Result) -> MockContext:
@@ -45,16 +49,26 @@ def test_run_passes_every_option_to_the_cli() -> None:
         workers=2,
     )
     assert commands(c) == [
-        "poetry run python -m pyflow --source 'a b.csv#state=CA' "
+        "poetry run python -m pyflow --keep-server --source 'a b.csv#state=CA' "
         "--source https://x.test/t.csv --output out --runner dask --workers 2"
     ]
 
 
 def test_run_without_flags_runs_the_defaults() -> None:
-    """With no flags the flow runs on its settings' defaults."""
+    """With no flags the example runs on its settings' defaults, on the project's server."""
     c = mock_context()
     tasks.run(c)
-    assert commands(c) == ["poetry run python -m pyflow"]
+    assert commands(c) == ["poetry run python -m pyflow --keep-server"]
+    assert c.run.call_args.kwargs["env"] == {"PREFECT_HOME": str(tasks.PREFECT_HOME)}
+
+
+def test_run_passes_another_flow_and_its_parameters() -> None:
+    """`invoke run --flow NAME --param K=V` runs another flow, on a temporary server if asked."""
+    c = mock_context()
+    tasks.run(c, flow="demo", param=["count=3", "label=a b"], temporary_server=True)
+    assert commands(c) == [
+        "poetry run python -m pyflow --flow demo --param count=3 --param 'label=a b'"
+    ]
 
 
 def test_lint_runs_ruff_and_checks_the_lock() -> None:
@@ -118,12 +132,12 @@ def test_setup_installs_the_project_through_pips_index(monkeypatch: pytest.Monke
 def test_setup_installs_poetry_when_it_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without Poetry, `invoke setup` installs it (with the mirror plugin) into this Python first."""
     monkeypatch.setattr(tasks.shutil, "which", lambda name: None)
+    monkeypatch.setattr(tasks, "find_poetry", lambda: "")
     python = sys.executable
-    config = Config(overrides={"pyflow": {"poetry": f"{python} -m poetry"}})
+    config = Config(overrides={"pyflow": {"poetry": ""}})
     c = MockContext(
         config=config,
         run={
-            f"{python} -m poetry --version": Result(exited=1),
             f"{python} -m pip install --quiet {tasks.POETRY_PACKAGES}": Result(),
             f"{python} -m poetry install": Result(),
             f"{python} -m poetry run {tasks.COMPILE_BYTECODE}": Result(),
@@ -131,7 +145,6 @@ def test_setup_installs_poetry_when_it_is_missing(monkeypatch: pytest.MonkeyPatc
     )
     tasks.setup(c, index_url="https://mirror.test/simple")
     assert commands(c) == [
-        f"{python} -m poetry --version",
         f"{python} -m pip install --quiet {tasks.POETRY_PACKAGES}",
         f"{python} -m poetry install",
         f"{python} -m poetry run {tasks.COMPILE_BYTECODE}",
@@ -244,19 +257,70 @@ def test_bench_passes_its_sizes_to_the_benchmark() -> None:
     ]
 
 
-def test_descendants_finds_children_and_grandchildren() -> None:
-    """The SIGTERM handler of `invoke dev` reaches every process below invoke, grandchildren too."""
-    parent = subprocess.Popen(["sh", "-c", "sleep 30 & (sleep 30 & wait) & wait"])
+def test_foreground_processes_leaves_out_other_sessions() -> None:
+    """Ctrl-C goes to the command and what it runs in its session, not to what it started apart."""
+    parent = subprocess.Popen(
+        ["sh", "-c", "sleep 30 & setsid sleep 31 & wait"], start_new_session=False
+    )
     try:
-        deadline = 50
-        while len(tasks.descendants(parent.pid)) < 3 and deadline:
-            deadline -= 1
-            time.sleep(0.1)
-        found = tasks.descendants(parent.pid)
-        assert len(found) >= 3
-        assert parent.pid not in found
-        assert all(pid in tasks.descendants(os.getpid()) for pid in [parent.pid, *found])
+        deadline = time.monotonic() + 5
+        while len(tasks.foreground_processes(os.getpid())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        found = tasks.foreground_processes(os.getpid())
+        commands_found = {" ".join(psutil.Process(pid).cmdline()) for pid in found}
+        assert parent.pid in found
+        assert "sleep 30" in commands_found
+        assert "sleep 31" not in commands_found
     finally:
-        for pid in [*tasks.descendants(parent.pid), parent.pid]:
-            os.kill(pid, 9)
+        for child in psutil.Process(parent.pid).children(recursive=True):
+            child.kill()
+        parent.kill()
         parent.wait()
+
+
+def test_activate_venv_puts_the_venv_first_on_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a .venv, commands find its tools first, as under `poetry run`; without one, nothing changes."""
+    monkeypatch.setenv("PATH", "/usr/bin")
+    monkeypatch.delenv("VIRTUAL_ENV", raising=False)
+    venv = tmp_path / ".venv"
+    assert activate(venv) is False
+    assert os.environ["PATH"] == "/usr/bin"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").touch()
+    assert activate(venv) is True
+    assert activate(venv) is True
+    assert os.environ["PATH"] == f"{venv / 'bin'}{os.pathsep}/usr/bin"
+    assert os.environ["VIRTUAL_ENV"] == str(venv)
+
+
+def activate(venv: Path) -> bool:
+    """Call the real `activate_venv` (this module's autouse fixture replaces it on `tasks`)."""
+    return ACTIVATE_VENV(venv)
+
+
+def test_find_poetry_finds_it_through_the_base_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no `poetry` on PATH, Poetry is run through the Python that can import it."""
+    monkeypatch.setattr(tasks.shutil, "which", lambda name: None)
+    monkeypatch.setattr(tasks.sys, "_base_executable", "/opt/base/python3", raising=False)
+    tried = []
+
+    def probe(command: list[str], **kwargs: object) -> CompletedProcess[str]:
+        tried.append(command[0])
+        return CompletedProcess(command, 0 if command[0] == "/opt/base/python3" else 1)
+
+    monkeypatch.setattr(tasks.subprocess, "run", probe)
+    assert tasks.find_poetry() == "/opt/base/python3 -m poetry"
+    assert tried == [sys.executable, "/opt/base/python3"]
+    monkeypatch.setattr(tasks.subprocess, "run", lambda command, **kw: CompletedProcess(command, 1))
+    assert tasks.find_poetry() == ""
+
+
+def test_poetry_says_how_to_install_it_when_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task that needs Poetry where there is none stops with one message and the fix."""
+    monkeypatch.setattr(tasks, "find_poetry", lambda: "")
+    c = MockContext(config=Config(overrides={"pyflow": {"poetry": ""}}))
+    with pytest.raises(Exit, match=r"Poetry is not installed: run `invoke setup`"):
+        tasks.lint(c)

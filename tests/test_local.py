@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -12,12 +14,15 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from conftest import ROOT
+from conftest import ROOT, activated_venv_env, require_tools, run_invoke
 from pyflow import local
 
 READY_TIMEOUT = 180
@@ -151,41 +156,102 @@ def stop_and_check(process: subprocess.Popen[str], console: Console) -> None:
     assert "pyflow dev: stopped everything it started" in console.text
 
 
-@pytest.mark.slow
-def test_dev_runs_a_deployment_and_leaves_nothing_behind(loop_home: Path, tmp_path: Path) -> None:
-    """`dev` gets ready, runs a triggered deployment to completion, and stops all it started."""
-    port, output = free_port(), tmp_path / "out"
+@dataclass
+class DevLoop:
+    """A running `python -m pyflow.local dev` and what the tests need of it."""
+
+    process: subprocess.Popen[str]
+    console: Console
+    home: Path
+    port: int
+    output: Path
+
+    @property
+    def api_url(self) -> str:
+        """The API of its server."""
+        return f"http://127.0.0.1:{self.port}/api"
+
+
+@pytest.fixture(scope="module")
+def dev_loop(loop_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevLoop]:
+    """One `dev` loop for this module's tests; the last test stops it with Ctrl-C."""
+    port, output = free_port(), tmp_path_factory.mktemp("dev") / "out"
     process, console = start_dev(loop_home, port, output)
-    assert "started the Prefect server" in console.text
-    assert (
-        f"PREFECT_API_URL=http://127.0.0.1:{port}/api poetry run prefect deployment run warn-notices/development"
-        in console.text
-    )
-    state = trigger_and_wait(f"http://127.0.0.1:{port}/api", "warn-notices/development")
-    assert state == "COMPLETED", console.text
-    printed = next(line.strip() for line in console.lines if "prefect deployment run" in line)
-    triggered = subprocess.run(
-        ["bash", "-c", printed],
-        cwd=ROOT,
-        env=local_env(output),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert triggered.returncode == 0, triggered.stderr
-    run_id = re.search(r"UUID: ([0-9a-f-]{36})", triggered.stdout)
-    assert run_id, triggered.stdout
-    assert wait_for_run(f"http://127.0.0.1:{port}/api", run_id[1]) == "COMPLETED", console.text
-    summary = json.loads((output / "summary.json").read_text())
+    yield DevLoop(process, console, loop_home, port, output)
+    if process.poll() is None:
+        local.stop_tree(process.pid, first=signal.SIGINT)
+
+
+@pytest.mark.slow
+def test_dev_runs_a_triggered_deployment(dev_loop: DevLoop) -> None:
+    """`dev` gets ready, and its worker runs a deployment triggered through Prefect's client."""
+    assert "started the Prefect server" in dev_loop.console.text
+    assert "  invoke trigger warn-notices\n" in dev_loop.console.text
+    state = trigger_and_wait(dev_loop.api_url, "warn-notices/development")
+    assert state == "COMPLETED", dev_loop.console.text
+    summary = json.loads((dev_loop.output / "summary.json").read_text())
     assert (
         summary["rows_in"]
         == summary["rows_out"] + summary["rows_rejected"] + summary["rows_duplicate"]
     )
-    assert (output / "notices.csv").read_text().count("\n") == summary["rows_out"] + 1
-    stop_and_check(process, console)
-    assert processes_using(loop_home) == []
-    assert not (loop_home / local.STATE_FILE).exists()
+    assert (dev_loop.output / "notices.csv").read_text().count("\n") == summary["rows_out"] + 1
+
+
+@pytest.mark.slow
+def test_dev_printed_trigger_works_in_a_venv_without_poetry(dev_loop: DevLoop) -> None:
+    """The trigger command `dev` prints runs the flow from an activated .venv with no Poetry."""
+    printed = next(line.strip() for line in dev_loop.console.lines if "invoke trigger" in line)
+    env = activated_venv_env(
+        INVOKE_PYFLOW_HOME=str(dev_loop.home), PYFLOW_OUTPUT=str(dev_loop.output)
+    )
+    assert shlex.split(printed)[:2] == ["invoke", "trigger"]
+    triggered = run_invoke(env, *shlex.split(printed)[1:], "--wait", timeout=RUN_TIMEOUT)
+    link = re.search(r"(http://127.0.0.1:\d+/runs/flow-run/([0-9a-f-]{36}))", triggered.stdout)
+    assert link, triggered.stdout
+    assert wait_for_run(dev_loop.api_url, link[2]) == "COMPLETED"
+    assert "ended Completed" in triggered.stdout
+    page = httpx.get(link[1], headers={"Accept": "text/html"}, timeout=10)
+    assert page.status_code == 200, "the printed link must answer"
+
+
+@pytest.mark.slow
+def test_status_shows_server_worker_deployments_and_runs(dev_loop: DevLoop) -> None:
+    """`status` names the server, the polling worker, the deployment and the last runs."""
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):  # the test harness sets it
+        report = local.status_report(dev_loop.home, "pyflow-local")
+    lines = report.splitlines()
+    assert lines[0].startswith(f"server:      running at http://127.0.0.1:{dev_loop.port} (pid ")
+    assert lines[1] == (
+        f"work pool:   pyflow-local: 1 worker(s) online: pyflow-dev-{socket.gethostname()}"
+    )
+    assert lines[2] == "deployments: warn-notices/development"
+    assert lines[3] == "last runs:"
+    runs = lines[4:]
+    assert 1 <= len(runs) <= local.LAST_RUNS
+    assert all("  warn-notices  '" in run and "  Completed  " in run for run in runs), report
+
+
+@pytest.mark.slow
+def test_logs_show_the_server_and_worker_logs(
+    dev_loop: DevLoop, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`logs` prints the end of the server's log and of the worker's, which `dev` also shows."""
+    local.show_logs(dev_loop.home, 200, follow=False)
+    printed = capsys.readouterr().out
+    assert f"==> server: {dev_loop.home / 'server.log'} <==" in printed
+    assert f"==> worker: {dev_loop.home / 'worker.log'} <==" in printed
+    worker_log = (dev_loop.home / "worker.log").read_text()
+    assert "Worker 'pyflow-dev-" in worker_log or "Submitting flow run" in worker_log
+    assert worker_log.splitlines()[-1].strip() in printed
+    assert worker_log.splitlines()[-1] in dev_loop.console.text
+
+
+@pytest.mark.slow
+def test_dev_stops_everything_on_ctrl_c(dev_loop: DevLoop) -> None:
+    """Ctrl-C stops the worker and the server `dev` started, and nothing is left running."""
+    stop_and_check(dev_loop.process, dev_loop.console)
+    assert processes_using(dev_loop.home) == []
+    assert not (dev_loop.home / local.STATE_FILE).exists()
 
 
 @pytest.mark.slow
@@ -348,27 +414,165 @@ def test_deploy_without_a_server_says_how_to_start_one(tmp_path: Path) -> None:
     )
 
 
+def start_invoke_dev(home: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    """Start `invoke dev` as a user in an activated .venv does, its output to a file."""
+    env = activated_venv_env(INVOKE_PYFLOW_HOME=str(home), PYFLOW_OUTPUT=str(home.parent / "out"))
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            ["invoke", "dev", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + READY_TIMEOUT
+    while "pyflow dev: ready in" not in log.read_text(errors="replace"):
+        if process.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"`invoke dev` never got ready; output:\n{log.read_text()}")
+        time.sleep(0.2)
+    return process
+
+
+def stopped_within(home: Path, seconds: float) -> list[psutil.Process]:
+    """Wait up to ``seconds`` for every process of a Prefect home to end; return those left."""
+    deadline = time.monotonic() + seconds
+    while processes_using(home) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return processes_using(home)
+
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+"""Names Chromium goes by: Debian's package, Ubuntu's, and Google's build (on GitHub's runners)."""
+
+
+def browser() -> str:
+    """Return the Chromium on PATH; skip the test (fail it in CI) when there is none."""
+    found = next((name for name in BROWSERS if shutil.which(name)), None)
+    if found is None:
+        require_tools("chromium", hint="apt-get install -y chromium")
+    return found or "chromium"
+
+
+def rendered_page(url: str) -> str:
+    """Return a page's DOM after headless Chromium ran its scripts."""
+    result = subprocess.run(
+        [
+            browser(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=15000",
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_invoke_dev_ui_on_another_port_shows_the_deployments(tmp_path: Path) -> None:
+    """On any port, the UI calls that server's API: Chromium renders the deployment's name.
+
+    Then Ctrl-C (SIGINT) to `invoke dev`, whose output goes to a file, not a terminal, stops
+    everything within 10 s.
+    """
+    browser()
+    home, port, log = tmp_path / ".prefect", free_port(), tmp_path / "dev.log"
+    process = start_invoke_dev(home, port, log)
+    try:
+        settings = httpx.get(f"http://127.0.0.1:{port}/ui-settings", timeout=10).json()
+        assert settings["api_url"] == f"http://127.0.0.1:{port}/api"
+        page = rendered_page(f"http://127.0.0.1:{port}/deployments")
+        assert "warn-notices" in page
+        assert "Can't connect to Server API" not in page
+    finally:
+        process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=10) == 0, log.read_text()
+    assert stopped_within(home, 10) == [], log.read_text()
+    assert "pyflow dev: stopped everything it started" in log.read_text()
+    assert "Traceback" not in log.read_text()
+
+
 @pytest.mark.slow
 def test_invoke_dev_stops_everything_on_sigterm(tmp_path: Path) -> None:
-    """`invoke dev` (through invoke and Poetry, as a user runs it) stops all it started on SIGTERM."""
-    home, port = tmp_path / ".prefect", free_port()
-    env = {**local_env(tmp_path / "out"), "INVOKE_PYFLOW_HOME": str(home)}
+    """`invoke dev` (through invoke, as a user runs it) stops all it started on SIGTERM."""
+    home, port, log = tmp_path / ".prefect", free_port(), tmp_path / "dev.log"
+    process = start_invoke_dev(home, port, log)
+    assert processes_using(home), "the server and worker should be running"
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=60)
+    assert stopped_within(home, 30) == [], log.read_text()
+    assert "pyflow dev: stopped everything it started" in log.read_text()
+
+
+@pytest.mark.slow
+def test_invoke_run_keeps_the_projects_server_for_the_next_runs(tmp_path: Path) -> None:
+    """The first `invoke run` starts the server in the background; the next reuse it; links work."""
+    home, port, output = tmp_path / ".prefect", free_port(), tmp_path / "out"
+    env = activated_venv_env(
+        INVOKE_PYFLOW_HOME=str(home), PYFLOW_SERVER_PORT=str(port), PYFLOW_OUTPUT=str(output)
+    )
+    consoles = []
+    try:
+        for _ in range(2):
+            result = run_invoke(env, "run", timeout=RUN_TIMEOUT)
+            consoles.append(result.stdout + result.stderr)
+        assert f"Started this project's Prefect server at http://127.0.0.1:{port}" in consoles[0]
+        assert f"Using this project's Prefect server at http://127.0.0.1:{port}" in consoles[1]
+        assert "temporary" not in consoles[1]
+        server = local.read_state(home)
+        assert server is not None and server.port == port
+        for console in consoles:
+            assert "Traceback" not in console and "ERROR" not in console
+            link = re.search(r"View at (\S+)", console)
+            assert link, console
+            page = httpx.get(link[1], headers={"Accept": "text/html"}, timeout=10)
+            assert page.status_code == 200, f"{link[1]} must answer after the run"
+    finally:
+        stopped = run_invoke(env, "server", "--stop")
+    assert "pyflow: stopped the Prefect server" in stopped.stdout
+    assert stopped_within(home, 10) == []
+
+
+def test_status_report_without_a_server_says_how_to_start_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no server and no PREFECT_API_URL, `status` says so and how to start one."""
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        report = local.status_report(tmp_path, "pyflow-local")
+    assert report == "server:      not running: start it with `invoke server` or `invoke dev`"
+
+
+def test_show_logs_without_logs_says_where_they_come_from(tmp_path: Path) -> None:
+    """`logs` before any server or worker ran names the commands that write them."""
+    with pytest.raises(local.LocalError, match=r"there are no logs in .* yet: `invoke server`"):
+        local.show_logs(tmp_path, 20, follow=False)
+
+
+def test_logs_follow_prints_new_lines_until_ctrl_c(tmp_path: Path) -> None:
+    """`logs --follow` prints each log's end, then every new line with its log's name."""
+    (tmp_path / "server.log").write_text("old server line\n")
+    (tmp_path / "worker.log").write_text("")
     process = subprocess.Popen(
-        [sys.executable, "-m", "invoke", "dev", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
+        pyflow_local(tmp_path, "logs", "--follow", "--lines", "5"),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
     console = Console(process)
-    console.wait_for("pyflow dev: ready in", READY_TIMEOUT)
-    assert processes_using(home), "the server and worker should be running"
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=60)
-    console.thread.join(timeout=5)
-    deadline = time.monotonic() + 30
-    while processes_using(home) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert processes_using(home) == [], console.text
-    assert "pyflow dev: stopped everything it started" in console.text
+    console.wait_for("old server line", 30)
+    with (tmp_path / "worker.log").open("a") as log:
+        log.write("a new worker line\nhalf a li")
+    console.wait_for("worker | a new worker line", 10)
+    with (tmp_path / "worker.log").open("a") as log:
+        log.write("ne\n")
+    console.wait_for("worker | half a line", 10)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=10) == 0
+    assert "Traceback" not in console.text
