@@ -223,7 +223,20 @@ def report(summary: Summary) -> None:
         f"{summary.rows_out:,} notices, {summary.rows_rejected:,} rejected, "
         f"{summary.rows_duplicate:,} duplicates dropped."
     )
-    print(f"pyflow: wrote {summary.notices} and {summary.rejects}")
+    output = summary.notices.rsplit("/", 3)[0]
+    from pyflow.publish import Store
+
+    latest, _ = Store.of(output).read_pointer()
+    if latest is None or latest["run"] == summary.run:
+        print(
+            f"pyflow: wrote {output}/notices.csv and {output}/rejects.csv "
+            f"(run {summary.run}, which latest.json names)"
+        )
+    else:
+        print(
+            f"pyflow: wrote {summary.notices} and {summary.rejects}; run {latest['run']}, which "
+            "started later, was published first, and latest.json names it"
+        )
 
 
 def exit_now(code: int) -> None:

@@ -72,7 +72,7 @@ RELEASE_SETTINGS = ("output", "gcp_project", "gcp_region", "artifact_repository"
 FLOW_RUN_SETTINGS = (
     "output", "sources", "task_runner", "dask_address", "dask_workers", "dask_threads",
     "partition_bytes", "aliases_file", "fetch_timeout", "fetch_retries", "fetch_backoff",
-    "strict",
+    "strict", "keep_runs", "run_lease_seconds",
 )  # fmt: skip
 """Settings a flow run reads: production deployments pass them to the pod."""
 
@@ -157,6 +157,16 @@ class Settings(BaseSettings):
     strict: bool = Field(
         default=False,
         description="All or nothing: a source that cannot be read or mapped fails the run, and nothing is written. Unset: the other sources are published and the run still fails.",
+    )
+    keep_runs: int = Field(
+        default=10,
+        ge=1,
+        description="How many published runs the output keeps under `runs/`; older ones are removed after each publish (the one `latest.json` names always stays).",
+    )
+    run_lease_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="Seconds a running run's lease lasts (renewed every quarter of that); a run folder whose lease ran out belongs to a crashed run, and the next run removes its leftovers.",
     )
     fetch_timeout: float = Field(
         default=30.0, gt=0, description="Seconds to wait on an HTTP(S) source before giving up."

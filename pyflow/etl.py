@@ -33,7 +33,7 @@ import polars_hash as plh
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
-from pyflow import normalise, reading, values
+from pyflow import normalise, publish, reading, values
 from pyflow.columns import ColumnMap, Rules, map_columns
 from pyflow.errors import FetchError, OutputError, SourceError
 from pyflow.schema import (
@@ -48,7 +48,6 @@ logger = logging.getLogger(__name__)
 NOTICES_FILE = "notices.csv"
 REJECTS_FILE = "rejects.csv"
 SUMMARY_FILE = "summary.json"
-WORK_DIR_NAME = ".pyflow-work"
 """Folder inside the output location for a run's intermediate files; removed after the run."""
 
 STACK_BYTES = 64 * 1024 * 1024
@@ -154,6 +153,8 @@ class Summary:
     notices: str
     rejects: str
     sources: list[dict[str, Any]]
+    run: str = ""
+    """The run's id: its files are under ``runs/<run>/`` in the output location."""
 
     @property
     def failures(self) -> list[dict[str, Any]]:
@@ -200,21 +201,6 @@ def prepare_output(output: str) -> str:
             "--output or PYFLOW_OUTPUT, or fix its permissions"
         ) from None
     return path if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(path)
-
-
-def new_work_dir(output: str) -> str:
-    """Return a fresh folder for one run's intermediate files, inside the output location."""
-    return join_path(output, WORK_DIR_NAME, uuid.uuid4().hex)
-
-
-def remove_work_dir(work_dir: str) -> None:
-    """Delete a run's intermediate files; a folder that is already gone is fine."""
-    fs, path = url_to_fs(work_dir)
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
-    parent = path.rsplit("/", 1)[0]
-    if fs.exists(parent) and not fs.ls(parent):
-        fs.rmdir(parent)
 
 
 def check_source_exists(source: Source) -> None:
@@ -705,42 +691,34 @@ def merge_bucket(
         *NOTICE_FIELDS[1:-1],
         pl.col("source_index").replace_strict(dict(labels), return_dtype=pl.String).alias("source"),
     )
-    whole = bounds == (None, None)
-    path = (
-        staged_path(work_dir, NOTICES_FILE)
-        if whole
-        else join_path(work_dir, "chunks", f"notices-{index:06d}.csv")
-    )
+    path = join_path(work_dir, "chunks", f"notices-{index:06d}.csv")
     with fsspec.open(path, "wb", auto_mkdir=True) as handle:
-        out.write_csv(handle, include_header=whole)
+        out.write_csv(handle, include_header=False)
     return BucketResult(index, unique.height, rows.height - unique.height, path)
 
 
-def staged_path(work_dir: str, name: str) -> str:
-    """Return where a run stages an output file until every output is complete."""
-    return join_path(work_dir, "staged", name)
-
-
 def write_outputs(
-    parts: list[PartResult], buckets: list[BucketResult], labels: Mapping[int, str], work_dir: str
+    parts: list[PartResult],
+    buckets: list[BucketResult],
+    labels: Mapping[int, str],
+    run_folder: str,
 ) -> None:
-    """Stage ``notices.csv`` (the bucket chunks in order) and ``rejects.csv`` (in file order).
+    """Write ``notices.csv`` (the bucket chunks in order) and ``rejects.csv`` (in file order).
 
-    A run merged in one bucket has its notices staged by the merge already. Rejects carry their
-    record number in their file: a partition's records are numbered from the end of the
+    They go to the run's own folder, which readers see only once it is published. Rejects carry
+    their record number in their file: a partition's records are numbered from the end of the
     partitions before it.
     """
-    notices = staged_path(work_dir, NOTICES_FILE)
-    if not any(bucket.path == notices for bucket in buckets):
-        chunks = [bucket.path for bucket in sorted(buckets, key=lambda b: b.index) if bucket.path]
-        concatenate(notices, (",".join(NOTICE_FIELDS) + "\n").encode(), chunks)
+    chunks = [bucket.path for bucket in sorted(buckets, key=lambda b: b.index) if bucket.path]
+    header = (",".join(NOTICE_FIELDS) + "\n").encode()
+    concatenate(join_path(run_folder, NOTICES_FILE), header, chunks)
     offsets: dict[tuple[int, int], int] = {}
     seen: dict[int, int] = {}
     for part in sorted(parts, key=lambda p: (p.source_index, p.index)):
         offsets[part.source_index, part.index] = seen.get(part.source_index, 0)
         seen[part.source_index] = offsets[part.source_index, part.index] + part.records
     paths = sorted({part.rejects for part in parts if part.rejects})
-    with _binary_writer(staged_path(work_dir, REJECTS_FILE)) as out:
+    with _binary_writer(join_path(run_folder, REJECTS_FILE)) as out:
         out.write((",".join(REJECT_FIELDS) + "\n").encode())
         if not paths:
             return
@@ -808,6 +786,13 @@ def summarise(
 ) -> Summary:
     """Add up a run's counts, per source and in all, with each source's mapping and errors.
 
+    Args:
+        plans: Every source's plan.
+        parts: Every partition's result.
+        buckets: Every merge bucket's result.
+        output: The run's own folder, where its files are.
+        started_at: When the run started.
+
     Raises:
         RuntimeError: If the counts do not add up, which would mean a row was lost.
     """
@@ -826,6 +811,7 @@ def summarise(
         notices=join_path(output, NOTICES_FILE),
         rejects=join_path(output, REJECTS_FILE),
         sources=entries,
+        run=output.rstrip("/").rsplit("/", 1)[-1],
     )
     kept = sum(part.rows_kept for part in usable)
     if (
@@ -865,34 +851,12 @@ def _source_entry(plan: SourcePlan, parts: list[PartResult]) -> dict[str, Any]:
     }
 
 
-def write_summary(summary: Summary, work_dir: str) -> str:
-    """Stage ``summary.json`` beside the other outputs; return where it is staged."""
-    target = staged_path(work_dir, SUMMARY_FILE)
+def write_summary(summary: Summary, run_folder: str) -> str:
+    """Write ``summary.json`` beside the run's other files; return where."""
+    target = join_path(run_folder, SUMMARY_FILE)
     with fsspec.open(target, "w", encoding="utf-8", newline="", auto_mkdir=True) as handle:
         handle.write(summary.to_json())
     return target
-
-
-def publish_outputs(work_dir: str, output: str) -> list[str]:
-    """Move the staged outputs into the output location, data first and summary last.
-
-    Each move replaces its file at once (a rename on a local disk; on object stores such as
-    Google Cloud Storage, an object appears only when complete), and nothing is moved before all
-    three files are staged, so readers never see a partial file.
-
-    Returns:
-        The published locations.
-    """
-    fs, _ = url_to_fs(output)
-    published = []
-    for name in (NOTICES_FILE, REJECTS_FILE, SUMMARY_FILE):
-        source, target = (
-            url_to_fs(staged_path(work_dir, name))[1],
-            url_to_fs(join_path(output, name))[1],
-        )
-        fs.mv(source, target)
-        published.append(join_path(output, name))
-    return published
 
 
 def run_local(
@@ -903,6 +867,8 @@ def run_local(
     *,
     strict: bool = False,
     merge_rows: int = MERGE_ROWS,
+    keep_runs: int = 10,
+    lease_seconds: float = 300.0,
 ) -> Summary:
     """Run every step in this process, in order, with no Prefect: what the flow does, plainly.
 
@@ -916,43 +882,50 @@ def run_local(
         partition_bytes: Sources larger than this are split; 0 keeps each whole.
         strict: Write nothing if any source fails.
         merge_rows: Notices a merge bucket holds, about.
+        keep_runs: How many published runs to keep in the output's ``runs/``.
+        lease_seconds: How long the run counts as alive without renewing its lease.
 
     Raises:
         SourceError: With ``strict``, if any source failed; nothing is then written.
     """
     started_at = utc_now()
     location = prepare_output(output)
-    work_dir = new_work_dir(location)
-    try:
-        locations: dict[int, str] = {}
-        errors: dict[int, str] = {}
-        for index, source in enumerate(sources):
-            if source.is_remote_http:
-                try:
-                    locations[index] = fetch_source(source, work_dir, timeout=30)
-                except SourceError as error:
-                    errors[index] = str(error)
-        plans = plan_sources(sources, locations, errors, rules, partition_bytes)
-        batch_bytes, stack_bytes = batch_sizes(partition_bytes)
-        parts = [
-            part
-            for batch in plan_batches(plans, batch_bytes)
-            for part in transform_batch(batch, work_dir, stack_bytes)
-        ]
-        raise_failures(plans, parts, strict=strict)
-        usable = usable_parts(parts)
-        labels = {plan.index: plan.label for plan in plans}
-        files = notice_files(usable)
-        buckets = [
-            merge_bucket(i, bounds, files, labels, work_dir)
-            for i, bounds in enumerate(plan_buckets(usable, merge_rows))
-        ]
-        write_outputs(usable, buckets, labels, work_dir)
-        summary = summarise(plans, parts, buckets, location, started_at)
-        write_summary(summary, work_dir)
-        publish_outputs(work_dir, location)
-    finally:
-        remove_work_dir(work_dir)
+    run_id = publish.new_run_id()
+    run_folder = publish.run_dir(location, run_id)
+    work_dir = publish.work_dir(run_folder, shared=False)
+    published = False
+    with publish.leased(run_folder, lease_seconds):
+        try:
+            locations: dict[int, str] = {}
+            errors: dict[int, str] = {}
+            for index, source in enumerate(sources):
+                if source.is_remote_http:
+                    try:
+                        locations[index] = fetch_source(source, work_dir, timeout=30)
+                    except SourceError as error:
+                        errors[index] = str(error)
+            plans = plan_sources(sources, locations, errors, rules, partition_bytes)
+            batch_bytes, stack_bytes = batch_sizes(partition_bytes)
+            parts = [
+                part
+                for batch in plan_batches(plans, batch_bytes)
+                for part in transform_batch(batch, work_dir, stack_bytes)
+            ]
+            raise_failures(plans, parts, strict=strict)
+            usable = usable_parts(parts)
+            labels = {plan.index: plan.label for plan in plans}
+            files = notice_files(usable)
+            buckets = [
+                merge_bucket(i, bounds, files, labels, work_dir)
+                for i, bounds in enumerate(plan_buckets(usable, merge_rows))
+            ]
+            write_outputs(usable, buckets, labels, run_folder)
+            summary = summarise(plans, parts, buckets, run_folder, started_at)
+            write_summary(summary, run_folder)
+            publish.publish(location, run_id, summary.rows_out)
+            published = True
+        finally:
+            publish.finish_run(location, run_id, work_dir, published, keep_runs)
     return summary
 
 

@@ -11,8 +11,8 @@ from prefect import flow, unmapped
 from prefect.futures import wait
 from prefect.states import Failed, State
 
-from pyflow import etl
-from pyflow.config import get_settings
+from pyflow import etl, publish
+from pyflow.config import Settings, get_settings
 from pyflow.schema import Source
 from pyflow.tasks import (
     clean_up,
@@ -46,57 +46,71 @@ def warn_notices(
     settings = get_settings(sources=sources, output=output, strict=strict)
     started_at = etl.utc_now()
     location = prepare_output(settings.require_output())
-    work_dir = etl.new_work_dir(location)
-    try:
-        fetch = fetch_source.with_options(
-            retries=settings.fetch_retries, retry_delay_seconds=settings.retry_delays
-        )
-        downloads = {
-            index: fetch.submit(source, work_dir, settings.fetch_timeout)
-            for index, source in enumerate(settings.sources)
-            if source.is_remote_http
-        }
-        wait(list(downloads.values()))
-        fetched = {
-            index: future.result(raise_on_failure=False) for index, future in downloads.items()
-        }
-        if settings.strict:
-            for error in fetched.values():
-                if isinstance(error, BaseException):
-                    raise error
-        plans = plan_sources(
-            settings.sources,
-            {index: where for index, where in fetched.items() if isinstance(where, str)},
-            {index: str(error) for index, error in fetched.items() if not isinstance(error, str)},
-            settings.rules,
-            settings.partition_bytes,
-        )
-        batch_bytes, stack_bytes = etl.batch_sizes(settings.partition_bytes)
-        batches = transform_batch.map(
-            etl.plan_batches(plans, batch_bytes), unmapped(work_dir), unmapped(stack_bytes)
-        )
-        wait(batches)
-        parts = [part for batch in batches.result() for part in batch]
-        etl.raise_failures(plans, parts, strict=settings.strict)
-        usable = etl.usable_parts(parts)
-        ranges = etl.plan_buckets(usable)
-        labels = {plan.index: plan.label for plan in plans}
-        merged = merge_bucket.map(
-            range(len(ranges)),
-            ranges,
-            unmapped(etl.notice_files(usable)),
-            unmapped(labels),
-            unmapped(work_dir),
-        )
-        wait(merged)
-        summary = stage_outputs(plans, parts, merged.result(), location, work_dir, started_at)
-        publish_outputs(work_dir, location)
-        publish_summary(summary)
-    finally:
-        clean_up(work_dir)
+    run = publish.new_run_id()
+    run_folder = publish.run_dir(location, run)
+    work_dir = publish.work_dir(run_folder, shared=settings.dask_address is not None)
+    published = False
+    with publish.leased(run_folder, settings.run_lease_seconds):
+        try:
+            summary = transform_and_stage(settings, run_folder, work_dir, started_at)
+            publish_outputs(location, run, summary.rows_out)
+            published = True
+            publish_summary(summary)
+        finally:
+            clean_up(location, run, work_dir, published, settings.keep_runs)
     if summary.failures:
         return Failed(message=failure_message(summary), data=summary)
     return summary
+
+
+def transform_and_stage(
+    settings: Settings, run_folder: str, work_dir: str, started_at: str
+) -> etl.Summary:
+    """Fetch, read, merge and write a run's files into its folder: the flow's tasks, in order.
+
+    Raises:
+        SourceError: If a source fails in strict mode, or every source fails.
+    """
+    fetch = fetch_source.with_options(
+        retries=settings.fetch_retries, retry_delay_seconds=settings.retry_delays
+    )
+    downloads = {
+        index: fetch.submit(source, work_dir, settings.fetch_timeout)
+        for index, source in enumerate(settings.sources)
+        if source.is_remote_http
+    }
+    wait(list(downloads.values()))
+    fetched = {index: future.result(raise_on_failure=False) for index, future in downloads.items()}
+    if settings.strict:
+        for error in fetched.values():
+            if isinstance(error, BaseException):
+                raise error
+    plans = plan_sources(
+        settings.sources,
+        {index: where for index, where in fetched.items() if isinstance(where, str)},
+        {index: str(error) for index, error in fetched.items() if not isinstance(error, str)},
+        settings.rules,
+        settings.partition_bytes,
+    )
+    batch_bytes, stack_bytes = etl.batch_sizes(settings.partition_bytes)
+    batches = transform_batch.map(
+        etl.plan_batches(plans, batch_bytes), unmapped(work_dir), unmapped(stack_bytes)
+    )
+    wait(batches)
+    parts = [part for batch in batches.result() for part in batch]
+    etl.raise_failures(plans, parts, strict=settings.strict)
+    usable = etl.usable_parts(parts)
+    ranges = etl.plan_buckets(usable)
+    labels = {plan.index: plan.label for plan in plans}
+    merged = merge_bucket.map(
+        range(len(ranges)),
+        ranges,
+        unmapped(etl.notice_files(usable)),
+        unmapped(labels),
+        unmapped(work_dir),
+    )
+    wait(merged)
+    return stage_outputs(plans, parts, merged.result(), run_folder, work_dir, started_at)
 
 
 def failure_message(summary: etl.Summary) -> str:

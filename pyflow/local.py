@@ -592,14 +592,15 @@ def reset(home: Path, output: Path) -> list[Path]:
     Only the files a run writes are deleted from the output folder (whatever PYFLOW_OUTPUT
     names may hold other things too), and the folder itself only if that leaves it empty.
     """
-    from pyflow import etl
+    from pyflow import publish
 
     stop_server(home)
     removed = []
     if home.exists():
         shutil.rmtree(home)
         removed.append(home)
-    for name in (etl.NOTICES_FILE, etl.REJECTS_FILE, etl.SUMMARY_FILE, etl.WORK_DIR_NAME):
+    names = (*publish.OUTPUT_FILES, publish.RUNS_DIR, publish.POINTER_FILE, publish.LOCK_FILE)
+    for name in names:
         path = output / name
         if path.is_dir():
             shutil.rmtree(path)

@@ -14,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 
-from pyflow import etl
+from pyflow import etl, publish
 from pyflow.columns import Rules
 from pyflow.errors import FetchError
 from pyflow.schema import Source
@@ -112,15 +112,15 @@ def stage_outputs(
     plans: list[etl.SourcePlan],
     parts: list[etl.PartResult],
     buckets: list[etl.BucketResult],
-    output: str,
+    run_folder: str,
     work_dir: str,
     started_at: str,
 ) -> etl.Summary:
-    """Stage notices.csv, rejects.csv and summary.json, checking that the counts balance."""
+    """Write notices.csv, rejects.csv and summary.json in the run's folder; check the counts."""
     usable = etl.usable_parts(parts)
-    etl.write_outputs(usable, buckets, {plan.index: plan.label for plan in plans}, work_dir)
-    summary = etl.summarise(plans, parts, buckets, output, started_at)
-    etl.write_summary(summary, work_dir)
+    etl.write_outputs(usable, buckets, {plan.index: plan.label for plan in plans}, run_folder)
+    summary = etl.summarise(plans, parts, buckets, run_folder, started_at)
+    etl.write_summary(summary, run_folder)
     get_run_logger().info(
         "Merged %s notices (%s rejected, %s duplicates dropped)",
         f"{summary.rows_out:,}",
@@ -131,10 +131,17 @@ def stage_outputs(
 
 
 @task(name="publish-outputs", cache_policy=NO_CACHE)
-def publish_outputs(work_dir: str, output: str) -> list[str]:
-    """Move notices.csv, rejects.csv and summary.json into the output location together."""
-    published = etl.publish_outputs(work_dir, output)
-    get_run_logger().info("Wrote %s", ", ".join(published))
+def publish_outputs(output: str, run: str, rows_out: int) -> publish.Published:
+    """Point latest.json at the run, unless a run that started later is published already."""
+    published = publish.publish(output, run, rows_out)
+    if published.is_latest:
+        get_run_logger().info("Published run %s: latest.json and the files at the top name it", run)
+    else:
+        get_run_logger().info(
+            "Run %s, which started later, was published first; this run's files stay in %s",
+            published.latest,
+            publish.run_dir(output, run),
+        )
     return published
 
 
@@ -196,6 +203,8 @@ def _cell(text: str) -> str:
 
 
 @task(name="clean-up", cache_policy=NO_CACHE)
-def clean_up(work_dir: str) -> None:
-    """Delete the run's intermediate files."""
-    etl.remove_work_dir(work_dir)
+def clean_up(output: str, run: str, work_dir: str, published: bool, keep_runs: int) -> None:
+    """Delete the run's intermediate files (all its files if it did not publish); tidy old runs."""
+    removed = publish.finish_run(output, run, work_dir, published, keep_runs)
+    if removed:
+        get_run_logger().info("Removed old or crashed runs: %s", ", ".join(removed))

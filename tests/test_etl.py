@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SAMPLE, HttpSources
+from conftest import SAMPLE, HttpSources, tree_bytes
 from pyflow import etl
 from pyflow.columns import load_rules
 from pyflow.errors import FetchError, OutputError, SourceError
@@ -187,20 +187,20 @@ def test_run_in_strict_mode_writes_nothing_when_a_source_fails(
 ) -> None:
     """With strict, one unmappable source fails the run and the previous outputs stay."""
     run([wa_source], tmp_path / "out")
-    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    before = tree_bytes(tmp_path / "out")
     unmappable = Source(location=str(write_csv("foo.csv", "Foo\n1\n")), constants={"state": "OK"})
     with pytest.raises(SourceError, match="1 of 2 sources failed, and strict mode writes nothing"):
         run([wa_source, unmappable], tmp_path / "out", strict=True)
-    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
+    assert tree_bytes(tmp_path / "out") == before
 
 
 def test_run_writes_nothing_when_every_source_fails(wa_source: Source, tmp_path: Path) -> None:
     """A run that could read no source keeps the previous outputs and says why."""
     run([wa_source], tmp_path / "out")
-    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    before = tree_bytes(tmp_path / "out")
     with pytest.raises(SourceError, match="no source could be read, so nothing was written"):
         run([Source(location=str(tmp_path / "nope.csv"))], tmp_path / "out")
-    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
+    assert tree_bytes(tmp_path / "out") == before
 
 
 def big_source(path: Path, rows: int) -> Source:
@@ -303,21 +303,6 @@ def test_summarise_refuses_counts_that_do_not_add_up() -> None:
     bucket = etl.BucketResult(0, rows_out=3, rows_duplicate=0, path=None)
     with pytest.raises(RuntimeError, match="do not add up"):
         etl.summarise([plan], [part], [bucket], "out", etl.utc_now())
-
-
-def test_publish_outputs_moves_all_three_files_together(wa_source: Source, tmp_path: Path) -> None:
-    """Staged outputs replace the old ones together."""
-    output = tmp_path / "out"
-    run([wa_source], output)
-    work_dir = etl.new_work_dir(str(output))
-    for name in ("notices.csv", "rejects.csv", "summary.json"):
-        Path(etl.staged_path(work_dir, name)).parent.mkdir(parents=True, exist_ok=True)
-        Path(etl.staged_path(work_dir, name)).write_text(f"new {name}\n")
-    assert etl.publish_outputs(work_dir, str(output)) == [
-        str(output / name) for name in ("notices.csv", "rejects.csv", "summary.json")
-    ]
-    assert (output / "summary.json").read_text() == "new summary.json\n"
-    assert (output / "notices.csv").read_text() == "new notices.csv\n"
 
 
 def test_prepare_output_refuses_an_unwritable_location(tmp_path: Path) -> None:

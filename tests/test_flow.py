@@ -10,7 +10,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.exceptions import ParameterTypeError
 
-from conftest import SAMPLE, HttpSources
+from conftest import PUBLISHED, SAMPLE, HttpSources
 from pyflow import etl
 from pyflow.config import SAMPLE_STATES
 from pyflow.errors import SourceError
@@ -31,7 +31,7 @@ def test_warn_notices_consolidates_the_bundled_sample(tmp_path: Path) -> None:
     """With no parameters but an output, the flow reads the nine real slices and counts add up."""
     summary = warn_notices(output=str(tmp_path / "out"))
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["notices.csv", "rejects.csv", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == PUBLISHED
     assert summary.rows_in == summary.rows_out + summary.rows_rejected + summary.rows_duplicate
     assert summary.rows_rejected > 0 and summary.rows_duplicate > 0 and summary.sources_failed == 0
     assert len((out / "rejects.csv").read_text().splitlines()) == summary.rows_rejected + 1
@@ -99,7 +99,13 @@ def test_warn_notices_publishes_the_others_and_fails_when_a_source_always_fails(
     assert summary.rows_out == 30
     written = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert [entry["error"] is not None for entry in written["sources"]] == [True, False]
-    assert not (tmp_path / "out" / etl.WORK_DIR_NAME).exists()
+    runs = list((tmp_path / "out" / "runs").iterdir())
+    assert len(runs) == 1
+    assert sorted(p.name for p in runs[0].iterdir()) == [
+        "notices.csv",
+        "rejects.csv",
+        "summary.json",
+    ]
 
 
 def test_warn_notices_in_strict_mode_writes_nothing_when_a_source_fails(tmp_path: Path) -> None:

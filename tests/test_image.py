@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, require_tools
+from conftest import ROOT, GcsEmulator, require_tools
 
 pytestmark = [pytest.mark.slow, pytest.mark.container, pytest.mark.timeout(1800)]
 
@@ -586,23 +586,26 @@ def test_image_push_to_a_registry_and_pull_by_digest_gives_the_same_image(
 
 
 def test_image_runs_the_production_deployment_as_the_kubernetes_worker_would(
-    built_image: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    built_image: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gcs_emulator: GcsEmulator
 ) -> None:
-    """The production deployment's run, executed in the image as the worker would, completes."""
+    """The production deployment's run, executed in the image as the worker would, publishes to GCS.
+
+    Cloud Storage is the emulator on loopback: the run in the container writes its files and the
+    pointer there, as it would to a bucket.
+    """
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from pyflow import deploy, local
     from pyflow.config import get_settings
+    from pyflow.publish import Store
 
-    home, output = tmp_path / ".prefect", tmp_path / "out"
-    output.mkdir()
-    output.chmod(0o777)
+    home, output = tmp_path / ".prefect", f"{gcs_emulator.bucket()}/notices"
     server, _ = local.start_server(home, free_port())
     try:
         for name, value in {
             "PREFECT_FLOW_ENV": "production",
-            "PYFLOW_OUTPUT": "gs://acme-warn/notices",
+            "PYFLOW_OUTPUT": output,
             "PYFLOW_GCP_PROJECT": "acme-data",
             "PYFLOW_WORK_POOL": "image-test-kubernetes",
         }.items():
@@ -612,9 +615,7 @@ def test_image_runs_the_production_deployment_as_the_kubernetes_worker_would(
             with get_client(sync_client=True) as client:
                 deployment = client.read_deployment(registered.id)
                 template = client.read_work_pool("image-test-kubernetes").base_job_template
-                run_ = client.create_flow_run_from_deployment(
-                    deployment.id, parameters={"output": "/out"}
-                )
+                run_ = client.create_flow_run_from_deployment(deployment.id)
         command = (
             template["variables"]["properties"].get("command", {}).get("default")
             or "prefect flow-run execute"
@@ -623,11 +624,12 @@ def test_image_runs_the_production_deployment_as_the_kubernetes_worker_would(
             **deployment.job_variables["env"],
             "PREFECT__FLOW_RUN_ID": str(run_.id),
             "PREFECT_API_URL": server.api_url,
+            **gcs_emulator.env,
         }
         options = [f"--env={name}={value}" for name, value in env.items()]
         with container(built_image) as name:
             executed = run(
-                "buildah", "run", "--isolation", "chroot", "--volume", f"{output}:/out",
+                "buildah", "run", "--isolation", "chroot",
                 *options, name, "--", *command.split(), timeout=900,
             )  # fmt: skip
         with (
@@ -640,9 +642,14 @@ def test_image_runs_the_production_deployment_as_the_kubernetes_worker_would(
     assert deployment.job_variables["image"] == built_image
     assert deployment.entrypoint == "pyflow/flow.py:warn_notices"
     assert state is not None and state.type.value == "COMPLETED", executed.stdout + executed.stderr
-    summary = json.loads((output / "summary.json").read_text())
+    store = Store.of(output)
+    pointer, _ = store.read_pointer()
+    assert pointer is not None
+    summary = json.loads(store.fs.cat_file(store.path(pointer["files"]["summary.json"]["path"])))
     assert (
         summary["rows_in"]
         == summary["rows_out"] + summary["rows_rejected"] + summary["rows_duplicate"]
     )
-    assert (output / "notices.csv").read_text().count("\n") == summary["rows_out"] + 1
+    notices = store.fs.cat_file(store.path(pointer["files"]["notices.csv"]["path"]))
+    assert notices.count(b"\n") == summary["rows_out"] + 1 == pointer["rows_out"] + 1
+    assert store.fs.cat_file(store.path("notices.csv")) == notices

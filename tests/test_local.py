@@ -366,11 +366,12 @@ def test_reset_deletes_only_pyflows_files(tmp_path: Path) -> None:
     output.mkdir()
     for name in ("notices.csv", "rejects.csv", "summary.json", "keep-me.txt"):
         (output / name).write_text(name)
-    (output / ".pyflow-work" / "abc").mkdir(parents=True)
+    (output / "runs" / "20261129T000000000000Z-abc" / "work").mkdir(parents=True)
+    (output / "latest.json").write_text("{}")
     removed = local.reset(home, output)
     assert not home.exists()
     assert sorted(p.name for p in output.iterdir()) == ["keep-me.txt"]
-    assert len(removed) == 5
+    assert len(removed) == 6
 
 
 def test_stop_tree_stops_a_process_and_its_descendants() -> None:

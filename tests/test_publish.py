@@ -1,0 +1,196 @@
+"""Publishing on a local disk and on Google Cloud Storage (a real emulator): what readers see."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from pytest_mock import MockerFixture
+
+from conftest import GcsEmulator
+from pyflow import publish
+from pyflow.publish import Store
+
+FILES = ("notices.csv", "rejects.csv", "summary.json")
+
+
+@pytest.fixture(params=["local", "gcs"])
+def output(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty output location: a local folder, or a bucket on the GCS emulator."""
+    if request.param == "local":
+        return str(tmp_path / "out")
+    emulator: GcsEmulator = request.getfixturevalue("gcs_emulator")
+    return f"{emulator.bucket()}/warn"
+
+
+def write_run(output: str, run_id: str, rows: int, lease: float | None = None) -> Store:
+    """Write a run's three files (``rows`` notices) into its folder, as a run does."""
+    store = Store.of(output)
+    folder = Store.of(publish.run_dir(output, run_id)).root
+    store.fs.makedirs(folder, exist_ok=True)
+    notices = "notice_id\n" + "".join(f"{run_id}-{i}\n" for i in range(rows))
+    store.fs.pipe_file(f"{folder}/notices.csv", notices.encode())
+    store.fs.pipe_file(f"{folder}/rejects.csv", b"source,record,reason,raw\n")
+    summary = {"run": run_id, "rows_out": rows, "notices": f"{output}/runs/{run_id}/notices.csv"}
+    store.fs.pipe_file(f"{folder}/summary.json", json.dumps(summary).encode())
+    if lease is not None:
+        store.fs.makedirs(f"{folder}/work", exist_ok=True)
+        store.fs.pipe_file(f"{folder}/work/part-0.parquet", b"work")
+        publish.write_lease(store, folder, lease)
+    return store
+
+
+def run_ids(count: int) -> list[str]:
+    """Return run ids in start order."""
+    ids = []
+    for _ in range(count):
+        ids.append(publish.new_run_id())
+        time.sleep(0.001)
+    return ids
+
+
+def runs_in(store: Store) -> list[str]:
+    """Return the run folders of an output location, sorted."""
+    store.fs.invalidate_cache()
+    return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in store.fs.ls(store.path("runs")))
+
+
+def test_publish_points_latest_at_the_run_and_copies_its_files(output: str) -> None:
+    """latest.json names the run and its files; the top-level copies are the run's files."""
+    (run,) = run_ids(1)
+    store = write_run(output, run, rows=3)
+    published = publish.publish(output, run, rows_out=3)
+    assert published.is_latest
+    pointer, _ = store.read_pointer()
+    assert pointer is not None
+    assert pointer["run"] == run and pointer["rows_out"] == 3
+    for name in FILES:
+        entry = pointer["files"][name]
+        assert entry["path"] == f"runs/{run}/{name}"
+        own = store.fs.cat_file(store.path("runs", run, name))
+        assert entry["size"] == len(own)
+        assert store.fs.cat_file(store.path(name)) == own
+        if store.is_gcs:
+            assert entry["generation"] == str(
+                store.fs.info(store.path("runs", run, name))["generation"]
+            )
+
+
+def test_publish_leaves_a_later_run_that_published_first(output: str) -> None:
+    """A run that started earlier but finishes later does not replace the later run's pointer."""
+    earlier, later = run_ids(2)
+    write_run(output, earlier, rows=1)
+    store = write_run(output, later, rows=2)
+    assert publish.publish(output, later, 2).is_latest
+    result = publish.publish(output, earlier, 1)
+    assert not result.is_latest and result.latest == later
+    pointer, _ = store.read_pointer()
+    assert pointer is not None and pointer["run"] == later
+    assert json.loads(store.fs.cat_file(store.path("summary.json")))["run"] == later
+    assert runs_in(store) == [earlier, later], "the earlier run's files are kept"
+
+
+def test_replace_pointer_refuses_a_stale_generation(gcs_emulator: GcsEmulator) -> None:
+    """On GCS, a pointer write conditional on a generation that has moved on is refused."""
+    store = Store.of(f"{gcs_emulator.bucket()}/warn")
+    _, absent = store.read_pointer()
+    assert absent == 0
+    store.replace_pointer(b'{"run": "a"}', absent)
+    _, first = store.read_pointer()
+    store.replace_pointer(b'{"run": "b"}', first)
+    with pytest.raises(publish.PointerMoved):
+        store.replace_pointer(b'{"run": "c"}', first)
+    with pytest.raises(publish.PointerMoved):
+        store.replace_pointer(b'{"run": "d"}', 0)
+    assert store.read_pointer()[0] == {"run": "b"}
+
+
+def test_publish_tries_again_when_another_run_swaps_the_pointer_first(
+    gcs_emulator: GcsEmulator, mocker: MockerFixture
+) -> None:
+    """If another run's publish lands between our read and our write, we read again and win."""
+    output = f"{gcs_emulator.bucket()}/warn"
+    other, ours = run_ids(2)
+    write_run(output, other, rows=1)
+    store = write_run(output, ours, rows=2)
+    original = Store.replace_pointer
+    calls: list[int | None] = []
+
+    def other_run_lands_first(self: Store, data: bytes, generation: int | None) -> None:
+        calls.append(generation)
+        if len(calls) == 1:
+            publish.publish(output, other, 1)
+        original(self, data, generation)
+
+    mocker.patch.object(Store, "replace_pointer", other_run_lands_first)
+    assert publish.publish(output, ours, 2).is_latest
+    assert calls[0] == 0 and calls[-1] not in (None, 0) and len(calls) == 3
+    assert store.read_pointer()[0]["run"] == ours  # type: ignore[index]
+
+
+def test_clean_runs_keeps_the_last_n_and_the_pointers_run(output: str) -> None:
+    """Retention keeps exactly the last N published runs, and never the pointer's run."""
+    ids = run_ids(5)
+    for run in ids:
+        store = write_run(output, run, rows=1)
+    publish.publish(output, ids[1], 1)  # the pointer names an older run
+    removed = publish.clean_runs(store, keep=2)
+    assert sorted(removed) == [ids[0], ids[2]]
+    assert runs_in(store) == [ids[1], ids[3], ids[4]]
+    publish.publish(output, ids[4], 1)
+    publish.clean_runs(store, keep=2)
+    assert runs_in(store) == [ids[3], ids[4]]
+
+
+def test_clean_runs_removes_what_crashed_runs_left(output: str) -> None:
+    """A lease that ran out marks a crashed run: its work files go, its folder too if unpublished."""
+    crashed, crashed_published, alive = run_ids(3)
+    store = write_run(output, crashed, rows=1, lease=60)
+    store.fs.rm(store.path("runs", crashed, "summary.json"))
+    write_run(output, crashed_published, rows=1, lease=60)
+    write_run(output, alive, rows=1, lease=600)
+    removed = publish.clean_runs(store, keep=5, now=time.time() + 120)
+    assert removed == [crashed]
+    assert runs_in(store) == [crashed_published, alive]
+    kept = store.fs.ls(store.path("runs", crashed_published), detail=False)
+    assert sorted(p.rsplit("/", 1)[-1] for p in kept) == list(FILES)
+    assert store.fs.exists(store.path("runs", alive, "work", "part-0.parquet"))
+
+
+def test_finish_run_removes_work_and_lease_or_everything(output: str) -> None:
+    """A published run keeps its three files; one that did not publish leaves nothing."""
+    published, failed = run_ids(2)
+    store = write_run(output, published, rows=1, lease=60)
+    write_run(output, failed, rows=1, lease=60)
+    for run, done in ((published, True), (failed, False)):
+        work = publish.work_dir(publish.run_dir(output, run), shared=True)
+        assert publish.finish_run(output, run, work, published=done, keep=5) == []
+    assert runs_in(store) == [published]
+    kept = store.fs.ls(store.path("runs", published), detail=False)
+    assert sorted(p.rsplit("/", 1)[-1] for p in kept) == list(FILES)
+
+
+def test_leased_renews_the_lease_while_the_block_runs(tmp_path: Path) -> None:
+    """The lease is renewed in the background, so a long run never looks crashed."""
+    folder = str(tmp_path / "runs" / "r")
+
+    def read() -> float:
+        return json.loads(Path(folder, "lease.json").read_text())["expires_at"]
+
+    with publish.leased(folder, seconds=0.4):
+        first = read()
+        time.sleep(0.35)
+        assert read() > first
+
+
+def test_work_dir_is_local_unless_shared(tmp_path: Path) -> None:
+    """Intermediate files stay on this machine unless other machines run the tasks."""
+    folder = "gs://bucket/warn/runs/20261129T000000000000Z-abcd"
+    assert publish.work_dir(folder, shared=True) == f"{folder}/work"
+    local = Path(publish.work_dir(folder, shared=False))
+    try:
+        assert local.is_dir() and local.name.startswith("pyflow-20261129T000000000000Z-abcd-")
+    finally:
+        local.rmdir()
