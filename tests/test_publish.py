@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -194,3 +195,61 @@ def test_work_dir_is_local_unless_shared(tmp_path: Path) -> None:
         assert local.is_dir() and local.name.startswith("pyflow-20261129T000000000000Z-abcd-")
     finally:
         local.rmdir()
+
+
+def test_publish_from_many_threads_never_shows_a_reader_a_mixed_set(output: str) -> None:
+    """Ten pairs of runs publishing at once while a reader polls: every read is one whole run."""
+    store = Store.of(output)
+    failures: list[str] = []
+    reads = [0]
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            pointer, _ = store.read_pointer()
+            if pointer:
+                notices = store.fs.cat_file(store.path(pointer["files"]["notices.csv"]["path"]))
+                summary = json.loads(
+                    store.fs.cat_file(store.path(pointer["files"]["summary.json"]["path"]))
+                )
+                if (
+                    notices.count(b"\n") - 1 != summary["rows_out"]
+                    or summary["run"] != pointer["run"]
+                ):
+                    failures.append(pointer["run"])
+                reads[0] += 1
+
+    watcher = threading.Thread(target=reader)
+    watcher.start()
+    try:
+        for pair in range(10):
+            ids = run_ids(2)
+            for rows, run in enumerate(ids, start=pair * 2 + 1):
+                write_run(output, run, rows=rows)
+            threads = [
+                threading.Thread(target=publish.publish, args=(output, run, rows))
+                for rows, run in enumerate(ids, start=pair * 2 + 1)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert store.read_pointer()[0]["run"] == ids[1]  # type: ignore[index]
+    finally:
+        stop.set()
+        watcher.join()
+    assert failures == [] and reads[0] > 0
+
+
+def test_publish_works_on_any_fsspec_store() -> None:
+    """On a store with neither generations nor a local disk (fsspec's memory store), it works too."""
+    output = f"memory://pyflow-{publish.new_run_id()}"
+    first, second = run_ids(2)
+    for run in (first, second):
+        store = write_run(output, run, rows=2)
+        assert publish.publish(output, run, 2).is_latest
+    assert store.read_pointer() == (store.read_pointer()[0], None)
+    assert store.read_pointer()[0]["run"] == second  # type: ignore[index]
+    assert store.fs.cat_file(store.path("notices.csv")) == store.fs.cat_file(
+        store.path("runs", second, "notices.csv")
+    )
