@@ -22,7 +22,8 @@ from prefect.client.schemas.schedules import CronSchedule
 from prefect.exceptions import ObjectNotFound
 
 from pyflow.config import Settings, get_settings
-from pyflow.errors import PyflowError
+from pyflow.errors import DeployError, PyflowError
+from pyflow.server import running_server
 
 logger = logging.getLogger(__name__)
 
@@ -31,10 +32,6 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 JOB_TEMPLATE = PROJECT_DIR / "deploy" / "kubernetes-job-template.json"
 """The Kubernetes work pool's base job template, kept in the repository."""
-
-
-class DeployError(PyflowError):
-    """A work pool or deployment cannot be registered."""
 
 
 @dataclass(frozen=True)
@@ -195,8 +192,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from pyflow.local import running_server
 
     try:
         settings = get_settings()

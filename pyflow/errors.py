@@ -27,3 +27,23 @@ class SourcesFailed(PyflowError):
     def __init__(self, summary: object, message: str) -> None:
         super().__init__(message)
         self.summary = summary
+
+
+class DeployError(PyflowError):
+    """A work pool or deployment cannot be registered."""
+
+
+class LocalError(PyflowError):
+    """The local server or worker cannot be started."""
+
+
+class ReleaseError(PyflowError):
+    """A check before a release failed."""
+
+
+class NoCredentialsError(ReleaseError):
+    """No Google credentials are available here."""
+
+
+class ScaffoldError(PyflowError):
+    """A flow cannot be scaffolded under this name."""

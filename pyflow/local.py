@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,51 +30,26 @@ import httpx
 import psutil
 
 from pyflow.config import Settings, get_settings
-from pyflow.errors import PyflowError
+from pyflow.errors import LocalError, PyflowError
+from pyflow.server import (
+    HOST,
+    STATE_FILE,
+    ServerState,
+    api_url_for,
+    is_healthy,
+    read_state,
+    running_server,
+)
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
 
-HOST = "127.0.0.1"
-STATE_FILE = "server.json"
 SERVER_LOG = "server.log"
 WORKER_LOG = "worker.log"
 STARTUP_TIMEOUT = 90.0
 LOG_TAIL_LINES = 20
 LAST_RUNS = 5
 """How many of the latest flow runs `invoke status` lists."""
-
-
-class LocalError(PyflowError):
-    """The local server or worker cannot be started."""
-
-
-@dataclass(frozen=True)
-class ServerState:
-    """This project's running server: what `server.json` records."""
-
-    pid: int
-    port: int
-    started: float = 0.0
-    """The process's start time (psutil's create_time), so a reused process ID is not taken for it."""
-
-    @property
-    def url(self) -> str:
-        """The server's address (the UI)."""
-        return f"http://{HOST}:{self.port}"
-
-    @property
-    def api_url(self) -> str:
-        """The server's API address, for ``PREFECT_API_URL``."""
-        return f"{self.url}/api"
-
-
-def is_healthy(api_url: str, timeout: float = 2.0) -> bool:
-    """Return whether a Prefect API answers its health check."""
-    try:
-        return httpx.get(f"{api_url}/health", timeout=timeout).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def port_is_free(port: int) -> bool:
@@ -86,27 +61,6 @@ def port_is_free(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def read_state(home: Path) -> ServerState | None:
-    """Return this project's server if its very process is still alive, else None.
-
-    The process must have the recorded start time and be a Prefect server: after a reboot, its
-    process ID may belong to another program, which must not be taken for it (or stopped).
-    """
-    try:
-        state = ServerState(**json.loads((home / STATE_FILE).read_text()))
-        process = psutil.Process(state.pid)
-        alive = abs(process.create_time() - state.started) < 1 and "server" in process.cmdline()
-    except (OSError, ValueError, TypeError, psutil.Error):
-        return None
-    return state if alive else None
-
-
-def running_server(home: Path) -> ServerState | None:
-    """Return this project's server if it runs and answers its health check, else None."""
-    state = read_state(home)
-    return state if state and is_healthy(state.api_url) else None
 
 
 def child_env(home: Path, api_url: str | None) -> dict[str, str]:
@@ -399,27 +353,6 @@ def ready_message(server: ServerState, deployments: list[str], seconds: float) -
         "See what runs with `invoke status`, the logs with `invoke logs -f`.\n"
         "Press Ctrl-C to stop the worker and everything this command started."
     )
-
-
-def api_url_for(home: Path) -> str:
-    """Return the Prefect API to talk to: ``PREFECT_API_URL``, else this project's running server.
-
-    Raises:
-        LocalError: If neither is there, with how to start the server.
-    """
-    from prefect.settings import PREFECT_API_URL
-
-    configured = PREFECT_API_URL.value()
-    if configured:
-        return configured
-    server = running_server(home)
-    if server is None:
-        raise LocalError(
-            "there is no Prefect server to talk to: PREFECT_API_URL is not set and this "
-            "project's server is not running. Start it with `invoke server` (or `invoke dev`), "
-            "or set PREFECT_API_URL in .env"
-        )
-    return server.api_url
 
 
 def ui_link(api_url: str, path: str) -> str:

@@ -22,21 +22,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from pyflow.config import Settings, get_settings
-from pyflow.errors import PyflowError
+from pyflow.errors import NoCredentialsError, PyflowError, ReleaseError
 
 if TYPE_CHECKING:
     from google.cloud.artifactregistry_v1 import ArtifactRegistryClient, Repository, Tag
 
 TIMEOUT = 30.0
 """Seconds to wait for one Artifact Registry request."""
-
-
-class ReleaseError(PyflowError):
-    """A check before a release failed."""
-
-
-class NoCredentialsError(ReleaseError):
-    """No Google credentials are available here."""
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
 
-from pyflow.errors import PyflowError
+from pyflow.errors import ScaffoldError
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 TASK_NAMES = ("load_items", "summarise_items")
@@ -82,10 +82,6 @@ def test_{name}_runs_on_prefect() -> None:
     assert state.is_completed()
     assert state.result() == 10
 '''
-
-
-class ScaffoldError(PyflowError):
-    """A flow cannot be scaffolded under this name."""
 
 
 @dataclass(frozen=True)
