@@ -662,9 +662,10 @@ def reset(c: Context) -> None:
 
 @task
 def lint(c: Context) -> None:
-    """Check style and formatting with ruff, and that poetry.lock matches pyproject.toml."""
+    """Check style and formatting with ruff, types with mypy (strict), and poetry.lock."""
     c.run(in_env(c, "ruff check ."))
     c.run(in_env(c, "ruff format --check ."))
+    c.run(in_env(c, "mypy"))
     c.run(f"{poetry(c)} check --lock")
 
 

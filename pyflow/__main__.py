@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pyflow.errors import PyflowError, SettingsError, SourcesFailed
 
@@ -135,10 +135,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pyflow: invalid settings: {error}", file=sys.stderr)
         return EXIT_USAGE
     except SourcesFailed as error:
-        report(error.summary)
-        failed = error.summary.failures
+        failed_run = cast("Summary", error.summary)
+        report(failed_run)
+        failed = failed_run.failures
         print(
-            f"pyflow: {len(failed)} of {len(error.summary.sources)} sources failed; the others "
+            f"pyflow: {len(failed)} of {len(failed_run.sources)} sources failed; the others "
             "were published:",
             file=sys.stderr,
         )

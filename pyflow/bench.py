@@ -33,9 +33,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pyflow.schema import Source
+
+if TYPE_CHECKING:
+    from pyflow.etl import Summary
 
 STATES = ["CA", "TX", "NY", "WA", "FL", "IL", "OH", "PA", "GA", "MI", "NC", "NJ"]
 LAYOUTS: list[tuple[tuple[str, ...], str]] = [
@@ -267,9 +270,9 @@ def _worker_peak_mb(address: str) -> float:
     """Return the largest peak resident memory among a running cluster's workers, in MB."""
     from distributed import Client
 
-    with Client(address) as client:
+    with Client(address) as client:  # type: ignore[no-untyped-call]
         peaks = client.run(high_water_mb)
-    return max(peaks.values())
+    return float(max(peaks.values()))
 
 
 def copy_with_csv(sources: list[Source], output: Path) -> int:
@@ -330,7 +333,7 @@ def run_variant(
     flow = warn_notices.with_options(task_runner=runner_settings.build_task_runner())
     with without_heartbeats():
         started = time.perf_counter()
-        summary = flow(sources=settings.sources, output=str(output))
+        summary = cast("Summary", flow(sources=settings.sources, output=str(output)))
         seconds = time.perf_counter() - started
     peak = memory.stop()
     if variant == "d":
@@ -407,7 +410,7 @@ def _start_cluster(
                 )
                 for _ in range(workers)
             ]
-            with Client(address, timeout=60) as client:
+            with Client(address, timeout=60) as client:  # type: ignore[no-untyped-call]
                 client.wait_for_workers(workers, timeout=120)
         except BaseException:
             _stop(processes)
@@ -530,7 +533,7 @@ def compare(args: argparse.Namespace, inputs: Path) -> int:
                 results[variant] = measured
                 print(f"bench: (e) {measured.label}: {measured.seconds:.1f} s", flush=True)
                 continue
-            address, cluster = ("", [])
+            address, cluster = "", list[subprocess.Popen[bytes]]()
             if variant == "d":
                 address, cluster = _start_cluster(args.workers, log, env)
             try:

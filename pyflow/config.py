@@ -339,7 +339,7 @@ class Settings(BaseSettings):
 
     def flow_run_env(self) -> dict[str, str]:
         """Return the settings a production flow run needs, as the pod's environment variables."""
-        env = {ENVIRONMENT_VARIABLE: self.env}
+        env: dict[str, str] = {ENVIRONMENT_VARIABLE: self.env}
         for name in FLOW_RUN_SETTINGS:
             value = getattr(self, name)
             chosen = name in self.model_fields_set or name in ENVIRONMENT_DEFAULTS[self.env]
@@ -363,17 +363,23 @@ class Settings(BaseSettings):
         }
 
     @property
+    def pool(self) -> str:
+        """The work pool's name: the setting, else the environment's default; never unset."""
+        assert self.work_pool is not None, "filled from ENVIRONMENT_DEFAULTS"
+        return self.work_pool
+
+    @property
     def retry_delays(self) -> list[float]:
         """Seconds to wait before each retry of a failed fetch (exponential backoff)."""
         return [self.fetch_backoff * 2**attempt for attempt in range(self.fetch_retries)]
 
-    def build_task_runner(self) -> TaskRunner:
+    def build_task_runner(self) -> TaskRunner[Any]:
         """Create the task runner these settings choose."""
         if self.task_runner == "threads":
             from prefect.task_runners import ThreadPoolTaskRunner
 
             return ThreadPoolTaskRunner(max_workers=self.thread_workers)
-        from prefect_dask import DaskTaskRunner
+        from prefect_dask.task_runners import DaskTaskRunner
 
         if self.dask_address:
             return DaskTaskRunner(address=self.dask_address)

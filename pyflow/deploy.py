@@ -13,7 +13,7 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from prefect import Flow
 from prefect.client.orchestration import SyncPrefectClient, get_client
@@ -24,6 +24,9 @@ from prefect.exceptions import ObjectNotFound
 from pyflow.config import Settings, get_settings
 from pyflow.errors import DeployError, PyflowError
 from pyflow.server import running_server
+
+if TYPE_CHECKING:
+    from prefect.deployments.runner import RunnerDeployment
 
 logger = logging.getLogger(__name__)
 
@@ -116,21 +119,28 @@ def register(
     )
     registered = []
     for flow in flows:
-        source = flow if image else Flow.from_source(str(PROJECT_DIR), entrypoint(flow))
-        deployment = source.to_deployment(
-            name=deployment_name(settings),
-            work_pool_name=settings.work_pool,
-            job_variables=job_variables or {},
-            schedules=[schedule] if schedule else [],
-            description=flow.description,
-            tags=["pyflow", settings.env],
-            version=version,
+        source = (
+            flow
+            if image
+            else cast("Flow[Any, Any]", Flow.from_source(str(PROJECT_DIR), entrypoint(flow)))
+        )
+        deployment = cast(
+            "RunnerDeployment",
+            source.to_deployment(
+                name=deployment_name(settings),
+                work_pool_name=settings.pool,
+                job_variables=job_variables or {},
+                schedules=[schedule] if schedule else [],
+                description=flow.description,
+                tags=["pyflow", settings.env],
+                version=version,
+            ),
         )
         if image:
             deployment.entrypoint = entrypoint(flow)
         deployment_id = deployment.apply(image=image)
         registered.append(
-            Registered(f"{flow.name}/{deployment.name}", str(deployment_id), settings.work_pool)
+            Registered(f"{flow.name}/{deployment.name}", str(deployment_id), settings.pool)
         )
     return registered
 
@@ -138,19 +148,20 @@ def register(
 def deploy_local(settings: Settings) -> list[Registered]:
     """Create or update the process work pool, then register every flow to it."""
     with get_client(sync_client=True) as client:
-        ensure_work_pool(client, settings.work_pool, "process")
+        ensure_work_pool(client, settings.pool, "process")
     return register(settings)
 
 
 def load_job_template(path: Path = JOB_TEMPLATE) -> dict[str, Any]:
     """Read the Kubernetes base job template kept in the repository."""
-    return json.loads(path.read_text(encoding="utf-8"))
+    template: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return template
 
 
 def ensure_kubernetes_pool(settings: Settings) -> bool:
     """Create the Kubernetes work pool, or bring its base job template up to date."""
     with get_client(sync_client=True) as client:
-        return ensure_work_pool(client, settings.work_pool, "kubernetes", load_job_template())
+        return ensure_work_pool(client, settings.pool, "kubernetes", load_job_template())
 
 
 def deploy_production(
@@ -209,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             if settings.env == "development":
                 if args.pool_only:
                     with get_client(sync_client=True) as client:
-                        ensure_work_pool(client, settings.work_pool, "process")
+                        ensure_work_pool(client, settings.pool, "process")
                     registered = []
                 else:
                     registered = deploy_local(settings)
@@ -228,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pyflow deploy: {error}", file=sys.stderr)
         return 1
     if args.pool_only:
-        print(f"pyflow deploy: work pool '{settings.work_pool}' is up to date at {api_url}")
+        print(f"pyflow deploy: work pool '{settings.pool}' is up to date at {api_url}")
     for item in registered:
         print(f"pyflow deploy: registered {item.name} on work pool '{item.work_pool}' at {api_url}")
     return 0

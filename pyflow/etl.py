@@ -200,7 +200,7 @@ def prepare_output(output: str) -> str:
             f"output location '{output}' cannot be written ({error}): choose another with "
             "--output or PYFLOW_OUTPUT, or fix its permissions"
         ) from None
-    return path if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(path)
+    return str(path if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(path))
 
 
 def check_source_exists(source: Source) -> None:

@@ -8,8 +8,9 @@ runs pick theirs from the environment of the process that runs them: set ``PYFLO
 from __future__ import annotations
 
 from prefect import flow, unmapped
+from prefect.client.schemas.objects import State
 from prefect.futures import wait
-from prefect.states import Failed, State
+from prefect.states import Failed
 
 from pyflow import etl, publish
 from pyflow.config import Settings, get_settings

@@ -283,14 +283,14 @@ def dev(settings: Settings, home: Path, port: int) -> int:
             )
             with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
                 with get_client(sync_client=True) as client:
-                    ensure_work_pool(client, settings.work_pool, "process")
+                    ensure_work_pool(client, settings.pool, "process")
                 worker_started = time.time() - 1
                 worker = subprocess.Popen(
                     prefect_command(
                         "worker",
                         "start",
                         "--pool",
-                        settings.work_pool,
+                        settings.pool,
                         "--type",
                         "process",
                         "--name",
@@ -304,7 +304,7 @@ def dev(settings: Settings, home: Path, port: int) -> int:
                 )
                 copy_output(worker, home / WORKER_LOG)
                 registered = register(settings)
-            wait_for_worker(server.api_url, settings.work_pool, worker_name, worker, worker_started)
+            wait_for_worker(server.api_url, settings.pool, worker_name, worker, worker_started)
             print(
                 ready_message(server, [r.name for r in registered], time.monotonic() - started_at),
                 flush=True,
@@ -610,9 +610,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pyflow: removed {', '.join(map(str, removed)) or 'nothing'}")
         elif args.command == "trigger":
             deployment = f"{args.flow or default_flow()}/{settings.env}"
-            return trigger(api_url_for(home), deployment, settings.work_pool, args.wait)
+            return trigger(api_url_for(home), deployment, settings.pool, args.wait)
         elif args.command == "status":
-            print(status_report(home, settings.work_pool))
+            print(status_report(home, settings.pool))
         elif args.command == "logs":
             with interrupt_on_stop_signals(), contextlib.suppress(KeyboardInterrupt):
                 show_logs(home, args.lines, args.follow)

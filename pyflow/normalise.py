@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any
 
 import polars as pl
 
@@ -154,10 +156,7 @@ def normalise(raw: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, values.Reading
         "kinds": lambda: values.read_distinct(column("kinds"), _KIND, report=False),
         "state": lambda: values.read_distinct(column("state"), _STATE, report=False),
         "city": lambda: values.read_distinct(column("city"), _CITY, report=False),
-        **{
-            flag: lambda flag=flag: values.read_distinct(column(f"{flag}_yes_no"), _YES_NO, report=False)
-            for flag in FLAG_FIELDS
-        },
+        **{flag: partial(values.read_distinct, column(f"{flag}_yes_no"), _YES_NO, report=False) for flag in FLAG_FIELDS},
     }  # fmt: skip
     with ThreadPoolExecutor(READERS) as pool:
         futures = {name: pool.submit(read) for name, read in work.items()}
@@ -209,11 +208,12 @@ notice is still a notice.
 
 def reject_rule() -> pl.Expr:
     """The first of `RULES` a row breaks, or null when it is kept."""
-    rule = None
+    rule: Any = None  # a chain of when/then expressions, built one rule at a time
     for name, condition in RULES.items():
         rule = (pl.when(condition) if rule is None else rule.when(condition)).then(pl.lit(name))
     assert rule is not None
-    return rule.otherwise(None).alias("rule")
+    expression: pl.Expr = rule.otherwise(None).alias("rule")
+    return expression
 
 
 def reject_reason(width: int, company: str, state: str) -> pl.Expr:
@@ -239,7 +239,10 @@ def key() -> pl.Expr:
     Dates are written as days since 1970 plus 100,000 and counts plus 10^12, so that both
     sort as text as they do as numbers, and cost little to write.
     """
-    day = lambda name: (pl.col(name).cast(pl.Int32) + 100_000).cast(pl.String)  # noqa: E731
+
+    def day(name: str) -> pl.Expr:
+        return (pl.col(name).cast(pl.Int32) + 100_000).cast(pl.String)
+
     flags = sum(
         (pl.col(name).cast(pl.UInt8).fill_null(2) * 3**power for power, name in enumerate(FLAG_FIELDS)),
         start=pl.lit(0, dtype=pl.UInt8),

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pyflow import etl
 from pyflow.config import Settings
@@ -16,8 +16,9 @@ from pyflow.errors import PyflowError, SettingsError, SourceError, SourcesFailed
 
 if TYPE_CHECKING:
     from prefect import Flow
+    from prefect.client.schemas.objects import State
 
-    from pyflow.local import ServerState
+    from pyflow.server import ServerState
 
 logger = logging.getLogger("pyflow")
 
@@ -133,7 +134,9 @@ def _project_server(home: Path, keep_port: int | None) -> ServerState | None:
     A server that cannot start (its port is taken by another program) is reported as a warning
     and the run falls back to a temporary server.
     """
-    from pyflow.local import LocalError, running_server, start_server
+    from pyflow.errors import LocalError
+    from pyflow.local import start_server
+    from pyflow.server import running_server
 
     running = running_server(home)
     if running:
@@ -245,7 +248,7 @@ def run_flow(settings: Settings, keep_server: bool = False) -> etl.Summary:
             return_state=True,
         )
     if state.is_completed():
-        return state.result()
+        return cast("etl.Summary", state.result())
     result = state.result(raise_on_failure=False)
     if isinstance(result, etl.Summary):
         raise SourcesFailed(result, state.message or "some sources failed")
@@ -294,7 +297,7 @@ def run_any(
         flows_logger.disabled = False
     keep_port = settings.server_port if keep_server else None
     with prefect_api(keep_port), without_heartbeats():
-        state = flow(**parameters, return_state=True)
+        state = cast("State[Any]", flow(**parameters, return_state=True))
     if state.is_completed():
         return state.result()
     raise PyflowError(f"the run of flow '{flow.name}' ended {state.name}: {state.message}")

@@ -154,18 +154,14 @@ def add_to_flows(source: str, tree: ast.Module, name: str) -> str:
         raise ScaffoldError(
             "pyflow/flow.py has no FLOWS = (...) tuple: restore it, listing every flow"
         )
-    members = [ast.get_source_segment(source, element) for element in flows.value.elts]
+    members = [ast.get_source_segment(source, element) or "" for element in flows.value.elts]
     lines = source.splitlines(keepends=True)
     value = flows.value
+    assert value.end_lineno is not None and value.end_col_offset is not None
     before = "".join(lines[: value.lineno - 1]) + lines[value.lineno - 1][: value.col_offset]
-    after = (
-        lines[value.end_lineno - 1][value.end_col_offset :]
-        + "".join(  # type: ignore[operator]
-            lines[value.end_lineno :]  # type: ignore[misc]
-        )
-    )
+    after = lines[value.end_lineno - 1][value.end_col_offset :] + "".join(lines[value.end_lineno :])
     names = [*members, name]
-    tuple_text = f"({names[0]},)" if len(names) == 1 else f"({', '.join(names)})"  # type: ignore[arg-type]
+    tuple_text = f"({names[0]},)" if len(names) == 1 else f"({', '.join(names)})"
     updated = before + tuple_text + after
     last_import = max(
         node.end_lineno or node.lineno

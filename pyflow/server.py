@@ -78,7 +78,7 @@ def api_url_for(home: Path) -> str:
 
     configured = PREFECT_API_URL.value()
     if configured:
-        return configured
+        return str(configured)
     server = running_server(home)
     if server is None:
         raise LocalError(

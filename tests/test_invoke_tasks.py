@@ -78,6 +78,7 @@ def test_lint_runs_ruff_and_checks_the_lock() -> None:
     assert commands(c) == [
         "poetry run ruff check .",
         "poetry run ruff format --check .",
+        "poetry run mypy",
         "poetry check --lock",
     ]
 
