@@ -140,9 +140,19 @@ def local_command(c: Context, command: str, port: int = 0) -> str:
     return f"python -m pyflow.local {command} --home {prefect_home(c)}{port_option(port)}"
 
 
+COVERAGE_FLOOR = 90
+"""The whole suite fails if it covers less of pyflow/ than this, in percent."""
+
+
 def pytest_options(fast: bool, opts: str) -> str:
-    """Return pytest options: ``--fast`` leaves out tests marked slow; ``opts`` is passed on."""
-    options = []
+    """Return pytest options: coverage of pyflow/ always, its floor on the whole suite only.
+
+    ``--fast`` leaves out tests marked slow; ``opts`` is passed on. Either runs part of the
+    suite, which covers less, so neither is held to the floor.
+    """
+    options = ["--cov=pyflow --cov-report=term"]
+    if not fast and not opts:
+        options.append(f"--cov-fail-under={COVERAGE_FLOOR}")
     if fast:
         options.append('-m "not slow"')
     if opts:

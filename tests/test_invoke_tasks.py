@@ -107,9 +107,13 @@ def test_docs_regenerates_the_configuration_table() -> None:
 @pytest.mark.parametrize(
     ("fast", "opts", "command"),
     [
-        (False, "", "poetry run pytest"),
-        (True, "", 'poetry run pytest -m "not slow"'),
-        (True, "-k flow -x", 'poetry run pytest -m "not slow" -k flow -x'),
+        (False, "", "poetry run pytest --cov=pyflow --cov-report=term --cov-fail-under=90"),
+        (True, "", 'poetry run pytest --cov=pyflow --cov-report=term -m "not slow"'),
+        (
+            True,
+            "-k flow -x",
+            'poetry run pytest --cov=pyflow --cov-report=term -m "not slow" -k flow -x',
+        ),
     ],
 )
 def test_test_passes_fast_and_opts_to_pytest(fast: bool, opts: str, command: str) -> None:

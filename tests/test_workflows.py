@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -173,12 +174,19 @@ def test_workflows_check_out_without_persisting_credentials(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
-def test_workflows_set_up_python_311_with_pip_caching(path: Path) -> None:
-    """Python 3.11 is set up with pip's cache in every job."""
-    for job in load(path)["jobs"].values():
+def test_workflows_set_up_python_with_pip_caching(path: Path) -> None:
+    """Every job sets up Python with pip's cache: CI's tests on every supported version, the rest on 3.11."""
+    supported = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    for name, job in load(path)["jobs"].items():
         python = step_using(job["steps"], "actions/setup-python")
-        assert python["with"]["python-version"] == "3.11"
         assert python["with"]["cache"] == "pip"
+        if path.name == "ci.yml" and name == "test":
+            assert python["with"]["python-version"] == "${{ matrix.python }}"
+            versions = job["strategy"]["matrix"]["python"]
+            assert versions == ["3.11", "3.12", "3.13"]
+            assert supported == ">=3.11,<3.14", "the matrix covers exactly the supported versions"
+        else:
+            assert python["with"]["python-version"] == "3.11"
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
