@@ -171,9 +171,8 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def join_path(base: str, *parts: str) -> str:
-    """Join path parts onto a local path or URL with forward slashes."""
-    return "/".join([base.rstrip("/"), *parts])
+join_path = publish.join
+"""Join path parts onto a local path or URL with forward slashes (one definition, in publish)."""
 
 
 def prepare_output(output: str) -> str:

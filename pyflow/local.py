@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import psutil
@@ -418,9 +418,14 @@ def trigger(api_url: str, deployment: str, pool: str, wait: bool) -> int:
             time.sleep(0.5)
 
 
-def deployment_names(client: SyncPrefectClient) -> list[str]:
+def flow_names(client: SyncPrefectClient) -> dict[Any, str]:
+    """Return every flow's name, by its id."""
+    return {flow.id: flow.name for flow in client.read_flows()}
+
+
+def deployment_names(client: SyncPrefectClient, flows: dict[Any, str] | None = None) -> list[str]:
     """Return every deployment's full name, ``FLOW/DEPLOYMENT``, sorted."""
-    flows = {flow.id: flow.name for flow in client.read_flows()}
+    flows = flow_names(client) if flows is None else flows
     return sorted(f"{flows.get(d.flow_id, '?')}/{d.name}" for d in client.read_deployments())
 
 
@@ -460,10 +465,10 @@ def status_report(home: Path, pool: str) -> str:
             else "no worker online (`invoke dev` starts one)"
         )
         lines.append(f"work pool:   {pool}: {online}")
+        flows = flow_names(client)
         lines.append(
-            f"deployments: {', '.join(deployment_names(client)) or 'none (`invoke dev` registers them)'}"
+            f"deployments: {', '.join(deployment_names(client, flows)) or 'none (`invoke dev` registers them)'}"
         )
-        flows = {flow.id: flow.name for flow in client.read_flows()}
         runs = client.read_flow_runs(sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=LAST_RUNS)
         lines.append(
             "last runs:" + ("" if runs else "   none yet (`invoke run` or `invoke trigger`)")

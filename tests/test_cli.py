@@ -12,6 +12,10 @@ from pathlib import Path
 import pytest
 
 from conftest import PUBLISHED, ROOT
+from pyflow.flow import FLOWS
+
+FLOW_NAMES = ", ".join(flow.name for flow in FLOWS)
+"""Every flow's name, as the CLI lists them (a team's new flows included)."""
 
 
 def run_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -136,7 +140,7 @@ def test_cli_flow_refuses_a_name_not_in_flows(isolated_settings: Path) -> None:
     result = run_cli(isolated_settings, "--flow", "nope")
     assert result.returncode == 2
     assert result.stderr == (
-        "pyflow: there is no flow 'nope' in FLOWS (pyflow/flow.py); there are: warn-notices. "
+        f"pyflow: there is no flow 'nope' in FLOWS (pyflow/flow.py); there are: {FLOW_NAMES}. "
         "Scaffold a new one with `invoke new-flow NAME`\n"
     )
 

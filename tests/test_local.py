@@ -24,6 +24,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from conftest import ROOT, activated_venv_env, require_tools, run_invoke
 from pyflow import local
+from pyflow.flow import FLOWS
 
 READY_TIMEOUT = 180
 RUN_TIMEOUT = 180
@@ -224,7 +225,8 @@ def test_status_shows_server_worker_deployments_and_runs(dev_loop: DevLoop) -> N
     assert lines[1] == (
         f"work pool:   pyflow-local: 1 worker(s) online: pyflow-dev-{socket.gethostname()}"
     )
-    assert lines[2] == "deployments: warn-notices/development"
+    expected = sorted(f"{flow.name}/development" for flow in FLOWS)
+    assert lines[2] == f"deployments: {', '.join(expected)}"
     assert lines[3] == "last runs:"
     runs = lines[4:]
     assert 1 <= len(runs) <= local.LAST_RUNS
