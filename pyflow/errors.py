@@ -47,3 +47,11 @@ class NoCredentialsError(ReleaseError):
 
 class ScaffoldError(PyflowError):
     """A flow cannot be scaffolded under this name."""
+
+
+class ImageError(PyflowError):
+    """The image cannot be named, built or pushed."""
+
+
+class GcpError(PyflowError):
+    """The one-time Google Cloud set-up cannot go on."""
