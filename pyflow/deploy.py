@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+import httpx
 from prefect import Flow
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
 from prefect.client.schemas.schedules import CronSchedule
-from prefect.exceptions import ObjectNotFound
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
 from pyflow.config import Settings, get_settings
 from pyflow.errors import DeployError, PyflowError
@@ -182,13 +183,8 @@ def deploy_production(
     return register(settings, image=image, job_variables=settings.job_variables(), version=version)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Register the deployments (or, with --pool-only, the work pool) with the Prefect API.
-
-    Development registers to this project's process pool, on PREFECT_API_URL or else this
-    project's local server; production registers to the Kubernetes pool, on PREFECT_API_URL,
-    with the image given.
-    """
+def build_parser() -> argparse.ArgumentParser:
+    """Describe the command line of ``python -m pyflow.deploy``."""
     parser = argparse.ArgumentParser(prog="python -m pyflow.deploy", description=main.__doc__)
     parser.add_argument(
         "--home",
@@ -196,14 +192,31 @@ def main(argv: list[str] | None = None) -> int:
         default=Path(".prefect"),
         help="Prefect's state folder (default: .prefect)",
     )
-    parser.add_argument("--image", help="production: the pushed image, REPO:TAG@sha256:DIGEST")
-    parser.add_argument("--version", help="production: the release version to record")
+    parser.add_argument(
+        "--image",
+        help="production: the pushed image, REPO:TAG@sha256:DIGEST (default: the one `invoke "
+        "push` pushed from here for this version and commit)",
+    )
+    parser.add_argument(
+        "--version", help="production: the version to record (default: pyproject.toml's)"
+    )
     parser.add_argument(
         "--pool-only", action="store_true", help="only create or update the work pool"
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Register the deployments (or, with --pool-only, the work pool) with the Prefect API.
+
+    Development registers to this project's process pool, on PREFECT_API_URL or else this
+    project's local server; production registers to the Kubernetes pool, on PREFECT_API_URL,
+    with the image given.
+    """
+    args = build_parser().parse_args(argv)
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    api_url = None
     try:
         settings = get_settings()
         api_url = PREFECT_API_URL.value()
@@ -228,13 +241,27 @@ def main(argv: list[str] | None = None) -> int:
                 settings.require_release()
                 ensure_kubernetes_pool(settings)
                 registered = []
-            elif not args.image:
-                raise DeployError(
-                    "production deployments run a pushed image: pass --image "
-                    "REPO:TAG@sha256:DIGEST (`invoke push` prints it), or run `invoke release`"
-                )
             else:
-                registered = deploy_production(settings, args.image, args.version)
+                from pyflow import image
+
+                pushed = image.image_for(settings)
+                chosen = args.image or image.pushed_image(args.home, pushed)
+                registered = deploy_production(settings, chosen, args.version or pushed.version)
+    except PrefectHTTPStatusError as error:
+        status = error.response.status_code
+        print(
+            f"pyflow deploy: the Prefect API at {api_url} answered HTTP {status}: check "
+            "PREFECT_API_URL, and PREFECT_API_KEY for Prefect Cloud, in .env",
+            file=sys.stderr,
+        )
+        return 1
+    except httpx.HTTPError as error:
+        print(
+            f"pyflow deploy: the Prefect API at {api_url} cannot be reached ({error}): start the "
+            "server (`invoke server`), or fix PREFECT_API_URL in .env",
+            file=sys.stderr,
+        )
+        return 1
     except PyflowError as error:
         print(f"pyflow deploy: {error}", file=sys.stderr)
         return 1

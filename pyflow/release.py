@@ -1,26 +1,33 @@
-"""Release checks that need the project's packages: settings, Artifact Registry and Prefect.
+"""The release: check everything, then build, push and register the production deployments.
 
-``invoke release`` runs these before it builds anything:
+``python -m pyflow.release`` (what `invoke release` runs, in CI on a published GitHub release)
+checks, in order, before it builds anything:
 
-- ``python -m pyflow.release settings``: every production setting is set and real;
-- ``python -m pyflow.release registry --version V --commit C``: the Artifact Registry repository
-  exists and the version's tag is not there yet (or, when a release is re-run after a later step
-  failed, points at the image of this very commit: then the image is not built again);
-- ``python -m pyflow.release prefect``: the Prefect API answers and accepts the API key.
+- every production setting is set and real;
+- the git working tree is clean, untracked files included (they would ship in the image);
+- HEAD is tagged with a semantic version equal to pyproject.toml's;
+- the Artifact Registry repository exists and the version's tag is not there yet (or, when a
+  release is re-run after a later step failed, points at the image of this very commit: then
+  the image is not built again);
+- the Prefect API answers and accepts the API key.
 
-Each prints one line of JSON on success, or one message naming the problem and the fix on
-standard error, with exit status 1.
+Then it builds and pushes the image (`pyflow.image`) and registers every flow's deployment on
+the pushed digest (`pyflow.deploy`). ``--dry-run`` checks and prints the plan, and changes
+nothing. Each problem is one message naming it and the fix, with exit status 1.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
+from packaging.version import InvalidVersion, Version
+
+from pyflow import image
 from pyflow.config import Settings, get_settings
 from pyflow.errors import NoCredentialsError, PyflowError, ReleaseError
 
@@ -213,45 +220,186 @@ def check_prefect() -> dict[str, str]:
     return {"api_url": api_url, "ui_url": PREFECT_UI_URL.value() or api_url.removesuffix("/api")}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run one release check; print its result as JSON, or its problem."""
-    parser = argparse.ArgumentParser(prog="python -m pyflow.release", description=__doc__)
-    parser.add_argument("check", choices=["settings", "registry", "prefect"])
-    parser.add_argument("--version", help="the release version (registry check)")
-    parser.add_argument("--commit", help="the release's short commit (registry check)")
-    parser.add_argument(
-        "--dry-run", action="store_true", help="registry check: without Google credentials, skip it"
-    )
-    args = parser.parse_args(argv)
+def release_version(tag: str) -> Version:
+    """Return the version a release tag names: ``1.2.3``, ``v1.2.3``, ``1.2.3-rc.1``.
+
+    Raises:
+        ReleaseError: If the tag is not MAJOR.MINOR.PATCH, with an optional pre-release.
+    """
     try:
-        settings = get_settings()
-        result: dict[str, Any]
-        if args.check == "settings":
-            settings.require_release()
-            result = {
-                "image": ImageLocation.from_settings(settings).url,
-                "work_pool": settings.work_pool,
-            }
-        elif args.check == "registry":
-            location = ImageLocation.from_settings(settings)
-            try:
-                client = make_client()
-            except NoCredentialsError as error:
-                if not args.dry_run:
-                    raise
-                print(f"pyflow release: dry run, registry check skipped: {error}", file=sys.stderr)
-                client = None
-            result = (
-                asdict(plan_image(client, location, args.version, args.commit))
-                if client
-                else {"action": "build", "digest": None, "skipped": "no Google credentials"}
+        version = Version(tag.removeprefix("v"))
+    except InvalidVersion:
+        version = None
+    if (
+        version is None
+        or len(version.release) != 3
+        or version.epoch
+        or version.local
+        or version.is_postrelease
+        or version.is_devrelease
+    ):
+        raise ReleaseError(
+            f"the tag '{tag}' is not a semantic version: tag the release 1.2.3 or v1.2.3, or "
+            "1.2.3-rc.1 for a pre-release (GitHub: Releases, Draft a new release, Choose a tag)"
+        )
+    return version
+
+
+def check_clean(root: Path) -> None:
+    """Refuse a working tree that differs from HEAD, untracked files included.
+
+    Raises:
+        ReleaseError: Naming the files that differ.
+    """
+    changed = image.changed_files(root)
+    if changed:
+        listed = ", ".join(changed[:5]) + (
+            f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+        )
+        raise ReleaseError(
+            f"the working tree differs from the tagged commit ({listed}): commit, stash or "
+            "remove them (untracked files would ship in the image); a release builds exactly "
+            "what its tag points at"
+        )
+
+
+def head_tag(root: Path) -> str | None:
+    """Return the tag that points at HEAD, if any."""
+    try:
+        return image.git(root, "describe", "--exact-match", "--tags", "HEAD").strip()
+    except PyflowError:
+        return None
+
+
+def plan_version(root: Path, dry_run: bool) -> str:
+    """Return the version to release: HEAD's tag, which must match pyproject.toml's.
+
+    A dry run of an untagged HEAD plans pyproject.toml's version.
+
+    Raises:
+        ReleaseError: If HEAD has no tag (outside a dry run), a malformed one, or another version.
+    """
+    written = image.project_version(root)
+    tag = head_tag(root)
+    if tag is None:
+        if not dry_run:
+            raise ReleaseError(
+                "HEAD has no tag: tag the release (1.2.3 or v1.2.3) and publish it on GitHub"
             )
-        else:
-            result = check_prefect()
+        print(f"dry run: HEAD has no tag, so this plans version {written} from pyproject.toml")
+        return written
+    version = release_version(tag)
+    try:
+        same = Version(written) == version
+    except InvalidVersion:
+        same = False
+    if not same:
+        raise ReleaseError(
+            f"the tag says {version} but pyproject.toml says {written}: set the version with "
+            f"`poetry version {version}`, commit, and tag that commit"
+        )
+    return str(version)
+
+
+def registry_plan(location: ImageLocation, version: str, commit: str, dry_run: bool) -> ImagePlan:
+    """Return what to do with the image; a dry run without Google credentials plans a build."""
+    try:
+        client = make_client()
+    except NoCredentialsError as error:
+        if not dry_run:
+            raise
+        print(f"dry run: registry check skipped: {error}")
+        return ImagePlan("build")
+    return plan_image(client, location, version, commit)
+
+
+@dataclass(frozen=True)
+class Options:
+    """The release's flags."""
+
+    engine: str = ""
+    dry_run: bool = False
+    build: image.BuildOptions = field(default_factory=image.BuildOptions)
+    home: Path = Path(".prefect")
+    root: Path = image.ROOT
+
+
+def release(settings: Settings, options: Options) -> str:
+    """Check everything, then build, push and register; return the deployed image.
+
+    Raises:
+        PyflowError: At the first check or step that fails, naming it and the fix.
+    """
+    from pyflow.deploy import deploy_production
+
+    dry_run = options.dry_run
+    print("check: every production setting is set")
+    settings.require_release()
+    print("check: the git working tree is clean")
+    check_clean(options.root)
+    print("check: HEAD is tagged with the version in pyproject.toml")
+    version = plan_version(options.root, dry_run)
+    engine = image.container_engine(options.engine, settings, required=not dry_run)
+    release_image = image.image_for(settings, version=version, root=options.root)
+    print(f"check: Artifact Registry can take {release_image.tags[0]}")
+    location = ImageLocation.from_settings(settings)
+    plan = registry_plan(location, version, release_image.commit, dry_run)
+    print("check: the Prefect API answers and accepts the key")
+    prefect = check_prefect()
+    if plan.action == "reuse" and plan.digest:
+        digest = plan.digest
+        print(
+            f"{release_image.tags[0]} was pushed by an earlier attempt ({digest}): not building it again"
+        )
+    elif dry_run:
+        digest = "sha256:<pushed digest>"
+        print("dry run: the release would now run")
+        print(image.shown(image.build_command(engine, release_image, options.build, options.root)))
+        for tag in reversed(release_image.tags):
+            print(image.shown(image.push_command(engine, tag)))
+    else:
+        image.build(engine, release_image, options.build, options.root)
+        digest = image.push(engine, release_image, options.home)
+    pinned = release_image.pinned(digest)
+    if dry_run:
+        print(f"dry run: would register every flow on work pool '{settings.pool}' with {pinned}")
+    else:
+        for item in deploy_production(settings, pinned, version):
+            print(f"registered {item.name} on work pool '{item.work_pool}'")
+    print(
+        f"\n{'Planned' if dry_run else 'Released'} {version}:\n"
+        f"  image:       {release_image.repository}:{version} ({digest})\n"
+        f"  deployments: registered on work pool '{settings.pool}'\n"
+        f"  Prefect UI:  {prefect['ui_url']}"
+    )
+    return pinned
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Describe the command line of ``python -m pyflow.release``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pyflow.release",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="run the checks and print the plan; build, push and register nothing",
+    )
+    image.add_build_options(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Release the tagged commit; print one message naming the problem and the fix if it cannot."""
+    args = build_parser().parse_args(argv)
+    options = Options(args.engine, args.dry_run, image.build_options(args), args.home)
+    try:
+        release(get_settings(), options)
     except PyflowError as error:
-        print(f"pyflow release: {error}", file=sys.stderr)
+        print(f"pyflow release: stopped, nothing more was done: {error}", file=sys.stderr)
         return 1
-    print(json.dumps(result))
     return 0
 
 

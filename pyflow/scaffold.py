@@ -198,14 +198,19 @@ def tidy(paths: list[Path]) -> None:
     subprocess.run([*ruff, "format", "--quiet", *files], check=False)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Scaffold the flow named on the command line; print what was written and what to do next."""
+def build_parser() -> argparse.ArgumentParser:
+    """Describe the command line of ``python -m pyflow.scaffold``."""
     parser = argparse.ArgumentParser(prog="python -m pyflow.scaffold", description=__doc__)
     parser.add_argument("name", help="the flow's module and function name, such as daily_report")
     parser.add_argument(
         "--root", type=Path, default=PROJECT_DIR, help="the project folder (default: this one)"
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Scaffold the flow named on the command line; print what was written and what to do next."""
+    args = build_parser().parse_args(argv)
     try:
         scaffold = plan(args.name, args.root.resolve())
         write(scaffold, args.name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -92,7 +93,73 @@ def without_venv(monkeypatch: pytest.MonkeyPatch) -> None:
     """Run invoke's tasks as before `invoke setup` made .venv: through `poetry run`."""
     import tasks
 
-    monkeypatch.setattr(tasks, "activate_venv", lambda venv=tasks.VENV: False)
+    monkeypatch.setattr(tasks, "activate_venv", lambda: False)
+
+
+FAKE_DOCKER = """#!/usr/bin/env python3
+import json, os, sys
+args = sys.argv[1:]
+with open(os.environ["FAKE_DOCKER_LOG"], "a") as log:
+    log.write(json.dumps(args) + "\\n")
+if args[:1] == ["push"]:
+    print(f"{args[1].rpartition(':')[2]}: digest: {os.environ['FAKE_DOCKER_DIGEST']} size: 1573")
+elif args[:2] == ["image", "inspect"]:
+    print(485000000)
+sys.exit(int(os.environ.get("FAKE_DOCKER_EXIT_" + args[0].upper(), "0")))
+"""
+"""A stand-in for the docker CLI, which needs a Docker engine that cannot run here: it logs its
+arguments, prints what `docker push` prints, and fails a command when told to."""
+
+
+@dataclass
+class FakeDocker:
+    """The fake docker CLI on PATH: its log, and the digest its pushes report."""
+
+    log: Path
+    digest: str = "sha256:" + "ab" * 32
+
+    def calls(self) -> list[list[str]]:
+        """Return the arguments of every docker command run so far, in order."""
+        if not self.log.exists():
+            return []
+        return [json.loads(line) for line in self.log.read_text().splitlines()]
+
+
+@pytest.fixture
+def fake_docker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeDocker:
+    """Put a fake docker CLI first on PATH (the client boundary of a Docker engine)."""
+    folder = tmp_path / "fake-bin"
+    folder.mkdir()
+    script = folder / "docker"
+    script.write_text(FAKE_DOCKER)
+    script.chmod(0o755)
+    fake = FakeDocker(tmp_path / "docker-calls.jsonl")
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_DOCKER_LOG", str(fake.log))
+    monkeypatch.setenv("FAKE_DOCKER_DIGEST", fake.digest)
+    return fake
+
+
+def git(root: Path, *args: str) -> str:
+    """Run git in a folder; fail the test if it fails."""
+    result = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True)
+    return result.stdout
+
+
+@pytest.fixture
+def git_project(tmp_path: Path) -> Path:
+    """A git repository with pyproject.toml at version 1.2.3 and code in pyflow/, committed."""
+    root = tmp_path / "project"
+    (root / "pyflow").mkdir(parents=True)
+    (root / "pyproject.toml").write_text('[project]\nname = "demo"\nversion = "1.2.3"\n')
+    (root / "pyflow" / "flow.py").write_text("VALUE = 1\n")
+    (root / ".gitignore").write_text(".prefect/\n")
+    git(root, "init", "-q", "-b", "main")
+    git(root, "config", "user.email", "test@example.org")
+    git(root, "config", "user.name", "Test")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "first")
+    return root
 
 
 @dataclass

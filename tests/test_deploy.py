@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import socket
+from pathlib import Path
+
 import pytest
 from prefect.client.orchestration import get_client
 
-from pyflow import deploy
+from pyflow import deploy, image
 from pyflow.config import Settings, get_settings
 from pyflow.errors import SettingsError
 from pyflow.flow import warn_notices
@@ -142,3 +145,49 @@ def test_deploy_production_refuses_placeholder_settings(monkeypatch: pytest.Monk
         "PYFLOW_GCP_PROJECT is still the placeholder 'your-project-id'; PYFLOW_OUTPUT='data/output' "
         "is a local folder: production pods need a bucket such as gs://BUCKET/warn"
     )
+
+
+def test_deploy_main_in_production_deploys_the_image_pushed_from_here(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --image, `python -m pyflow.deploy` deploys the push recorded for this checkout."""
+    settings = production_settings(monkeypatch)
+    pushed = image.image_for(settings)
+    image.record_push(tmp_path, pushed.tags[0], "sha256:" + "cd" * 32)
+    assert deploy.main(["--home", str(tmp_path)]) == 0
+    with get_client(sync_client=True) as client:
+        found = client.read_deployment_by_name("warn-notices/production")
+    assert found.job_variables["image"] == pushed.pinned("sha256:" + "cd" * 32)
+    assert found.version == pushed.version
+    assert "registered warn-notices/production" in capsys.readouterr().out
+
+
+def test_deploy_main_in_production_refuses_an_image_never_pushed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --image or a recorded push, it says how to push one, and registers nothing."""
+    production_settings(monkeypatch)
+    with get_client(sync_client=True) as client:
+        before = {d.id for d in client.read_deployments()}
+    assert deploy.main(["--home", str(tmp_path)]) == 1
+    assert "has not been pushed from here: run `invoke build` and `invoke push`" in (
+        capsys.readouterr().err
+    )
+    with get_client(sync_client=True) as client:
+        assert {d.id for d in client.read_deployments()} == before
+
+
+def test_deploy_main_explains_an_unreachable_api(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A PREFECT_API_URL nothing answers on gives one message with the fix, not a traceback."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}/api"
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        assert deploy.main([]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"pyflow deploy: the Prefect API at {url} cannot be reached")
+    assert "fix PREFECT_API_URL" in err

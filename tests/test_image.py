@@ -139,9 +139,9 @@ def invoke_build(
 
 def index_url() -> str:
     """Return the index pip uses on this machine, as `invoke setup` points Poetry at it."""
-    import tasks
+    from pyflow.bootstrap import pip_index_url
 
-    return tasks.pip_index_url()
+    return pip_index_url()
 
 
 def free_port() -> int:
@@ -535,7 +535,7 @@ def test_invoke_build_tags_the_version_and_commit_and_reports_the_size(
 ) -> None:
     """`invoke build` echoes its podman command, tags version and commit, and prints size and time."""
     commit = run("git", "rev-parse", "--short=7", "HEAD", cwd=ROOT).stdout.strip()
-    dirty = run("git", "status", "--porcelain", "--untracked-files=no", cwd=ROOT).stdout.strip()
+    dirty = run("git", "status", "--porcelain", cwd=ROOT).stdout.strip()
     commit_tag = f"localhost/pyflow:{commit}-dirty" if dirty else f"localhost/pyflow:{commit}"
     assert "podman build --isolation chroot --build-arg BASE_IMAGE=" in build_log
     assert re.search(

@@ -1,192 +1,106 @@
-"""Tests of the invoke tasks in tasks.py: the exact commands they run, and their helpers."""
+"""The invoke tasks: each runs one package command, which accepts every flag the task passes.
+
+What each command does is tested with its module (test_image, test_release, test_gcp,
+test_deploy, test_local, ...); real `invoke` runs are in test_local, test_scaffold and
+test_image. Here: the three helpers, and the contract between each task and its module.
+"""
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import inspect
 import os
-import subprocess
-import sys
-import time
+import shlex
 from pathlib import Path
-from subprocess import CompletedProcess
 
-import psutil
 import pytest
 from invoke import Config, Exit, MockContext, Result
-from pytest_mock import MockerFixture
 
 import tasks
 
-pytestmark = pytest.mark.usefixtures("without_venv")
-POETRY = "poetry"
-ACTIVATE_VENV = tasks.activate_venv
+HOME = "/tmp/pyflow-home"
 
 
-def mock_context(**results: Result) -> MockContext:
-    """Return a MockContext with the project's configuration and Poetry on PATH."""
-    config = Config(
-        overrides={
-            "pyflow": {"poetry": POETRY, "home": str(tasks.PREFECT_HOME)},
-            "run": {"echo": True},
-        }
+def mock_context(poetry: str = "poetry") -> MockContext:
+    """Return a MockContext with the project's configuration; every command succeeds."""
+    config = Config(overrides={"pyflow": {"poetry": poetry, "home": HOME}, "run": {"echo": True}})
+    return MockContext(config=config, run=Result(), repeat=True)
+
+
+def test_options_turn_flags_into_quoted_options_and_leave_out_empty_ones() -> None:
+    """Values are quoted, lists repeat the flag, True is a bare flag, empty values are left out."""
+    flags = tasks.options(
+        engine="podman",
+        secret=["ca=/a b", "x=/y"],
+        dry_run=True,
+        insecure=False,
+        port=0,
+        base_image="",
     )
-    return MockContext(config=config, run=results or Result(), repeat=True)
+    assert shlex.split(flags) == [
+        "--engine", "podman", "--secret", "ca=/a b", "--secret", "x=/y", "--dry-run",
+    ]  # fmt: skip
 
 
-def commands(c: MockContext) -> list[str]:
-    """Return the commands a MockContext was asked to run, in order."""
-    return [call.args[0] for call in c.run.call_args_list]
-
-
-def test_run_passes_every_option_to_the_cli() -> None:
-    """`invoke run` turns its flags into `python -m pyflow` options, quoted for the shell."""
-    c = mock_context()
-    tasks.run(
-        c,
-        source=["a b.csv#state=CA", "https://x.test/t.csv"],
-        output="out",
-        runner="dask",
-        workers=2,
-    )
-    assert commands(c) == [
-        "poetry run python -m pyflow --keep-server --source 'a b.csv#state=CA' "
-        "--source https://x.test/t.csv --output out --runner dask --workers 2"
-    ]
-
-
-def test_run_without_flags_runs_the_defaults() -> None:
-    """With no flags the example runs on its settings' defaults, on the project's server."""
-    c = mock_context()
-    tasks.run(c)
-    assert commands(c) == ["poetry run python -m pyflow --keep-server"]
-    assert c.run.call_args.kwargs["env"] == {"PREFECT_HOME": str(tasks.PREFECT_HOME)}
-
-
-def test_run_passes_another_flow_and_its_parameters() -> None:
-    """`invoke run --flow NAME --param K=V` runs another flow, on a temporary server if asked."""
-    c = mock_context()
-    tasks.run(c, flow="demo", param=["count=3", "label=a b"], temporary_server=True)
-    assert commands(c) == [
-        "poetry run python -m pyflow --flow demo --param count=3 --param 'label=a b'"
-    ]
-
-
-def test_lint_runs_ruff_and_checks_the_lock() -> None:
-    """`invoke lint` runs ruff's linter and format check, then `poetry check --lock`."""
-    c = mock_context()
-    tasks.lint(c)
-    assert commands(c) == [
-        "poetry run ruff check .",
-        "poetry run ruff format --check .",
-        "poetry run mypy",
-        "poetry check --lock",
-    ]
-
-
-def test_format_formats_then_fixes() -> None:
-    """`invoke format` formats with ruff and applies its safe fixes."""
-    c = mock_context()
-    tasks.format_(c)
-    assert commands(c) == ["poetry run ruff format .", "poetry run ruff check --fix ."]
-
-
-def test_check_validates_the_flows() -> None:
-    """`invoke check` runs the flow checks module."""
+def test_sh_runs_in_the_venv_from_the_project_folder_with_its_prefect_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Started from any folder, a task's command runs in the project folder, on its .venv."""
+    monkeypatch.chdir(tmp_path)
     c = mock_context()
     tasks.check(c)
-    assert commands(c) == ["poetry run python -m pyflow.checks"]
+    assert Path.cwd() == tasks.ROOT
+    [call] = c.run.call_args_list
+    assert call.args[0] == "python -m pyflow.checks"
+    assert call.kwargs["env"] == {"PREFECT_HOME": HOME}
+    assert os.environ["PATH"].split(os.pathsep)[0] == str(tasks.ROOT / ".venv" / "bin")
 
 
-def test_docs_regenerates_the_configuration_table() -> None:
-    """`invoke docs` rewrites the README's table from the settings."""
+@pytest.mark.usefixtures("without_venv")
+def test_sh_without_a_venv_runs_through_poetry() -> None:
+    """Before `invoke setup` made .venv, commands run through `poetry run`."""
+    c = mock_context("/opt/python -m poetry")
+    tasks.check(c)
+    assert c.run.call_args.args[0] == "/opt/python -m poetry run python -m pyflow.checks"
+
+
+def test_sh_in_the_foreground_replaces_invoke_with_the_command(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`invoke dev` and `invoke logs` become the command, so signals reach it directly."""
+    replaced: list[tuple[str, list[str], dict[str, str]]] = []
+    monkeypatch.setattr(tasks.os, "execvpe", lambda *args: replaced.append(args))
     c = mock_context()
-    tasks.docs(c)
-    assert commands(c) == ["poetry run python -m pyflow.config readme"]
+    tasks.dev(c, port=4300)
+    [(program, argv, env)] = replaced
+    assert argv == ["python", "-m", "pyflow.local", "dev", "--home", HOME, "--port", "4300"]
+    assert program == "python"
+    assert env["PREFECT_HOME"] == HOME
+    assert env["PATH"] == os.environ["PATH"]
+    assert c.run.call_args_list == []
 
 
-@pytest.mark.parametrize(
-    ("fast", "opts", "command"),
-    [
-        (False, "", "poetry run pytest --cov=pyflow --cov-report=term --cov-fail-under=90"),
-        (True, "", 'poetry run pytest --cov=pyflow --cov-report=term -m "not slow"'),
-        (
-            True,
-            "-k flow -x",
-            'poetry run pytest --cov=pyflow --cov-report=term -m "not slow" -k flow -x',
-        ),
-    ],
-)
-def test_test_passes_fast_and_opts_to_pytest(fast: bool, opts: str, command: str) -> None:
-    """`invoke test --fast` leaves out slow tests; --opts reaches pytest as given."""
-    c = mock_context()
-    tasks.test(c, fast=fast, opts=opts)
-    assert commands(c) == [command]
-
-
-def test_setup_installs_the_project_through_pips_index(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With Poetry present, `invoke setup` installs through pip's index and compiles bytecode."""
-    monkeypatch.setattr(tasks.shutil, "which", lambda name: f"/usr/bin/{name}")
-    c = mock_context()
-    tasks.setup(c, index_url="https://mirror.test/simple")
-    assert commands(c) == ["poetry install", f"poetry run {tasks.COMPILE_BYTECODE}"]
-    assert c.run.call_args_list[0].kwargs["env"] == {
-        "POETRY_PYPI_MIRROR_URL": "https://mirror.test/simple"
-    }
+@pytest.mark.usefixtures("without_venv")
+def test_poetry_says_how_to_install_it_when_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task that needs Poetry where there is none stops with one message and the fix."""
+    monkeypatch.setattr(tasks, "find_poetry", lambda: "")
+    with pytest.raises(Exit, match=r"Poetry is not installed: run `invoke setup`"):
+        tasks.lint(mock_context(""))
 
 
 def test_setup_installs_poetry_when_it_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without Poetry, `invoke setup` installs it (with the mirror plugin) into this Python first."""
-    monkeypatch.setattr(tasks.shutil, "which", lambda name: None)
+    """Without Poetry, `invoke setup` installs it into this Python, then the project with it."""
     monkeypatch.setattr(tasks, "find_poetry", lambda: "")
-    python = sys.executable
-    config = Config(overrides={"pyflow": {"poetry": ""}})
-    c = MockContext(
-        config=config,
-        run={
-            f"{python} -m pip install --quiet {tasks.POETRY_PACKAGES}": Result(),
-            f"{python} -m poetry install": Result(),
-            f"{python} -m poetry run {tasks.COMPILE_BYTECODE}": Result(),
-        },
-    )
+    monkeypatch.setattr(tasks.shutil, "which", lambda name: None)
+    c = mock_context("")
     tasks.setup(c, index_url="https://mirror.test/simple")
-    assert commands(c) == [
-        f"{python} -m pip install --quiet {tasks.POETRY_PACKAGES}",
-        f"{python} -m poetry install",
-        f"{python} -m poetry run {tasks.COMPILE_BYTECODE}",
-    ]
-
-
-def test_pip_index_url_prefers_pip_index_url(monkeypatch: pytest.MonkeyPatch) -> None:
-    """PIP_INDEX_URL, when set, is the index."""
-    monkeypatch.setenv("PIP_INDEX_URL", "https://proxy.test/simple")
-    assert tasks.pip_index_url() == "https://proxy.test/simple"
-
-
-@pytest.mark.parametrize(
-    ("returncode", "stdout", "expected"),
-    [(0, "https://corp.test/simple\n", "https://corp.test/simple"), (1, "", None)],
-)
-def test_pip_index_url_reads_pip_config_then_falls_back_to_the_default(
-    monkeypatch: pytest.MonkeyPatch,
-    mocker: MockerFixture,
-    returncode: int,
-    stdout: str,
-    expected: str | None,
-) -> None:
-    """Without PIP_INDEX_URL, pip's configured index is used, else pip's own default."""
-    from pip._internal.models.index import PyPI
-
-    monkeypatch.delenv("PIP_INDEX_URL", raising=False)
-    run = mocker.patch.object(
-        tasks.subprocess, "run", return_value=CompletedProcess([], returncode, stdout, "")
-    )
-    assert tasks.pip_index_url() == (expected or PyPI.simple_url)
-    run.assert_called_once_with(
-        [sys.executable, "-m", "pip", "config", "get", "global.index-url"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    run = [call.args[0] for call in c.run.call_args_list]
+    assert run[0] == tasks.install_poetry_command()
+    assert run[1] == f"{shlex.quote(tasks.sys.executable)} -m poetry install"
+    assert c.run.call_args_list[1].kwargs["env"] == {
+        "POETRY_PYPI_MIRROR_URL": "https://mirror.test/simple"
+    }
 
 
 def test_ci_runs_lint_check_and_test_in_order() -> None:
@@ -199,133 +113,58 @@ def test_every_task_and_flag_is_documented() -> None:
     """Every task has a docstring and every flag a help entry."""
     for name in tasks.ns.task_names:
         task = tasks.ns[name]
-        assert task.__doc__ and task.__doc__.strip(), name
+        assert task.__doc__, f"invoke {name} has no docstring"
         flags = [p for p in inspect.signature(task.body).parameters if p != "c"]
-        assert {flag.replace("-", "_") for flag in task.help} == set(flags), name
+        for flag in flags:
+            assert flag.replace("_", "-") in task.help, f"invoke {name} --{flag} has no help"
 
 
-HOME = tasks.shlex.quote(str(tasks.PREFECT_HOME))
+EVERY_FLAG = {
+    "run": {"source": ["a.csv#state=CA"], "output": "out", "runner": "dask", "workers": 2,
+            "strict": True, "flow": "demo", "param": ["n=1"], "temporary_server": True},
+    "trigger": {"flow": "warn-notices", "wait": True},
+    "status": {},
+    "logs": {"follow": True, "lines": 5},
+    "new_flow": {"name": "daily_report"},
+    "server": {"port": 4300},
+    "dev": {"port": 4300},
+    "reset": {},
+    "deploy": {"env": "production", "image": "r/i:1@sha256:0"},
+    "pool": {},
+    "build": {"engine": "podman", "base_image": "b", "secret": ["ca=/c"], "index_url": "u",
+              "isolation": "chroot", "registry": "r", "version": "1.0.0", "cache_from": "f",
+              "cache_to": "t"},
+    "push": {"engine": "podman", "registry": "r", "version": "1.0.0", "insecure": True},
+    "release": {"engine": "podman", "dry_run": True, "base_image": "b", "secret": ["ca=/c"],
+                "isolation": "chroot"},
+    "gcp_setup": {"dry_run": True},
+    "check": {},
+}  # fmt: skip
+"""Every package-running task, with every flag set."""
 
 
-@pytest.mark.parametrize(
-    ("port", "stop", "command"),
-    [
-        (0, False, f"poetry run python -m pyflow.local server --home {HOME}"),
-        (4300, False, f"poetry run python -m pyflow.local server --home {HOME} --port 4300"),
-        (4300, True, f"poetry run python -m pyflow.local stop --home {HOME}"),
-    ],
-)
-def test_server_starts_or_stops_the_projects_server(port: int, stop: bool, command: str) -> None:
-    """`invoke server` starts (or with --stop, stops) the server with the project's Prefect home."""
+def parser_of(module: str) -> argparse.ArgumentParser:
+    """Return the command-line parser of a package module."""
+    imported = importlib.import_module("pyflow.__main__" if module == "pyflow" else module)
+    build_parser = getattr(imported, "build_parser", None)
+    if build_parser is None:  # modules whose command line takes no options
+        return argparse.ArgumentParser(prog=module)
+    parser: argparse.ArgumentParser = build_parser()
+    parser.exit_on_error = False
+    return parser
+
+
+@pytest.mark.parametrize("name", sorted(EVERY_FLAG))
+def test_task_command_is_accepted_by_its_module(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each flag a task passes on is one its module's command line accepts, with that value."""
+    replaced: list[list[str]] = []
+    monkeypatch.setattr(tasks.os, "execvpe", lambda program, argv, env: replaced.append(argv))
     c = mock_context()
-    tasks.server(c, port=port, stop=stop)
-    assert commands(c) == [command]
-
-
-def test_dev_runs_the_local_loop_in_the_foreground() -> None:
-    """`invoke dev` runs the whole loop with the project's home and the chosen port."""
-    c = mock_context()
-    tasks.dev(c, port=4321)
-    assert commands(c) == [f"poetry run python -m pyflow.local dev --home {HOME} --port 4321"]
-
-
-def test_deploy_registers_the_development_deployments() -> None:
-    """`invoke deploy` in development registers the process-pool deployments, no image needed."""
-    settings = "poetry run python -m pyflow.config json"
-    c = MockContext(
-        config=Config(overrides={"pyflow": {"poetry": POETRY, "home": str(tasks.PREFECT_HOME)}}),
-        run={settings: Result(stdout='{"env": "development"}'), tasks_deploy_command(): Result()},
-    )
-    tasks.deploy(c, env="development")
-    assert commands(c) == [settings, tasks_deploy_command()]
-    assert c.run.call_args.kwargs["env"] == {"PREFECT_FLOW_ENV": "development"}
-
-
-def tasks_deploy_command() -> str:
-    """Return the development registration command."""
-    return f"poetry run python -m pyflow.deploy --home {HOME}"
-
-
-def test_reset_deletes_local_state() -> None:
-    """`invoke reset` stops the server and removes the project's Prefect state and outputs."""
-    c = mock_context()
-    tasks.reset(c)
-    assert commands(c) == [f"poetry run python -m pyflow.local reset --home {HOME}"]
-
-
-def test_bench_passes_its_sizes_to_the_benchmark() -> None:
-    """`invoke bench` runs the benchmark module with the rows, files, workers and variants given."""
-    c = mock_context()
-    tasks.bench(c, rows=1000, files=2, workers=3, variants="a,d")
-    assert commands(c) == [
-        "poetry run python -m pyflow.bench --rows 1000 --files 2 --workers 3 --variants a,d"
-    ]
-
-
-def test_foreground_processes_leaves_out_other_sessions() -> None:
-    """Ctrl-C goes to the command and what it runs in its session, not to what it started apart."""
-    parent = subprocess.Popen(
-        ["sh", "-c", "sleep 30 & setsid sleep 31 & wait"], start_new_session=False
-    )
-    try:
-        deadline = time.monotonic() + 5
-        while len(tasks.foreground_processes(os.getpid())) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.2)
-        found = tasks.foreground_processes(os.getpid())
-        commands_found = {" ".join(psutil.Process(pid).cmdline()) for pid in found}
-        assert parent.pid in found
-        assert "sleep 30" in commands_found
-        assert "sleep 31" not in commands_found
-    finally:
-        for child in psutil.Process(parent.pid).children(recursive=True):
-            child.kill()
-        parent.kill()
-        parent.wait()
-
-
-def test_activate_venv_puts_the_venv_first_on_path(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """With a .venv, commands find its tools first, as under `poetry run`; without one, nothing changes."""
-    monkeypatch.setenv("PATH", "/usr/bin")
-    monkeypatch.delenv("VIRTUAL_ENV", raising=False)
-    venv = tmp_path / ".venv"
-    assert activate(venv) is False
-    assert os.environ["PATH"] == "/usr/bin"
-    (venv / "bin").mkdir(parents=True)
-    (venv / "bin" / "python").touch()
-    assert activate(venv) is True
-    assert activate(venv) is True
-    assert os.environ["PATH"] == f"{venv / 'bin'}{os.pathsep}/usr/bin"
-    assert os.environ["VIRTUAL_ENV"] == str(venv)
-
-
-def activate(venv: Path) -> bool:
-    """Call the real `activate_venv` (this module's autouse fixture replaces it on `tasks`)."""
-    return ACTIVATE_VENV(venv)
-
-
-def test_find_poetry_finds_it_through_the_base_python(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With no `poetry` on PATH, Poetry is run through the Python that can import it."""
-    monkeypatch.setattr(tasks.shutil, "which", lambda name: None)
-    monkeypatch.setattr(tasks.sys, "_base_executable", "/opt/base/python3", raising=False)
-    tried = []
-
-    def probe(command: list[str], **kwargs: object) -> CompletedProcess[str]:
-        tried.append(command[0])
-        return CompletedProcess(command, 0 if command[0] == "/opt/base/python3" else 1)
-
-    monkeypatch.setattr(tasks.subprocess, "run", probe)
-    assert tasks.find_poetry() == "/opt/base/python3 -m poetry"
-    assert tried == [sys.executable, "/opt/base/python3"]
-    monkeypatch.setattr(tasks.subprocess, "run", lambda command, **kw: CompletedProcess(command, 1))
-    assert tasks.find_poetry() == ""
-
-
-def test_poetry_says_how_to_install_it_when_missing(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A task that needs Poetry where there is none stops with one message and the fix."""
-    monkeypatch.setattr(tasks, "find_poetry", lambda: "")
-    c = MockContext(config=Config(overrides={"pyflow": {"poetry": ""}}))
-    with pytest.raises(Exit, match=r"Poetry is not installed: run `invoke setup`"):
-        tasks.lint(c)
+    getattr(tasks, name)(c, **EVERY_FLAG[name])
+    argv = replaced[0] if replaced else shlex.split(c.run.call_args.args[0])
+    assert argv[:2] == ["python", "-m"]
+    parsed = vars(parser_of(argv[2]).parse_args(argv[3:]))
+    given = {flag: value for flag, value in EVERY_FLAG[name].items() if flag not in {"c"}}
+    for flag, value in given.items():
+        if flag in parsed and not isinstance(value, bool):
+            assert parsed[flag] == value or parsed[flag] == str(value), (flag, parsed)

@@ -1,8 +1,12 @@
-"""Release checks, with Google's client and the Prefect API mocked at their boundaries."""
+"""The release: its checks and steps on a real git repository and a real Prefect server.
+
+Google's Artifact Registry client and the docker CLI (no Docker engine runs here) are replaced
+at their boundaries; the release's own git, version, settings and deploy steps run for real.
+"""
 
 from __future__ import annotations
 
-import json
+from pathlib import Path
 from unittest.mock import MagicMock
 
 import httpx
@@ -11,10 +15,13 @@ from google.api_core.exceptions import NotFound, PermissionDenied
 from google.auth.exceptions import DefaultCredentialsError
 from google.cloud import artifactregistry_v1
 from google.cloud.artifactregistry_v1 import ArtifactRegistryClient, Repository, Tag
+from packaging.version import Version
 from prefect.exceptions import PrefectHTTPStatusError
 from pytest_mock import MockerFixture
 
+from conftest import FakeDocker, git
 from pyflow import release
+from pyflow.config import Settings, get_settings
 from pyflow.release import ImageLocation, ReleaseError
 
 LOCATION = ImageLocation(project="acme", region="us-central1", repository="pyflow", image="pyflow")
@@ -131,34 +138,6 @@ def test_make_client_explains_missing_credentials(mocker: MockerFixture) -> None
         release.make_client()
 
 
-def test_main_registry_prints_the_plan(
-    mocker: MockerFixture,
-    client: MagicMock,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    """`python -m pyflow.release registry` asks about the configured image and prints JSON."""
-    monkeypatch.setenv("PYFLOW_GCP_PROJECT", "acme")
-    mocker.patch.object(release, "make_client", return_value=client)
-    assert release.main(["registry", "--version", "1.2.3", "--commit", "abc1234"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"action": "build", "digest": None}
-    client.get_repository.assert_called_once_with(name=REPOSITORY, timeout=30.0)
-
-
-def test_main_settings_lists_every_problem(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """`python -m pyflow.release settings` exits 1 listing every missing or placeholder setting."""
-    monkeypatch.setenv("PREFECT_FLOW_ENV", "production")
-    monkeypatch.setenv("PYFLOW_OUTPUT", "gs://acme-warn/out")
-    monkeypatch.setenv("PYFLOW_GCP_PROJECT", "your-project-id")
-    monkeypatch.setenv("PYFLOW_IMAGE_NAME", "")
-    assert release.main(["settings"]) == 1
-    assert capsys.readouterr().err.startswith(
-        "pyflow release: PYFLOW_GCP_PROJECT is still the placeholder 'your-project-id'"
-    )
-
-
 def http_error(status: int) -> PrefectHTTPStatusError:
     """Return the error Prefect's client raises for an HTTP status."""
     request = httpx.Request("POST", "https://api.prefect.test/api/work_pools/filter")
@@ -211,17 +190,186 @@ def test_check_prefect_passes_on_a_real_server() -> None:
     assert urls["api_url"] == PREFECT_API_URL.value()
 
 
-def test_main_registry_dry_run_skips_without_credentials(
-    mocker: MockerFixture, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+# --- the release itself -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tag", "version"),
+    [("1.2.3", "1.2.3"), ("v1.2.3", "1.2.3"), ("v1.2.3-rc.1", "1.2.3rc1"), ("1.2.3b2", "1.2.3b2")],
+)
+def test_release_version_reads_semantic_version_tags(tag: str, version: str) -> None:
+    """Release tags, with or without a v, and pre-releases, read as versions."""
+    assert str(release.release_version(tag)) == version
+
+
+@pytest.mark.parametrize(
+    "tag", ["1.2", "version-1.2.3", "v1.2.3.4", "latest", "1.2.3+local", "1.2.3.post1", "1!1.2.3"]
+)
+def test_release_version_refuses_other_tags(tag: str) -> None:
+    """Anything but MAJOR.MINOR.PATCH with an optional pre-release is refused, with the fix."""
+    with pytest.raises(ReleaseError, match=r"tag the release 1\.2\.3 or v1\.2\.3"):
+        release.release_version(tag)
+
+
+@pytest.mark.parametrize(
+    ("written", "tag", "same"),
+    [
+        ("1.3.0rc1", "v1.3.0-rc.1", True),
+        ("1.3.0", "v1.3.0-rc.1", False),
+        ("1.10.0", "1.9.0", False),
+    ],
+)
+def test_plan_version_compares_versions_not_text(
+    git_project: Path, written: str, tag: str, same: bool
 ) -> None:
-    """A dry run without Google credentials notes the skipped check; a real release stops."""
+    """A pre-release tag matches pyproject's version however each spells it, and only then."""
+    (git_project / "pyproject.toml").write_text(f'[project]\nversion = "{written}"\n')
+    git(git_project, "commit", "-qam", "version")
+    git(git_project, "tag", tag)
+    if same:
+        assert release.plan_version(git_project, dry_run=False) == str(Version(written))
+    else:
+        with pytest.raises(ReleaseError, match=f"pyproject.toml says {written}: set the version"):
+            release.plan_version(git_project, dry_run=False)
+
+
+@pytest.fixture
+def production(monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Production settings that pass the release's settings check."""
+    monkeypatch.setenv("PREFECT_FLOW_ENV", "production")
+    monkeypatch.setenv("PYFLOW_OUTPUT", "gs://acme-warn/out")
     monkeypatch.setenv("PYFLOW_GCP_PROJECT", "acme")
+    monkeypatch.setenv("PYFLOW_WORK_POOL", "test-release-pool")
+    return get_settings()
+
+
+def options(root: Path, tmp_path: Path, dry_run: bool = False) -> release.Options:
+    """Return the release's options for a project, pushing with docker."""
+    return release.Options("docker", dry_run, home=tmp_path / "home", root=root)
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [("untracked", "pyflow/new.py"), ("tracked", "pyflow/flow.py"), ("staged", "pyflow/staged.py")],
+)
+def test_release_refuses_a_tree_that_differs_from_the_tag(
+    git_project: Path,
+    production: Settings,
+    fake_docker: FakeDocker,
+    tmp_path: Path,
+    change: str,
+    named: str,
+) -> None:
+    """Changed, staged and untracked files (they would ship in the image) stop the release."""
+    git(git_project, "tag", "1.2.3")
+    (git_project / named).write_text("CHANGED = True\n")
+    if change == "staged":
+        git(git_project, "add", named)
+    with pytest.raises(ReleaseError, match=f"differs from the tagged commit \\({named}\\)"):
+        release.release(production, options(git_project, tmp_path))
+    assert fake_docker.calls() == []
+
+
+def test_release_refuses_an_untagged_head(
+    git_project: Path, production: Settings, fake_docker: FakeDocker, tmp_path: Path
+) -> None:
+    """A release builds a tag; without one it stops and says how to tag."""
+    with pytest.raises(ReleaseError, match="HEAD has no tag"):
+        release.release(production, options(git_project, tmp_path))
+    assert fake_docker.calls() == []
+
+
+def test_release_main_stops_with_one_message_on_placeholder_settings(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`python -m pyflow.release` with the template's placeholders lists them and exits 1."""
+    monkeypatch.setenv("PREFECT_FLOW_ENV", "production")
+    monkeypatch.setenv("PYFLOW_OUTPUT", "gs://acme-warn/out")
+    assert release.main(["--engine", "docker"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("pyflow release: stopped, nothing more was done: PYFLOW_GCP_PROJECT")
+    assert "Traceback" not in err
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_server")
+def test_release_builds_pushes_and_registers_on_the_pushed_digest(
+    git_project: Path,
+    production: Settings,
+    fake_docker: FakeDocker,
+    client: MagicMock,
+    mocker: MockerFixture,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A tagged, clean release builds, pushes the commit then the version, and registers."""
+    from prefect.client.orchestration import get_client
+
+    git(git_project, "tag", "v1.2.3")
+    mocker.patch.object(release, "make_client", return_value=client)
+    pinned = release.release(production, options(git_project, tmp_path))
+    repository = "us-central1-docker.pkg.dev/acme/pyflow/pyflow"
+    commit = git(git_project, "rev-parse", "--short=7", "HEAD").strip()
+    assert pinned == f"{repository}:1.2.3@{fake_docker.digest}"
+    assert [call[0] for call in fake_docker.calls()] == ["build", "image", "push", "push"]
+    assert fake_docker.calls()[2:] == [
+        ["push", f"{repository}:{commit}"],
+        ["push", f"{repository}:1.2.3"],
+    ]
+    client.get_tag.assert_any_call(name=f"{REPOSITORY}/packages/pyflow/tags/1.2.3", timeout=30.0)
+    with get_client(sync_client=True) as prefect:
+        deployment = prefect.read_deployment_by_name("warn-notices/production")
+    assert deployment.job_variables["image"] == pinned
+    assert deployment.version == "1.2.3"
+    assert deployment.work_pool_name == "test-release-pool"
+    assert "Released 1.2.3:" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_server")
+def test_release_run_again_reuses_the_image_an_earlier_attempt_pushed(
+    git_project: Path,
+    production: Settings,
+    fake_docker: FakeDocker,
+    client: MagicMock,
+    mocker: MockerFixture,
+    tmp_path: Path,
+) -> None:
+    """When the version's tag already holds this commit's image, nothing is built or pushed."""
+    git(git_project, "tag", "1.2.3")
+    commit = git(git_project, "rev-parse", "--short=7", "HEAD").strip()
+    client.get_tag.side_effect = lambda name, timeout: tag(name.rpartition("/")[2], DIGEST)
+    mocker.patch.object(release, "make_client", return_value=client)
+    pinned = release.release(production, options(git_project, tmp_path))
+    assert pinned.endswith(f":1.2.3@{DIGEST}")
+    assert fake_docker.calls() == []
+    client.get_tag.assert_any_call(name=f"{REPOSITORY}/packages/pyflow/tags/{commit}", timeout=30.0)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_server")
+def test_release_dry_run_checks_and_prints_the_plan_without_acting(
+    git_project: Path,
+    production: Settings,
+    fake_docker: FakeDocker,
+    mocker: MockerFixture,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A dry run of an untagged HEAD without Google credentials plans pyproject's version."""
+    from prefect.client.orchestration import get_client
+
     mocker.patch.object(
         artifactregistry_v1, "ArtifactRegistryClient", side_effect=DefaultCredentialsError("none")
     )
-    assert release.main(["registry", "--version", "1.2.3", "--commit", "abc1234", "--dry-run"]) == 0
-    captured = capsys.readouterr()
-    assert json.loads(captured.out)["skipped"] == "no Google credentials"
-    assert "dry run, registry check skipped" in captured.err
-    assert release.main(["registry", "--version", "1.2.3", "--commit", "abc1234"]) == 1
-    assert "gcloud auth application-default login" in capsys.readouterr().err
+    with get_client(sync_client=True) as prefect:
+        before = {d.name for d in prefect.read_deployments()}
+    release.release(production, options(git_project, tmp_path, dry_run=True))
+    out = capsys.readouterr().out
+    assert "plans version 1.2.3 from pyproject.toml" in out
+    assert "registry check skipped" in out
+    assert "docker build " in out and "docker push " in out
+    assert "Planned 1.2.3:" in out
+    assert fake_docker.calls() == []
+    with get_client(sync_client=True) as prefect:
+        assert {d.name for d in prefect.read_deployments()} == before
