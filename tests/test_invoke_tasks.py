@@ -168,3 +168,22 @@ def test_task_command_is_accepted_by_its_module(name: str, monkeypatch: pytest.M
     for flag, value in given.items():
         if flag in parsed and not isinstance(value, bool):
             assert parsed[flag] == value or parsed[flag] == str(value), (flag, parsed)
+
+
+def test_tasks_file_stays_thin() -> None:
+    """tasks.py orchestrates: at most 350 lines, and no function but the tasks and 3 helpers."""
+    import ast
+
+    source = Path(tasks.__file__).read_text(encoding="utf-8")
+    functions = [node for node in ast.parse(source).body if isinstance(node, ast.FunctionDef)]
+    helpers = [f.name for f in functions if not any(_is_task(d) for d in f.decorator_list)]
+    assert len(source.splitlines()) <= 350
+    assert helpers == ["poetry", "options", "sh"]
+
+
+def _is_task(decorator: object) -> bool:
+    """Return whether a decorator is invoke's @task (bare or called)."""
+    import ast
+
+    target = decorator.func if isinstance(decorator, ast.Call) else decorator
+    return isinstance(target, ast.Name) and target.id == "task"
