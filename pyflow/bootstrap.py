@@ -71,10 +71,12 @@ def activate_venv(venv: Path = VENV) -> bool:
 
 
 def pip_index_url() -> str:
-    """Return the package index pip is configured with, or nothing if it uses its default.
+    """Return the package index pip uses: PIP_INDEX_URL, else its configuration, else its default.
 
-    Poetry and the image build are pointed at the same index, so they work wherever pip does:
-    behind a proxy or with a private mirror. Without one, both use their own default.
+    Poetry and the image build are pointed at the same index (Poetry through its mirror
+    plugin, which reads the index's simple API), so they work wherever pip does: behind a proxy,
+    with a private mirror, or where a proxy serves the default index without Poetry's JSON API.
+    pip's default is read from pip itself, the one place that states it (`default_pip_index`).
     """
     configured = os.environ.get("PIP_INDEX_URL")
     if configured:
@@ -85,7 +87,24 @@ def pip_index_url() -> str:
         text=True,
         check=False,
     )
-    return found.stdout.strip() if found.returncode == 0 else ""
+    if found.returncode == 0 and found.stdout.strip():
+        return found.stdout.strip()
+    return default_pip_index()
+
+
+def default_pip_index() -> str:
+    """Return pip's built-in default index, or nothing if this pip does not say.
+
+    pip has no public API for it: its value lives in ``pip._internal``, which may move in a
+    later pip. This is its only use, and it fails safe: without it, Poetry and the build use
+    their own defaults, which are the same index. (The project keeps the index's address out of
+    its files, so it is read, not written here.)
+    """
+    try:
+        from pip._internal.models.index import PyPI
+    except ImportError:
+        return ""
+    return str(PyPI.simple_url)
 
 
 def poetry_env(index_url: str) -> dict[str, str]:

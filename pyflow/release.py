@@ -11,8 +11,9 @@ checks, in order, before it builds anything:
   the image is not built again);
 - the Prefect API answers and accepts the API key.
 
-Then it builds and pushes the image (`pyflow.image`) and registers every flow's deployment on
-the pushed digest (`pyflow.deploy`). ``--dry-run`` checks and prints the plan, and changes
+Then it builds the image (`pyflow.image`), runs the first flow in it as the Kubernetes worker
+would, against a throwaway Prefect server (`pyflow.smoke`), and only if that run completes
+pushes it and registers every flow's deployment on the pushed digest (`pyflow.deploy`). ``--dry-run`` checks and prints the plan, and changes
 nothing. Each problem is one message naming it and the fix, with exit status 1.
 """
 
@@ -27,7 +28,7 @@ from urllib.parse import quote
 
 from packaging.version import InvalidVersion, Version
 
-from pyflow import image
+from pyflow import history, image, smoke
 from pyflow.config import Settings, get_settings
 from pyflow.errors import NoCredentialsError, PyflowError, ReleaseError
 
@@ -322,6 +323,8 @@ class Options:
     build: image.BuildOptions = field(default_factory=image.BuildOptions)
     home: Path = Path(".prefect")
     root: Path = image.ROOT
+    registry: str = ""
+    insecure: bool = False
 
 
 def release(settings: Settings, options: Options) -> str:
@@ -340,32 +343,41 @@ def release(settings: Settings, options: Options) -> str:
     print("check: HEAD is tagged with the version in pyproject.toml")
     version = plan_version(options.root, dry_run)
     engine = image.container_engine(options.engine, settings, required=not dry_run)
-    release_image = image.image_for(settings, version=version, root=options.root)
-    print(f"check: Artifact Registry can take {release_image.tags[0]}")
-    location = ImageLocation.from_settings(settings)
-    plan = registry_plan(location, version, release_image.commit, dry_run)
+    release_image = image.image_for(settings, options.registry, version, options.root)
+    if options.registry:
+        print(f"check: skipped, the image goes to {options.registry}, not Artifact Registry")
+        plan = ImagePlan("build")
+    else:
+        print(f"check: Artifact Registry can take {release_image.tags[0]}")
+        location = ImageLocation.from_settings(settings)
+        plan = registry_plan(location, version, release_image.commit, dry_run)
     print("check: the Prefect API answers and accepts the key")
     prefect = check_prefect()
     if plan.action == "reuse" and plan.digest:
         digest = plan.digest
         print(
-            f"{release_image.tags[0]} was pushed by an earlier attempt ({digest}): not building it again"
+            f"{release_image.tags[0]} was pushed by an earlier attempt ({digest}): not built again"
         )
     elif dry_run:
         digest = "sha256:<pushed digest>"
-        print("dry run: the release would now run")
+        print("dry run: the release would now build, smoke-run and push the image:")
         print(image.shown(image.build_command(engine, release_image, options.build, options.root)))
+        print(f"python -m pyflow.smoke {release_image.tags[0]} --engine {engine}")
         for tag in reversed(release_image.tags):
-            print(image.shown(image.push_command(engine, tag)))
+            print(image.shown(image.push_command(engine, tag, insecure=options.insecure)))
     else:
         image.build(engine, release_image, options.build, options.root)
-        digest = image.push(engine, release_image, options.home)
+        smoke.smoke_run(engine, release_image.tags[0], settings, options.build.isolation)
+        digest = image.push(engine, release_image, options.home, options.insecure)
     pinned = release_image.pinned(digest)
     if dry_run:
         print(f"dry run: would register every flow on work pool '{settings.pool}' with {pinned}")
     else:
-        for item in deploy_production(settings, pinned, version):
+        registered = deploy_production(settings, pinned, version)
+        for item in registered:
             print(f"registered {item.name} on work pool '{item.work_pool}'")
+        names = [item.name for item in registered]
+        history.record(history.Release(version, release_image.commit, pinned, names))
     print(
         f"\n{'Planned' if dry_run else 'Released'} {version}:\n"
         f"  image:       {release_image.repository}:{version} ({digest})\n"
@@ -388,13 +400,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the checks and print the plan; build, push and register nothing",
     )
     image.add_build_options(parser)
+    parser.add_argument(
+        "--registry",
+        default="",
+        help="release to REGISTRY/IMAGE instead of Artifact Registry, whose checks are skipped",
+    )
+    parser.add_argument(
+        "--insecure", action="store_true", help="podman: push over plain HTTP (loopback registry)"
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Release the tagged commit; print one message naming the problem and the fix if it cannot."""
     args = build_parser().parse_args(argv)
-    options = Options(args.engine, args.dry_run, image.build_options(args), args.home)
+    options = Options(
+        args.engine,
+        args.dry_run,
+        image.build_options(args),
+        args.home,
+        registry=args.registry,
+        insecure=args.insecure,
+    )
     try:
         release(get_settings(), options)
     except PyflowError as error:

@@ -105,10 +105,20 @@ if args[:1] == ["push"]:
     print(f"{args[1].rpartition(':')[2]}: digest: {os.environ['FAKE_DOCKER_DIGEST']} size: 1573")
 elif args[:2] == ["image", "inspect"]:
     print(485000000)
+elif args[:1] == ["run"]:
+    options = [a for a in args[1:] if a.startswith("-")]
+    image_and_command = [a for a in args[1:] if not a.startswith("-")]
+    env = dict(os.environ)
+    env.update(a.removeprefix("--env=").split("=", 1) for a in options if a.startswith("--env="))
+    env["PYFLOW_OUTPUT"] = os.environ["FAKE_DOCKER_OUTPUT"]
+    env["PATH"] = os.environ["FAKE_DOCKER_BIN"] + os.pathsep + env["PATH"]
+    import subprocess
+    sys.exit(subprocess.run(image_and_command[1:], env=env, cwd=os.environ["FAKE_DOCKER_WORKDIR"]).returncode)
 sys.exit(int(os.environ.get("FAKE_DOCKER_EXIT_" + args[0].upper(), "0")))
 """
 """A stand-in for the docker CLI, which needs a Docker engine that cannot run here: it logs its
-arguments, prints what `docker push` prints, and fails a command when told to."""
+arguments, prints what `docker push` prints, fails a command when told to, and runs `docker run`'s
+command on this machine, in a copy of the code with the project's tools, as the image would."""
 
 
 @dataclass
@@ -137,6 +147,14 @@ def fake_docker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeDocker:
     monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_DOCKER_LOG", str(fake.log))
     monkeypatch.setenv("FAKE_DOCKER_DIGEST", fake.digest)
+    monkeypatch.setenv("FAKE_DOCKER_OUTPUT", str(tmp_path / "container-output"))
+    monkeypatch.setenv("FAKE_DOCKER_BIN", str(VENV_BIN))
+    workdir = tmp_path / "image-workdir"  # what the image's WORKDIR holds: the code
+    shutil.copytree(
+        ROOT / "pyflow", workdir / "pyflow", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    shutil.copy(ROOT / "prefect.toml", workdir)
+    monkeypatch.setenv("FAKE_DOCKER_WORKDIR", str(workdir))
     return fake
 
 

@@ -57,14 +57,16 @@ def test_pip_index_url_prefers_pip_index_url(monkeypatch: pytest.MonkeyPatch) ->
 def test_pip_index_url_reads_pips_own_configuration(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Without PIP_INDEX_URL, the index in pip's configuration file; without one, nothing."""
+    """Without PIP_INDEX_URL, the index in pip's configuration file; without one, pip's default."""
     monkeypatch.delenv("PIP_INDEX_URL", raising=False)
     config = tmp_path / "pip.conf"
     monkeypatch.setenv("PIP_CONFIG_FILE", str(config))
     config.write_text("[global]\nindex-url = https://corp.test/simple\n")
     assert bootstrap.pip_index_url() == "https://corp.test/simple"
     config.write_text("[global]\n")
-    assert bootstrap.pip_index_url() == ""
+    assert bootstrap.pip_index_url() == bootstrap.default_pip_index()
+    assert bootstrap.default_pip_index().startswith("https://")
+    assert bootstrap.default_pip_index().endswith("/simple")
 
 
 def test_poetry_env_points_poetry_at_the_index_only_when_there_is_one() -> None:

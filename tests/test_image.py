@@ -653,3 +653,86 @@ def test_image_runs_the_production_deployment_as_the_kubernetes_worker_would(
     notices = store.fs.cat_file(store.path(pointer["files"]["notices.csv"]["path"]))
     assert notices.count(b"\n") == summary["rows_out"] + 1 == pointer["rows_out"] + 1
     assert store.fs.cat_file(store.path("notices.csv")) == notices
+
+
+def project_copy(folder: Path) -> Path:
+    """Copy the project's tracked files into a new git repository with one commit."""
+    listed = run("git", "ls-files", "-z", cwd=ROOT).stdout.split("\0")
+    for name in filter(None, listed):
+        source = ROOT / name
+        if source.is_file():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, folder / name)
+    for command in (
+        ["init", "-q", "-b", "main"],
+        ["config", "user.email", "test@example.org"],
+        ["config", "user.name", "Test"],
+        ["add", "-A"],
+        ["commit", "-qm", "release test"],
+    ):
+        run("git", *command, cwd=folder)
+    return folder
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_release_smoke_runs_the_image_and_pushes_only_one_that_runs_the_flow(
+    base_image: str,
+    ca_secret: Path,
+    registry: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A good release pushes and registers; a commit whose flow cannot load stops before push."""
+    from prefect.client.orchestration import get_client
+
+    from pyflow import release
+    from pyflow.config import get_settings
+    from pyflow.image import BuildOptions
+
+    for name, value in {
+        "PREFECT_FLOW_ENV": "production",
+        "PYFLOW_OUTPUT": "gs://acme-warn/notices",
+        "PYFLOW_GCP_PROJECT": "acme",
+        "PYFLOW_WORK_POOL": "release-smoke-test",
+    }.items():
+        monkeypatch.setenv(name, value)
+    project = project_copy(tmp_path / "project")
+    version = tomllib.loads((project / "pyproject.toml").read_text())["project"]["version"]
+    run("git", "tag", version, cwd=project)
+    build = BuildOptions(base_image, [f"ca={ca_secret}"], index_url(), "chroot")
+    options = release.Options("podman", False, build, tmp_path / "home", project, registry, True)
+    pinned = release.release(get_settings(), options)
+    assert "smoke run: warn-notices" in capsys.readouterr().out
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("warn-notices/production")
+    assert deployment.job_variables["image"] == pinned
+    remote = json.loads(
+        run(
+            "skopeo", "inspect", "--tls-verify=false", f"docker://{registry}/pyflow:{version}"
+        ).stdout
+    )
+    assert pinned.endswith(f"@{remote['Digest']}")
+
+    flow = project / "pyflow" / "flow.py"
+    flow.write_text(flow.read_text() + '\nraise RuntimeError("broken on purpose")\n')
+    broken = version.rsplit(".", 1)[0] + ".99"
+    pyproject = project / "pyproject.toml"
+    pyproject.write_text(
+        pyproject.read_text().replace(f'version = "{version}"', f'version = "{broken}"', 1)
+    )
+    run("git", "commit", "-qam", "break the flow's entrypoint", cwd=project)
+    run("git", "tag", broken, cwd=project)
+    with pytest.raises(release.ReleaseError) as raised:
+        release.release(get_settings(), options)
+    assert "broken on purpose" in str(raised.value)
+    assert "nothing was pushed" in str(raised.value)
+    missing = subprocess.run(
+        ["skopeo", "inspect", "--tls-verify=false", f"docker://{registry}/pyflow:{broken}"],
+        capture_output=True,
+        check=False,
+    )
+    assert missing.returncode != 0
+    with get_client(sync_client=True) as client:
+        after = client.read_deployment_by_name("warn-notices/production")
+    assert after.job_variables["image"] == pinned

@@ -20,7 +20,7 @@ from prefect.exceptions import PrefectHTTPStatusError
 from pytest_mock import MockerFixture
 
 from conftest import FakeDocker, git
-from pyflow import release
+from pyflow import history, release
 from pyflow.config import Settings, get_settings
 from pyflow.release import ImageLocation, ReleaseError
 
@@ -240,6 +240,7 @@ def production(monkeypatch: pytest.MonkeyPatch) -> Settings:
     monkeypatch.setenv("PYFLOW_OUTPUT", "gs://acme-warn/out")
     monkeypatch.setenv("PYFLOW_GCP_PROJECT", "acme")
     monkeypatch.setenv("PYFLOW_WORK_POOL", "test-release-pool")
+    monkeypatch.setenv("PYFLOW_TASK_RUNNER", "threads")  # the smoke runs start no Dask cluster
     return get_settings()
 
 
@@ -302,7 +303,7 @@ def test_release_builds_pushes_and_registers_on_the_pushed_digest(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """A tagged, clean release builds, pushes the commit then the version, and registers."""
+    """A tagged, clean release builds, smoke-runs, pushes the commit then the version, registers."""
     from prefect.client.orchestration import get_client
 
     git(git_project, "tag", "v1.2.3")
@@ -311,8 +312,12 @@ def test_release_builds_pushes_and_registers_on_the_pushed_digest(
     repository = "us-central1-docker.pkg.dev/acme/pyflow/pyflow"
     commit = git(git_project, "rev-parse", "--short=7", "HEAD").strip()
     assert pinned == f"{repository}:1.2.3@{fake_docker.digest}"
-    assert [call[0] for call in fake_docker.calls()] == ["build", "image", "push", "push"]
-    assert fake_docker.calls()[2:] == [
+    assert [call[0] for call in fake_docker.calls()] == ["build", "image", "run", "push", "push"]
+    run = fake_docker.calls()[2]
+    assert run[:3] == ["run", "--rm", "--network=host"]
+    assert run[-4:] == [f"{repository}:1.2.3", "prefect", "flow-run", "execute"]
+    assert "--env=PYFLOW_OUTPUT=/tmp/pyflow-smoke" in run
+    assert fake_docker.calls()[3:] == [
         ["push", f"{repository}:{commit}"],
         ["push", f"{repository}:1.2.3"],
     ]
@@ -373,3 +378,127 @@ def test_release_dry_run_checks_and_prints_the_plan_without_acting(
     assert fake_docker.calls() == []
     with get_client(sync_client=True) as prefect:
         assert {d.name for d in prefect.read_deployments()} == before
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_server")
+def test_release_stops_before_pushing_an_image_that_cannot_run_the_flow(
+    git_project: Path,
+    production: Settings,
+    fake_docker: FakeDocker,
+    client: MagicMock,
+    mocker: MockerFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """A smoke run that cannot load the flow stops the release: nothing pushed or registered."""
+    from prefect.client.orchestration import get_client
+
+    empty = tmp_path / "image-without-code"
+    empty.mkdir()
+    monkeypatch.setenv("FAKE_DOCKER_WORKDIR", str(empty))
+    git(git_project, "tag", "1.2.3")
+    mocker.patch.object(release, "make_client", return_value=client)
+    with get_client(sync_client=True) as prefect:
+        before = {d.name for d in prefect.read_deployments()}
+    with pytest.raises(ReleaseError) as raised:
+        release.release(production, options(git_project, tmp_path))
+    message = str(raised.value)
+    assert message.startswith("the smoke run of warn-notices in us-central1-docker.pkg.dev/")
+    assert "nothing was pushed" in message
+    assert "pyflow/flow.py" in message
+    assert [call[0] for call in fake_docker.calls()] == ["build", "image", "run"]
+    with get_client(sync_client=True) as prefect:
+        assert {d.name for d in prefect.read_deployments()} == before
+
+
+# --- the record of releases, and rollback ---------------------------------------------------
+
+
+def entry(version: str, action: str = "release") -> history.Release:
+    """Return a recorded release of a version, its digest made from the version."""
+    digest = "sha256:" + version.replace(".", "").ljust(64, "0")
+    return history.Release(version, "abc1234", f"r/pyflow:{version}@{digest}", action=action)
+
+
+def test_rollback_target_is_the_release_before_the_current_one() -> None:
+    """Without a version, the target is the latest release older than the current version."""
+    entries = [entry("1.0.0"), entry("1.1.0"), entry("1.2.0")]
+    assert history.rollback_target(entries, None).version == "1.1.0"
+    after_rollback = [*entries, entry("1.1.0", "rollback from 1.2.0")]
+    assert history.rollback_target(after_rollback, None).version == "1.0.0"
+    assert history.rollback_target(after_rollback, "1.2.0").version == "1.2.0"
+
+
+@pytest.mark.parametrize(
+    ("entries", "version", "message"),
+    [
+        ([], None, "no release is recorded"),
+        ([entry("1.0.0")], None, "nothing was released before 1.0.0"),
+        ([entry("1.0.0"), entry("1.1.0")], "0.9.0", "choose one of 1.0.0, 1.1.0"),
+    ],
+)
+def test_rollback_target_names_what_is_missing(
+    entries: list[history.Release], version: str | None, message: str
+) -> None:
+    """No record, no earlier release, or an unknown version: each says what to do."""
+    with pytest.raises(ReleaseError, match=message):
+        history.rollback_target(entries, version)
+
+
+def test_history_main_needs_the_prefect_api(capsys: pytest.CaptureFixture[str]) -> None:
+    """Without PREFECT_API_URL, listing says where the record lives, and exits 1."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: None}):
+        assert history.main(["list"]) == 1
+    assert capsys.readouterr().err.startswith("pyflow list: PREFECT_API_URL is not set")
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_server")
+def test_rollback_registers_the_previous_releases_digest_and_records_it(
+    git_project: Path,
+    production: Settings,
+    fake_docker: FakeDocker,
+    client: MagicMock,
+    mocker: MockerFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Release 1.0.0, then 1.1.0, then roll back: the deployment runs 1.0.0's digest again."""
+    from prefect.client.orchestration import get_client
+
+    mocker.patch.object(release, "make_client", return_value=client)
+    digests = {}
+    for version in ("1.0.0", "1.1.0"):
+        (git_project / "pyproject.toml").write_text(f'[project]\nversion = "{version}"\n')
+        git(git_project, "commit", "-qam", version)
+        git(git_project, "tag", version)
+        digests[version] = "sha256:" + version.replace(".", "").ljust(64, "a")
+        monkeypatch.setenv("FAKE_DOCKER_DIGEST", digests[version])
+        release.release(production, options(git_project, tmp_path))
+    capsys.readouterr()
+    history.rollback(production, dry_run=True)
+    assert "rollback to: 1.0.0" in capsys.readouterr().out
+    assert [e.version for e in history.releases()[-2:]] == ["1.0.0", "1.1.0"]
+    back = history.rollback(production)
+    repository = "us-central1-docker.pkg.dev/acme/pyflow/pyflow"
+    assert back.image == f"{repository}:1.0.0@{digests['1.0.0']}"
+    with get_client(sync_client=True) as prefect:
+        deployment = prefect.read_deployment_by_name("warn-notices/production")
+    assert deployment.job_variables["image"] == back.image
+    assert deployment.version == "1.0.0"
+    recorded = history.releases()[-3:]
+    assert [(e.version, e.action) for e in recorded] == [
+        ("1.0.0", "release"),
+        ("1.1.0", "release"),
+        ("1.0.0", "rollback from 1.1.0"),
+    ]
+    assert recorded[0].deployments == ["warn-notices/production"]
+    capsys.readouterr()
+    assert history.main(["list"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[1].startswith("* 1.0.0") and "rollback from 1.1.0" in listed[1]
+    assert "1.1.0" in listed[2] and digests["1.1.0"] in listed[2]

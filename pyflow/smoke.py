@@ -1,0 +1,192 @@
+"""The smoke run: the built image runs a flow as the Kubernetes worker would, before any push.
+
+A throwaway Prefect server starts on loopback; the first flow of `FLOWS` is registered there
+with the image, as production registers it; a flow run is created; and the image runs the
+worker's own command (``prefect flow-run execute``) with the deployment's environment, as the
+Job's container would. Only a run that ends Completed lets the release push. The outputs go to
+a folder inside the container, not to production's bucket.
+
+``python -m pyflow.smoke IMAGE`` runs it alone, on an image built before (`invoke build`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pyflow import deploy, image
+from pyflow.config import Settings, get_settings
+from pyflow.errors import PyflowError, ReleaseError
+
+SMOKE_POOL = "pyflow-smoke"
+"""The work pool of the throwaway server's deployment (a Kubernetes pool, as in production)."""
+
+SMOKE_OUTPUT = "/tmp/pyflow-smoke"  # noqa: S108 (a folder inside the throwaway container)
+"""Where the smoke run writes its outputs, inside the container."""
+
+TIMEOUT = 900
+"""Seconds the run in the container may take."""
+
+OUTPUT_LINES = 15
+"""How many of the container's last output lines a failed smoke run shows."""
+
+
+def free_port() -> int:
+    """Return a loopback TCP port that is free now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def worker_command(template: dict[str, Any]) -> list[str]:
+    """Return the command the Kubernetes worker gives the container: the template's, or Prefect's."""
+    default = template["variables"]["properties"].get("command", {}).get("default")
+    return (default or "prefect flow-run execute").split()
+
+
+def container_command(
+    engine: str, tag: str, env: dict[str, str], command: list[str], isolation: str = ""
+) -> tuple[list[str], list[str]]:
+    """Return the commands that run ``command`` in the image with ``env``, then clean up.
+
+    Docker runs the image directly. Podman's images are run with buildah, which also works where
+    `podman run` cannot (no container runtime limits): ``buildah from``, then ``buildah run``.
+    Both share the host's network, so the container reaches the server on loopback.
+    """
+    variables = [f"--env={name}={value}" for name, value in env.items()]
+    if engine == "docker":
+        return ["docker", "run", "--rm", "--network=host", *variables, tag, *command], []
+    options = [f"--isolation={isolation}"] if isolation else []
+    return (
+        ["buildah", "run", *options, "--network=host", *variables, "{container}", "--", *command],
+        ["buildah", "rm", "{container}"],
+    )
+
+
+def run_in_image(
+    engine: str, tag: str, env: dict[str, str], command: list[str], isolation: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """Run a command in the image, as the Job's container would; return its result.
+
+    Raises:
+        ReleaseError: If the image cannot be started at all.
+    """
+    run, remove = container_command(engine, tag, env, command, isolation)
+    container = ""
+    if engine == "podman":
+        created = subprocess.run(
+            ["buildah", "from", "--pull-never", tag], capture_output=True, text=True
+        )
+        if created.returncode != 0:
+            raise ReleaseError(f"the image {tag} cannot be started: {created.stderr.strip()}")
+        container = created.stdout.strip().splitlines()[-1]
+    try:
+        return subprocess.run(
+            [part.replace("{container}", container) for part in run],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+    finally:
+        if remove:
+            subprocess.run(
+                [part.replace("{container}", container) for part in remove], capture_output=True
+            )
+
+
+def smoke_run(engine: str, tag: str, settings: Settings, isolation: str = "") -> str:
+    """Run the first flow of FLOWS in the image on a throwaway server; return the run's state.
+
+    Raises:
+        ReleaseError: If the run does not complete, with its state message and the container's
+            last lines of output.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from pyflow.flow import FLOWS
+    from pyflow.local import start_server, stop_server
+
+    flow = FLOWS[0]
+    with tempfile.TemporaryDirectory(prefix="pyflow-smoke-") as folder:
+        home = Path(folder)
+        server, _ = start_server(home, free_port())
+        try:
+            with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+                template = deploy.load_job_template()
+                with get_client(sync_client=True) as client:
+                    deploy.ensure_work_pool(client, SMOKE_POOL, "kubernetes", template)
+                smoke_settings = settings.model_copy(update={"work_pool": SMOKE_POOL})
+                [registered] = deploy.register(
+                    smoke_settings,
+                    flows=(flow,),
+                    image=tag,
+                    job_variables=smoke_settings.job_variables(),
+                )
+                with get_client(sync_client=True) as client:
+                    deployment = client.read_deployment(registered.id)
+                    flow_run = client.create_flow_run_from_deployment(deployment.id)
+                production_only = {"PYFLOW_DASK_ADDRESS", "PYFLOW_OUTPUT"}
+                env = {
+                    **{
+                        name: value
+                        for name, value in deployment.job_variables.get("env", {}).items()
+                        if name not in production_only
+                    },
+                    "PREFECT__FLOW_RUN_ID": str(flow_run.id),
+                    "PREFECT_API_URL": server.api_url,
+                    "PYFLOW_OUTPUT": SMOKE_OUTPUT,
+                }
+                print(f"smoke run: {flow.name} in {tag}, as the Kubernetes worker would run it")
+                result = run_in_image(engine, tag, env, worker_command(template), isolation)
+                with get_client(sync_client=True) as client:
+                    state = client.read_flow_run(flow_run.id).state
+        finally:
+            stop_server(home)
+    if state is None or not state.is_completed():
+        shown = state.name if state else "never started"
+        message = f": {state.message}" if state and state.message else ""
+        output = (result.stdout + result.stderr).strip().splitlines()[-OUTPUT_LINES:]
+        raise ReleaseError(
+            f"the smoke run of {flow.name} in {tag} ended {shown}{message} (container exit "
+            f"{result.returncode}); nothing was pushed. Its last lines:\n  "
+            + "\n  ".join(output)
+            + "\nFix the image (try `invoke build` then `python -m pyflow.smoke IMAGE`)"
+        )
+    return str(state.name)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Describe the command line of ``python -m pyflow.smoke``."""
+    parser = argparse.ArgumentParser(prog="python -m pyflow.smoke", description=__doc__)
+    parser.add_argument("image", help="the image to run, such as localhost/pyflow:1.2.3")
+    parser.add_argument(
+        "--engine", default="", help="docker or podman (default: PYFLOW_CONTAINER_ENGINE)"
+    )
+    parser.add_argument(
+        "--isolation", default="", help="podman: buildah's --isolation, such as chroot"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Smoke-run an image; print one message naming the problem and the fix if it fails."""
+    args = build_parser().parse_args(argv)
+    try:
+        settings = get_settings()
+        engine = image.container_engine(args.engine, settings)
+        print(f"smoke run: {smoke_run(engine, args.image, settings, args.isolation)}")
+    except PyflowError as error:
+        print(f"pyflow smoke: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
