@@ -1,14 +1,15 @@
 """The deployment files in deploy/: the Kubernetes work pool's base job template and Helm values.
 
 Nothing here reaches a cluster: the Job the Kubernetes worker would create for a production
-flow run is rendered from the template (as the worker renders it), and PrefectHQ's real
-prefect-worker chart (../shared/charts) is rendered with `helm template` and each values file,
-as the file's header says to install it; helm checks the values against the chart's own
-schema, and every manifest is validated offline with kubernetes-validate.
+flow run is rendered from the template by the worker's own code (prefect-kubernetes), and
+PrefectHQ's real prefect-worker chart (../shared/charts) is rendered with `helm template` and
+each values file, as the file's header says to install it; helm checks the values against the
+chart's own schema, and every manifest is validated offline with kubernetes-validate.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import os
@@ -17,13 +18,17 @@ import shlex
 import subprocess
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import jsonschema
 import kubernetes_validate
 import prefect
 import pytest
 import yaml
-from prefect.utilities.templating import apply_values
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import FlowRun
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
 
 from conftest import ROOT, require_tools
 from pyflow.config import ENVIRONMENT_DEFAULTS, Settings, get_settings
@@ -68,17 +73,19 @@ EXPOSED_VARIABLES = {
     "stream_output",
 }
 
-# --- Rendering the Job as the Kubernetes worker does -------------------------------------
-# (to move into the package with /tmp/pyflow-release/render.py; checked field by field
-# against prefect-kubernetes 0.8.0's KubernetesWorkerJobConfiguration.prepare_for_flow_run)
+# --- Rendering the Job with the Kubernetes worker's own code (prefect-kubernetes) ----------
 
-WORKER_COMMAND = "prefect flow-run execute"
-FLOW_RUN_NAME = "crimson-fox"
 FLOW_RUN_ID = "00000000-0000-4000-8000-000000000000"
+FLOW_RUN = FlowRun(
+    id=UUID(FLOW_RUN_ID), name="crimson-fox", flow_id=UUID("00000000-0000-4000-8000-0000000000f1")
+)
+"""The flow run the worker starts: a deployment's run, as the API hands it to the worker."""
+WORKER_API_URL = "http://prefect-server.prefect.svc.cluster.local:4200/api"
+"""The worker's API URL (the self-hosted values' one), which it passes on to its flow runs."""
 
 
 def variable_defaults(base_job_template: dict[str, Any]) -> dict[str, Any]:
-    """Return the job variables' defaults, leaving out null ones as Prefect's worker does."""
+    """Return the job variables' defaults in a base job template, leaving out null ones."""
     properties = base_job_template["variables"].get("properties", {})
     return {
         name: copy.deepcopy(schema["default"])
@@ -88,47 +95,20 @@ def variable_defaults(base_job_template: dict[str, Any]) -> dict[str, Any]:
 
 
 def render_job_manifest(
-    base_job_template: dict[str, Any],
-    job_variables: dict[str, Any],
-    flow_run_name: str = FLOW_RUN_NAME,
-    flow_run_id: str = FLOW_RUN_ID,
+    base_job_template: dict[str, Any], job_variables: dict[str, Any]
 ) -> dict[str, Any]:
-    """Render the Job manifest a Kubernetes worker submits for one flow run of a deployment."""
-    values = variable_defaults(base_job_template)
-    env = {**values.get("env", {}), **job_variables.get("env", {})}
-    values.update(copy.deepcopy(job_variables))
-    values["env"] = env
-    values.setdefault("command", WORKER_COMMAND)
-    template = copy.deepcopy(base_job_template["job_configuration"]["job_manifest"])
-    manifest: dict[str, Any] = apply_values(template, values)
+    """Render the Job a Kubernetes worker submits for a flow run, with the worker's own code."""
 
-    container = manifest["spec"]["template"]["spec"]["containers"][0]
-    if isinstance(container.get("args"), str):
-        container["args"] = shlex.split(container["args"])
-    run_env = {"PREFECT__FLOW_RUN_ID": flow_run_id, **env}
-    container["env"] = [{"name": name, "value": str(value)} for name, value in run_env.items()]
+    async def configure() -> KubernetesWorkerJobConfiguration:
+        async with get_client() as client:
+            return await KubernetesWorkerJobConfiguration.from_template_and_values(
+                base_job_template, job_variables, client=client
+            )
 
-    metadata = manifest.setdefault("metadata", {})
-    version = prefect.__version__.split("+")[0]
-    labels = {
-        "prefect.io/flow-run-id": flow_run_id,
-        "prefect.io/flow-run-name": flow_run_name,
-        "prefect.io/version": version,
-        "app.kubernetes.io/managed-by": "prefect",
-        "app.kubernetes.io/part-of": "prefect",
-        "app.kubernetes.io/version": version,
-        **(metadata.get("labels") or {}),
-    }
-    metadata["labels"] = labels
-    if not metadata.get("annotations"):
-        metadata.pop("annotations", None)
-    if metadata.get("generateName", "") in ("", "-", "None-"):
-        name = values.get("name") or flow_run_name
-        slug = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:45].strip("-")
-        metadata["generateName"] = f"{slug or 'prefect-job'}-"
-    pod_metadata = manifest["spec"]["template"].setdefault("metadata", {})
-    pod_metadata["labels"] = {**pod_metadata.get("labels", {}), **labels}
-    return manifest
+    with temporary_settings({PREFECT_API_URL: WORKER_API_URL}):
+        configuration = asyncio.run(configure())
+        configuration.prepare_for_flow_run(FLOW_RUN)
+    return configuration.job_manifest
 
 
 # --- Fixtures -----------------------------------------------------------------------------
@@ -303,21 +283,35 @@ def test_render_job_manifest_keeps_the_types_of_whole_placeholders(
     spec = production_job["spec"]
     assert spec["backoffLimit"] == 0
     assert spec["ttlSecondsAfterFinished"] == 86400
-    assert production_job["metadata"]["generateName"] == "crimson-fox-"
+    assert production_job["metadata"]["generateName"] == f"{FLOW_RUN.name}-"
 
 
 def test_render_job_manifest_merges_env_into_a_kubernetes_list(
     production_job: dict[str, Any],
 ) -> None:
-    """The env defaults and the deployment's env become one name/value list, flow run first."""
+    """The worker's API, the flow run's ID, then the pool's and the deployment's env, as a list."""
     env = container_of(production_job)["env"]
-    assert env == [
-        {"name": "PREFECT__FLOW_RUN_ID", "value": FLOW_RUN_ID},
+    names = [entry["name"] for entry in env]
+    assert len(names) == len(set(names)), names
+    assert {"name": "PREFECT_API_URL", "value": WORKER_API_URL} in env
+    assert {"name": "PREFECT__FLOW_RUN_ID", "value": FLOW_RUN_ID} in env
+    assert env[-5:-1] == [
         {"name": "PREFECT_FLOW_ENV", "value": "production"},
         {"name": "PYFLOW_OUTPUT", "value": "gs://acme-warn/output"},
         {"name": "PYFLOW_TASK_RUNNER", "value": "dask"},
         {"name": "PYFLOW_FETCH_RETRIES", "value": "5"},
     ]
+
+
+def test_render_job_manifest_reschedules_a_run_whose_pod_is_evicted(
+    production_job: dict[str, Any],
+) -> None:
+    """With no pod retries (backoffLimit 0), a flow run stopped by SIGTERM is rescheduled."""
+    assert production_job["spec"]["backoffLimit"] == 0
+    assert container_of(production_job)["env"][-1] == {
+        "name": "PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR",
+        "value": "reschedule",
+    }
 
 
 def test_render_job_manifest_labels_the_job_and_its_pod(production_job: dict[str, Any]) -> None:
