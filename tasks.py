@@ -11,33 +11,21 @@ import shlex
 import shutil
 import sys
 
-from invoke import Collection, Context, Exit, task
+from invoke import Context, Exit, task
 
-from pyflow.bootstrap import (
-    COMPILE_BYTECODE,
-    ROOT,
-    activate_venv,
-    find_poetry,
-    install_poetry_command,
-    pip_index_url,
-    poetry_env,
-)
+from pyflow import bootstrap
 
 
 def poetry(c: Context) -> str:
     """Return the command that runs Poetry, found once; raise Exit if it is nowhere."""
-    c.config.pyflow.poetry = c.config.pyflow.poetry or find_poetry()
+    c.config.pyflow.poetry = c.config.pyflow.poetry or bootstrap.find_poetry()
     if not c.config.pyflow.poetry:
         raise Exit("Poetry is not installed: run `invoke setup`, which installs it")
     return str(c.config.pyflow.poetry)
 
 
 def options(**flags: object) -> str:
-    """Turn flags into options: ``--name VALUE`` (once per item of a list), ``--name`` for True.
-
-    Empty flags (``""``, ``0``, ``False``, ``None``, ``[]``) are left out, so the command's own
-    default applies.
-    """
+    """Turn flags into ``--name VALUE`` (per list item), ``--name`` for True; leave empty ones out."""
     parts = []
     for name, value in flags.items():
         option = "--" + name.replace("_", "-")
@@ -50,13 +38,12 @@ def options(**flags: object) -> str:
 
 
 def sh(c: Context, command: str, foreground: bool = False, **env: str) -> None:
-    """Run a command in the project's .venv (else through `poetry run`), from the project folder.
+    """Run a command in .venv (else through `poetry run`) from the project folder.
 
-    ``foreground`` replaces invoke with a long-running command, so that Ctrl-C, SIGINT and
-    SIGTERM reach it directly and it stops cleanly, whether or not output goes to a terminal.
+    ``foreground`` replaces invoke with the command, so that signals reach it directly.
     """
-    os.chdir(ROOT)
-    command = command if activate_venv() else f"{poetry(c)} run {command}"
+    os.chdir(bootstrap.ROOT)
+    command = command if bootstrap.activate_venv() else f"{poetry(c)} run {command}"
     env = {"PREFECT_HOME": str(c.config.pyflow.home), **env}
     if not foreground:
         c.run(command, env=env)
@@ -66,18 +53,16 @@ def sh(c: Context, command: str, foreground: bool = False, **env: str) -> None:
     os.execvpe(argv[0], argv, {**os.environ, **env})  # noqa: S606 (a command of ours)
 
 
-@task(
-    help={"index-url": "package index for Poetry (default: pip's configured index, else Poetry's)"}
-)
+@task(help={"index-url": "package index for Poetry (default: pip's configured one)"})
 def setup(c: Context, index_url: str = "") -> None:
     """Install Poetry if it is missing, then the project and its tools into .venv."""
-    if not c.config.pyflow.poetry and not find_poetry():
-        c.run(install_poetry_command())
+    if not c.config.pyflow.poetry and not bootstrap.find_poetry():
+        c.run(bootstrap.install_poetry_command())
         c.config.pyflow.poetry = f"{shlex.quote(sys.executable)} -m poetry"
         if shutil.which("pyenv"):
             c.run("pyenv rehash", warn=True)
-    c.run(f"{poetry(c)} install", env=poetry_env(index_url or pip_index_url()))
-    sh(c, COMPILE_BYTECODE)
+    c.run(f"{poetry(c)} install", env=bootstrap.poetry_env(index_url or bootstrap.pip_index_url()))
+    sh(c, bootstrap.COMPILE_BYTECODE)
 
 
 @task(
@@ -110,13 +95,7 @@ def run(
     sh(c, f"python -m pyflow{flags}")
 
 
-@task(
-    positional=["flow"],
-    help={
-        "flow": "the flow to run, by name, such as warn-notices (`invoke status` lists the deployments)",
-        "wait": "follow the run until it ends, and fail if it does not complete (default: start it and return)",
-    },
-)
+@task(positional=["flow"], help={"flow": "its name", "wait": "follow the run to its end"})
 def trigger(c: Context, flow: str, wait: bool = False) -> None:
     """Start a run of a flow's deployment on the project's server; `invoke dev`'s worker runs it."""
     flags = options(wait=wait, home=c.config.pyflow.home)
@@ -129,12 +108,7 @@ def status(c: Context) -> None:
     sh(c, f"python -m pyflow.local status{options(home=c.config.pyflow.home)}")
 
 
-@task(
-    help={
-        "follow": "keep printing new lines until Ctrl-C (default: print the end and return)",
-        "lines": "how many of the last lines of each log to print (default: 20)",
-    }
-)
+@task(help={"follow": "print new lines until Ctrl-C", "lines": "last lines to show (20)"})
 def logs(c: Context, follow: bool = False, lines: int = 20) -> None:
     """Show the local server's and worker's logs (from `invoke server` and `invoke dev`)."""
     flags = options(home=c.config.pyflow.home, lines=lines, follow=follow)
@@ -149,12 +123,7 @@ def new_flow(c: Context, name: str) -> None:
     sh(c, f"python -m pyflow.scaffold {shlex.quote(name)}")
 
 
-@task(
-    help={
-        "port": "port to serve on (default: PYFLOW_SERVER_PORT, else 4200)",
-        "stop": "stop this project's server instead of starting it (default: start)",
-    }
-)
+@task(help={"port": "default: PYFLOW_SERVER_PORT, else 4200", "stop": "stop it instead"})
 def server(c: Context, port: int = 0, stop: bool = False) -> None:
     """Start this project's Prefect server (API and UI) in the background, or reuse it."""
     command = "stop" if stop else f"server{options(port=port)}"
@@ -260,6 +229,33 @@ def release(
     sh(c, f"python -m pyflow.release{flags}", PREFECT_FLOW_ENV="production")
 
 
+@task
+def releases(c: Context) -> None:
+    """List the releases recorded on the Prefect server, newest first, the current one marked."""
+    sh(c, "python -m pyflow.history list", PREFECT_FLOW_ENV="production")
+
+
+@task(help={"version": "default: the one before the current", "dry-run": "change nothing"})
+def rollback(c: Context, version: str = "", dry_run: bool = False) -> None:
+    """Register every deployment again on an earlier release's image, by its digest."""
+    target = f" {shlex.quote(version)}" if version else ""
+    command = f"python -m pyflow.history rollback{target}{options(dry_run=dry_run)}"
+    sh(c, command, PREFECT_FLOW_ENV="production")
+
+
+@task(
+    help={
+        "pr": "the pull request's number",
+        "remove": "delete the pull request's deployments instead (default: build, push, register)",
+        "engine": IMAGE_HELP["engine"],
+    }
+)
+def preview(c: Context, pr: int, remove: bool = False, engine: str = "") -> None:
+    """Deploy a pull request as paused FLOW/pr-N deployments on its own image, or remove them."""
+    flags = options(pr=pr, remove=remove, engine=engine, home=c.config.pyflow.home)
+    sh(c, f"python -m pyflow.preview{flags}", PREFECT_FLOW_ENV="production")
+
+
 @task(
     name="gcp-setup",
     help={
@@ -290,9 +286,8 @@ def bench(
 @task
 def lint(c: Context) -> None:
     """Check style and formatting with ruff, types with mypy (strict), and poetry.lock."""
-    sh(c, "ruff check .")
-    sh(c, "ruff format --check .")
-    sh(c, "mypy")
+    for command in ("ruff check .", "ruff format --check .", "mypy"):
+        sh(c, command)
     c.run(f"{poetry(c)} check --lock")
 
 
@@ -337,9 +332,3 @@ def test(c: Context, fast: bool = False, opts: str = "") -> None:
 @task(pre=[lint, check, test], default=True)
 def ci(c: Context) -> None:
     """Run everything CI runs, in order: lint, check, test (the default task)."""
-
-
-ns = Collection.from_module(
-    sys.modules[__name__], config={"pyflow": {"poetry": "", "home": str(ROOT / ".prefect")}}
-)
-ns.configure({"run": {"echo": True}})

@@ -10,6 +10,7 @@ import argparse
 import inspect
 import json
 import logging
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,8 +64,9 @@ def ensure_work_pool(
     name: str,
     pool_type: str,
     base_job_template: dict[str, Any] | None = None,
+    update: bool = True,
 ) -> bool:
-    """Create a work pool, or update its base job template; return whether it was created.
+    """Create a work pool, or (``update``) update its base job template; return if it was created.
 
     Raises:
         DeployError: If a pool of that name exists with another type.
@@ -81,7 +83,7 @@ def ensure_work_pool(
             f"work pool '{name}' exists with type '{pool.type}', not '{pool_type}': "
             "set PYFLOW_WORK_POOL to another name, or delete the pool"
         )
-    if base_job_template is not None and pool.base_job_template != base_job_template:
+    if update and base_job_template is not None and pool.base_job_template != base_job_template:
         client.update_work_pool(name, WorkPoolUpdate(base_job_template=base_job_template))
     return False
 
@@ -92,6 +94,8 @@ def register(
     image: str | None = None,
     job_variables: dict[str, Any] | None = None,
     version: str | None = None,
+    name: str | None = None,
+    paused: bool = False,
 ) -> list[Registered]:
     """Register a deployment of every flow with the current Prefect API.
 
@@ -105,6 +109,8 @@ def register(
         image: The image a container work pool runs; none for code in place.
         job_variables: Work pool job variables, such as CPU and memory requests.
         version: A version to record on the deployments, such as the release's.
+        name: The deployments' name; default: the environment's (`deployment_name`).
+        paused: Register the deployments with their schedules paused.
 
     Returns:
         What was registered.
@@ -128,13 +134,14 @@ def register(
         deployment = cast(
             "RunnerDeployment",
             source.to_deployment(
-                name=deployment_name(settings),
+                name=name or deployment_name(settings),
                 work_pool_name=settings.pool,
                 job_variables=job_variables or {},
                 schedules=[schedule] if schedule else [],
                 description=flow.description,
                 tags=["pyflow", settings.env],
                 version=version,
+                paused=paused,
             ),
         )
         if image:
@@ -159,10 +166,43 @@ def load_job_template(path: Path = JOB_TEMPLATE) -> dict[str, Any]:
     return template
 
 
-def ensure_kubernetes_pool(settings: Settings) -> bool:
-    """Create the Kubernetes work pool, or bring its base job template up to date."""
+def ensure_kubernetes_pool(settings: Settings, update: bool = True) -> bool:
+    """Create the Kubernetes work pool; ``update`` brings an existing one's template up to date."""
     with get_client(sync_client=True) as client:
-        return ensure_work_pool(client, settings.pool, "kubernetes", load_job_template())
+        return ensure_work_pool(client, settings.pool, "kubernetes", load_job_template(), update)
+
+
+TEMPLATE_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+"""A job variable's place in a base job template: ``{{ name }}``."""
+
+
+def referenced_variables(base_job_template: dict[str, Any]) -> set[str]:
+    """Return the job variables a base job template's job configuration uses."""
+    text = json.dumps(base_job_template.get("job_configuration", {}))
+    return set(TEMPLATE_PLACEHOLDER.findall(text))
+
+
+def check_job_variables(settings: Settings) -> None:
+    """Check that the pool's template (the repository's, if the pool is new) uses every variable.
+
+    The Kubernetes worker silently drops job variables its pool's template does not reference
+    (PrefectHQ/prefect#17588): a memory limit set here would never reach the pod.
+
+    Raises:
+        DeployError: Naming each variable the template would drop, and the fix.
+    """
+    try:
+        with get_client(sync_client=True) as client:
+            template = client.read_work_pool(settings.pool).base_job_template
+    except ObjectNotFound:
+        template = load_job_template()
+    dropped = sorted({"image", *settings.job_variables()} - referenced_variables(template))
+    if dropped:
+        raise DeployError(
+            f"the base job template of work pool '{settings.pool}' does not use the job "
+            f"variables {', '.join(dropped)}: its worker would drop them silently. Run `invoke "
+            "pool` to install deploy/kubernetes-job-template.json, or add them to the template"
+        )
 
 
 def deploy_production(
@@ -179,7 +219,8 @@ def deploy_production(
         What was registered.
     """
     settings.require_release()
-    ensure_kubernetes_pool(settings)
+    check_job_variables(settings)
+    ensure_kubernetes_pool(settings, update=False)
     return register(settings, image=image, job_variables=settings.job_variables(), version=version)
 
 

@@ -9,7 +9,9 @@ checks, in order, before it builds anything:
 - the Artifact Registry repository exists and the version's tag is not there yet (or, when a
   release is re-run after a later step failed, points at the image of this very commit: then
   the image is not built again);
-- the Prefect API answers and accepts the API key.
+- the Prefect API answers and accepts the API key;
+- the work pool's base job template (read from the API) uses every job variable pyflow sets,
+  which the Kubernetes worker would otherwise drop without a word.
 
 Then it builds the image (`pyflow.image`), runs the first flow in it as the Kubernetes worker
 would, against a throwaway Prefect server (`pyflow.smoke`), and only if that run completes
@@ -333,7 +335,7 @@ def release(settings: Settings, options: Options) -> str:
     Raises:
         PyflowError: At the first check or step that fails, naming it and the fix.
     """
-    from pyflow.deploy import deploy_production
+    from pyflow.deploy import check_job_variables, deploy_production
 
     dry_run = options.dry_run
     print("check: every production setting is set")
@@ -353,6 +355,8 @@ def release(settings: Settings, options: Options) -> str:
         plan = registry_plan(location, version, release_image.commit, dry_run)
     print("check: the Prefect API answers and accepts the key")
     prefect = check_prefect()
+    print(f"check: work pool '{settings.pool}' uses every job variable pyflow sets")
+    check_job_variables(settings)
     if plan.action == "reuse" and plan.digest:
         digest = plan.digest
         print(

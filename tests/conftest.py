@@ -93,7 +93,7 @@ def without_venv(monkeypatch: pytest.MonkeyPatch) -> None:
     """Run invoke's tasks as before `invoke setup` made .venv: through `poetry run`."""
     import tasks
 
-    monkeypatch.setattr(tasks, "activate_venv", lambda: False)
+    monkeypatch.setattr(tasks.bootstrap, "activate_venv", lambda: False)
 
 
 FAKE_DOCKER = """#!/usr/bin/env python3

@@ -675,7 +675,7 @@ def project_copy(folder: Path) -> Path:
 
 
 @pytest.mark.usefixtures("prefect_server")
-def test_release_smoke_runs_the_image_and_pushes_only_one_that_runs_the_flow(
+def test_release_smoke_run_rollback_and_preview_with_podman_and_a_real_registry(
     base_image: str,
     ca_secret: Path,
     registry: str,
@@ -683,10 +683,15 @@ def test_release_smoke_runs_the_image_and_pushes_only_one_that_runs_the_flow(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """A good release pushes and registers; a commit whose flow cannot load stops before push."""
+    """Release, a broken release stopped by its smoke run, release again, roll back, preview.
+
+    A good release pushes and registers; a commit whose flow cannot load stops before its push;
+    rolling back registers the first release's digest, which a real run (the image pulled from
+    the registry by digest) completes; a preview comes and goes leaving only its image.
+    """
     from prefect.client.orchestration import get_client
 
-    from pyflow import release
+    from pyflow import history, preview, release
     from pyflow.config import get_settings
     from pyflow.image import BuildOptions
 
@@ -695,44 +700,102 @@ def test_release_smoke_runs_the_image_and_pushes_only_one_that_runs_the_flow(
         "PYFLOW_OUTPUT": "gs://acme-warn/notices",
         "PYFLOW_GCP_PROJECT": "acme",
         "PYFLOW_WORK_POOL": "release-smoke-test",
+        "PYFLOW_TASK_RUNNER": "threads",
     }.items():
         monkeypatch.setenv(name, value)
     project = project_copy(tmp_path / "project")
-    version = tomllib.loads((project / "pyproject.toml").read_text())["project"]["version"]
-    run("git", "tag", version, cwd=project)
+    pyproject, flow = project / "pyproject.toml", project / "pyflow" / "flow.py"
+    good_flow = flow.read_text()
     build = BuildOptions(base_image, [f"ca={ca_secret}"], index_url(), "chroot")
     options = release.Options("podman", False, build, tmp_path / "home", project, registry, True)
-    pinned = release.release(get_settings(), options)
-    assert "smoke run: warn-notices" in capsys.readouterr().out
-    with get_client(sync_client=True) as client:
-        deployment = client.read_deployment_by_name("warn-notices/production")
-    assert deployment.job_variables["image"] == pinned
-    remote = json.loads(
-        run(
-            "skopeo", "inspect", "--tls-verify=false", f"docker://{registry}/pyflow:{version}"
-        ).stdout
-    )
-    assert pinned.endswith(f"@{remote['Digest']}")
 
-    flow = project / "pyflow" / "flow.py"
-    flow.write_text(flow.read_text() + '\nraise RuntimeError("broken on purpose")\n')
-    broken = version.rsplit(".", 1)[0] + ".99"
-    pyproject = project / "pyproject.toml"
-    pyproject.write_text(
-        pyproject.read_text().replace(f'version = "{version}"', f'version = "{broken}"', 1)
-    )
-    run("git", "commit", "-qam", "break the flow's entrypoint", cwd=project)
-    run("git", "tag", broken, cwd=project)
+    def tagged(version: str, flow_text: str) -> None:
+        text = re.sub(
+            r'(?m)^version = ".*"$', f'version = "{version}"', pyproject.read_text(), count=1
+        )
+        pyproject.write_text(text)
+        flow.write_text(flow_text)
+        run("git", "commit", "-qam", f"version {version}", "--allow-empty", cwd=project)
+        run("git", "tag", version, cwd=project)
+
+    tagged("1.0.0", good_flow)
+    first = release.release(get_settings(), options)
+    assert "smoke run: warn-notices" in capsys.readouterr().out
+
+    tagged("1.0.1", good_flow + '\nraise RuntimeError("broken on purpose")\n')
     with pytest.raises(release.ReleaseError) as raised:
         release.release(get_settings(), options)
     assert "broken on purpose" in str(raised.value)
     assert "nothing was pushed" in str(raised.value)
-    missing = subprocess.run(
-        ["skopeo", "inspect", "--tls-verify=false", f"docker://{registry}/pyflow:{broken}"],
+    assert not registry_has(registry, "1.0.1")
+
+    tagged("1.1.0", good_flow + "\n# 1.1.0\n")
+    second = release.release(get_settings(), options)
+    assert registry_has(registry, "1.0.0") and registry_has(registry, "1.1.0")
+    assert first.rpartition("@")[2] != second.rpartition("@")[2]
+
+    back = history.rollback(get_settings())
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("warn-notices/production")
+        flow_run = client.create_flow_run_from_deployment(deployment.id)
+    assert deployment.job_variables["image"] == first == back.image
+    env = {
+        **deployment.job_variables["env"],
+        "PREFECT__FLOW_RUN_ID": str(flow_run.id),
+        "PREFECT_API_URL": api_url(),
+        "PYFLOW_OUTPUT": "/tmp/rollback-run",
+    }
+    pulled = (
+        run(
+            "buildah",
+            "from",
+            "--tls-verify=false",
+            f"docker://{registry}/pyflow@{first.rpartition('@')[2]}",
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    try:
+        options_ = [f"--env={name}={value}" for name, value in env.items()]
+        executed = run(
+            "buildah", "run", "--isolation", "chroot", "--network=host", *options_, pulled, "--",
+            "prefect", "flow-run", "execute", timeout=900,
+        )  # fmt: skip
+    finally:
+        subprocess.run(["buildah", "rm", pulled], capture_output=True, check=False)
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(flow_run.id).state
+    assert state is not None and state.is_completed(), executed.stdout + executed.stderr
+    versions = [(entry.version, entry.action) for entry in history.releases()[-3:]]
+    assert versions == [
+        ("1.0.0", "release"),
+        ("1.1.0", "release"),
+        ("1.0.0", "rollback from 1.1.0"),
+    ]
+
+    with get_client(sync_client=True) as client:
+        before = {d.id for d in client.read_deployments()}
+    preview.deploy_preview(get_settings(), 7, "podman", build, tmp_path / "home", registry, True)
+    with get_client(sync_client=True) as client:
+        assert client.read_deployment_by_name("warn-notices/pr-7").paused is True
+    preview.remove_preview(7)
+    with get_client(sync_client=True) as client:
+        assert {d.id for d in client.read_deployments()} == before
+    assert registry_has(registry, "pr-7"), "the preview's image stays, as every pushed image"
+
+
+def registry_has(registry: str, tag: str) -> bool:
+    """Return whether the registry holds the project's image with a tag."""
+    found = subprocess.run(
+        ["skopeo", "inspect", "--tls-verify=false", f"docker://{registry}/pyflow:{tag}"],
         capture_output=True,
         check=False,
     )
-    assert missing.returncode != 0
-    with get_client(sync_client=True) as client:
-        after = client.read_deployment_by_name("warn-notices/production")
-    assert after.job_variables["image"] == pinned
+    return found.returncode == 0
+
+
+def api_url() -> str:
+    """Return the Prefect API this test session runs against."""
+    from prefect.settings import PREFECT_API_URL
+
+    return str(PREFECT_API_URL.value())

@@ -15,11 +15,13 @@ import shlex
 from pathlib import Path
 
 import pytest
-from invoke import Config, Exit, MockContext, Result
+from invoke import Collection, Config, Exit, MockContext, Result
 
 import tasks
 
 HOME = "/tmp/pyflow-home"
+NAMESPACE = Collection.from_module(tasks)
+"""The tasks as invoke finds them in tasks.py."""
 
 
 def mock_context(poetry: str = "poetry") -> MockContext:
@@ -50,11 +52,11 @@ def test_sh_runs_in_the_venv_from_the_project_folder_with_its_prefect_home(
     monkeypatch.chdir(tmp_path)
     c = mock_context()
     tasks.check(c)
-    assert Path.cwd() == tasks.ROOT
+    assert Path.cwd() == tasks.bootstrap.ROOT
     [call] = c.run.call_args_list
     assert call.args[0] == "python -m pyflow.checks"
     assert call.kwargs["env"] == {"PREFECT_HOME": HOME}
-    assert os.environ["PATH"].split(os.pathsep)[0] == str(tasks.ROOT / ".venv" / "bin")
+    assert os.environ["PATH"].split(os.pathsep)[0] == str(tasks.bootstrap.ROOT / ".venv" / "bin")
 
 
 @pytest.mark.usefixtures("without_venv")
@@ -84,19 +86,19 @@ def test_sh_in_the_foreground_replaces_invoke_with_the_command(
 @pytest.mark.usefixtures("without_venv")
 def test_poetry_says_how_to_install_it_when_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     """A task that needs Poetry where there is none stops with one message and the fix."""
-    monkeypatch.setattr(tasks, "find_poetry", lambda: "")
+    monkeypatch.setattr(tasks.bootstrap, "find_poetry", lambda: "")
     with pytest.raises(Exit, match=r"Poetry is not installed: run `invoke setup`"):
         tasks.lint(mock_context(""))
 
 
 def test_setup_installs_poetry_when_it_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without Poetry, `invoke setup` installs it into this Python, then the project with it."""
-    monkeypatch.setattr(tasks, "find_poetry", lambda: "")
+    monkeypatch.setattr(tasks.bootstrap, "find_poetry", lambda: "")
     monkeypatch.setattr(tasks.shutil, "which", lambda name: None)
     c = mock_context("")
     tasks.setup(c, index_url="https://mirror.test/simple")
     run = [call.args[0] for call in c.run.call_args_list]
-    assert run[0] == tasks.install_poetry_command()
+    assert run[0] == tasks.bootstrap.install_poetry_command()
     assert run[1] == f"{shlex.quote(tasks.sys.executable)} -m poetry install"
     assert c.run.call_args_list[1].kwargs["env"] == {
         "POETRY_PYPI_MIRROR_URL": "https://mirror.test/simple"
@@ -105,14 +107,14 @@ def test_setup_installs_poetry_when_it_is_missing(monkeypatch: pytest.MonkeyPatc
 
 def test_ci_runs_lint_check_and_test_in_order() -> None:
     """The default task is `ci`, and it runs lint, check and test before itself."""
-    assert tasks.ns.default == "ci"
+    assert NAMESPACE.default == "ci"
     assert [t.name for t in tasks.ci.pre] == ["lint", "check", "test"]
 
 
 def test_every_task_and_flag_is_documented() -> None:
     """Every task has a docstring and every flag a help entry."""
-    for name in tasks.ns.task_names:
-        task = tasks.ns[name]
+    for name in NAMESPACE.task_names:
+        task = NAMESPACE[name]
         assert task.__doc__, f"invoke {name} has no docstring"
         flags = [p for p in inspect.signature(task.body).parameters if p != "c"]
         for flag in flags:
@@ -138,6 +140,9 @@ EVERY_FLAG = {
     "release": {"engine": "podman", "dry_run": True, "base_image": "b", "secret": ["ca=/c"],
                 "isolation": "chroot"},
     "gcp_setup": {"dry_run": True},
+    "releases": {},
+    "rollback": {"version": "1.0.0", "dry_run": True},
+    "preview": {"pr": 7, "remove": True, "engine": "podman"},
     "check": {},
 }  # fmt: skip
 """Every package-running task, with every flag set."""

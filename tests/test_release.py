@@ -22,6 +22,7 @@ from pytest_mock import MockerFixture
 from conftest import FakeDocker, git
 from pyflow import history, release
 from pyflow.config import Settings, get_settings
+from pyflow.errors import PyflowError
 from pyflow.release import ImageLocation, ReleaseError
 
 LOCATION = ImageLocation(project="acme", region="us-central1", repository="pyflow", image="pyflow")
@@ -502,3 +503,38 @@ def test_rollback_registers_the_previous_releases_digest_and_records_it(
     listed = capsys.readouterr().out.splitlines()
     assert listed[1].startswith("* 1.0.0") and "rollback from 1.1.0" in listed[1]
     assert "1.1.0" in listed[2] and digests["1.1.0"] in listed[2]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_server")
+def test_release_stops_when_the_pools_template_would_drop_a_job_variable(
+    git_project: Path,
+    production: Settings,
+    fake_docker: FakeDocker,
+    client: MagicMock,
+    mocker: MockerFixture,
+    tmp_path: Path,
+) -> None:
+    """A pool whose template lacks memory_limit stops the release before building, naming it."""
+    from prefect.client.orchestration import get_client
+
+    from pyflow import deploy
+
+    template = deploy.load_job_template()
+    limits = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
+    del limits["containers"][0]["resources"]["limits"]["memory"]
+    with get_client(sync_client=True) as prefect:
+        deploy.ensure_work_pool(prefect, "test-drifted-pool", "kubernetes", template)
+    settings = production.model_copy(update={"work_pool": "test-drifted-pool"})
+    git(git_project, "tag", "1.2.3")
+    mocker.patch.object(release, "make_client", return_value=client)
+    with pytest.raises(PyflowError) as raised:
+        release.release(settings, options(git_project, tmp_path))
+    assert str(raised.value).startswith(
+        "the base job template of work pool 'test-drifted-pool' does not use the job variables "
+        "memory_limit: its worker would drop them silently. Run `invoke pool`"
+    )
+    assert fake_docker.calls() == []
+    with get_client(sync_client=True) as prefect:
+        kept = prefect.read_work_pool("test-drifted-pool").base_job_template
+    assert kept == template, "the release does not overwrite a pool's template"

@@ -24,8 +24,9 @@ from conftest import ROOT
 GITHUB = ROOT / ".github"
 CI = GITHUB / "workflows" / "ci.yml"
 RELEASE = GITHUB / "workflows" / "release.yml"
+PREVIEW = GITHUB / "workflows" / "preview.yml"
 DEPENDABOT = GITHUB / "dependabot.yml"
-WORKFLOWS = [CI, RELEASE]
+WORKFLOWS = sorted((GITHUB / "workflows").glob("*.yml"))
 
 OLDEST_MAJORS = {
     "actions/checkout": 7,
@@ -97,7 +98,7 @@ def run_tool(*command: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_workflows_pass_actionlint() -> None:
-    """Both workflows pass actionlint: syntax, expressions, contexts and action inputs."""
+    """Every workflow passes actionlint: syntax, expressions, contexts and action inputs."""
     result = run_tool(tool("actionlint"), "-no-color", *map(str, WORKFLOWS))
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -339,3 +340,29 @@ def test_dependabot_updates_actions_and_python_weekly_in_groups() -> None:
     assert updates["github-actions"]["groups"]["github-actions"]["patterns"] == ["*"]
     assert "prefect-*" in updates["pip"]["groups"]["prefect"]["patterns"]
     assert updates["pip"]["groups"]["development"]["dependency-type"] == "development"
+
+
+# --- The preview workflow -----------------------------------------------------------------
+
+
+def test_preview_runs_for_this_repositorys_pull_requests_and_removes_on_close() -> None:
+    """Pull requests from the repository itself get a preview; closing one removes it."""
+    workflow = load(PREVIEW)
+    assert workflow["on"]["pull_request"]["types"] == [
+        "opened",
+        "synchronize",
+        "reopened",
+        "closed",
+    ]
+    [job] = workflow["jobs"].values()
+    assert job["if"] == "github.event.pull_request.head.repo.full_name == github.repository"
+    assert job["permissions"] == {"contents": "read", "id-token": "write"}
+    runs = {s["run"]: s for s in job["steps"] if s.get("run", "").startswith("invoke preview")}
+    number = "${{ github.event.pull_request.number }}"
+    deploy = runs[f"invoke preview --pr {number} --engine docker"]
+    remove = runs[f"invoke preview --pr {number} --remove"]
+    assert deploy["if"] == "github.event.action != 'closed'"
+    assert remove["if"] == "github.event.action == 'closed'"
+    assert set(deploy["env"]) == RELEASE_SETTINGS
+    assert deploy["env"]["PREFECT_API_KEY"] == "${{ secrets.PREFECT_API_KEY }}"
+    assert set(remove["env"]) == {"PREFECT_FLOW_ENV", "PREFECT_API_URL", "PREFECT_API_KEY"}

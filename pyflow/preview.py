@@ -1,0 +1,135 @@
+"""Preview deployments: a pull request's code, deployed next to production, and removed after.
+
+``python -m pyflow.preview --pr N`` (what `invoke preview` and the preview workflow run) builds
+the image tagged ``pr-N`` and the commit, pushes it, and registers every flow as ``FLOW/pr-N``
+on the production work pool, on that image by digest, with its schedule paused and its outputs
+under ``OUTPUT/previews/pr-N``: a run started by hand shows what the change does, and nothing
+runs on its own. ``--remove`` deletes those deployments when the pull request closes (the image
+stays in the registry, as every pushed image does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pyflow import image
+from pyflow.config import Settings, get_settings
+from pyflow.deploy import Registered
+from pyflow.errors import PyflowError, ReleaseError
+
+
+def preview_name(pr: int) -> str:
+    """Return the name of a pull request's deployments and image tag: ``pr-N``.
+
+    Raises:
+        ReleaseError: If the number is not a pull request's (a positive integer).
+    """
+    if pr < 1:
+        raise ReleaseError(f"--pr {pr} is not a pull request number: pass the number, such as 7")
+    return f"pr-{pr}"
+
+
+def preview_settings(settings: Settings, pr: int) -> Settings:
+    """Return production's settings with the outputs under ``previews/pr-N``.
+
+    Raises:
+        SettingsError: If a production setting is missing (as for a release).
+    """
+    settings.require_release()
+    output = f"{settings.require_output().rstrip('/')}/previews/{preview_name(pr)}"
+    return settings.model_copy(update={"output": output})
+
+
+def deploy_preview(
+    settings: Settings, pr: int, engine: str, options: image.BuildOptions, home: Path,
+    registry: str = "", insecure: bool = False,
+) -> list[Registered]:  # fmt: skip
+    """Build and push the pull request's image, then register its paused deployments.
+
+    Raises:
+        PyflowError: If a setting, the build, the push or the registration fails.
+    """
+    from pyflow.deploy import check_job_variables, ensure_kubernetes_pool, register
+
+    name = preview_name(pr)
+    previewed = preview_settings(settings, pr)
+    check_job_variables(previewed)
+    built = image.image_for(previewed, registry, name)
+    image.build(engine, built, options)
+    digest = image.push(engine, built, home, insecure)
+    ensure_kubernetes_pool(previewed, update=False)
+    registered = register(
+        previewed,
+        image=built.pinned(digest),
+        job_variables=previewed.job_variables(),
+        version=f"{name} ({built.commit})",
+        name=name,
+        paused=True,
+    )
+    for item in registered:
+        print(
+            f"registered {item.name} (paused) on work pool '{item.work_pool}': {built.pinned(digest)}"
+        )
+    return registered
+
+
+def remove_preview(pr: int) -> list[str]:
+    """Delete the pull request's deployments; return the names of those that existed."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    from pyflow.flow import FLOWS
+
+    removed = []
+    with get_client(sync_client=True) as client:
+        for flow in FLOWS:
+            full_name = f"{flow.name}/{preview_name(pr)}"
+            try:
+                deployment = client.read_deployment_by_name(full_name)
+            except ObjectNotFound:
+                continue
+            client.delete_deployment(deployment.id)
+            removed.append(full_name)
+            print(f"removed {full_name}")
+    if not removed:
+        print(f"no deployment of {preview_name(pr)} was left to remove")
+    return removed
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Describe the command line of ``python -m pyflow.preview``."""
+    parser = argparse.ArgumentParser(prog="python -m pyflow.preview", description=__doc__)
+    parser.add_argument("--pr", type=int, required=True, help="the pull request's number")
+    parser.add_argument("--remove", action="store_true", help="delete the preview's deployments")
+    image.add_build_options(parser)
+    parser.add_argument(
+        "--registry", default="", help="push to REGISTRY/IMAGE instead of Artifact Registry"
+    )
+    parser.add_argument("--insecure", action="store_true", help="podman: push over plain HTTP")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Deploy or remove a pull request's preview; print one message naming any problem."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.remove:
+            preview_name(args.pr)
+            remove_preview(args.pr)
+            return 0
+        settings = get_settings()
+        engine = image.container_engine(args.engine, settings)
+        deploy_preview(
+            settings, args.pr, engine, image.build_options(args), args.home, args.registry,
+            args.insecure,
+        )  # fmt: skip
+    except PyflowError as error:
+        print(f"pyflow preview: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
