@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 
 from pyflow.config import PLACEHOLDERS, Settings, get_settings
-from pyflow.errors import GcpError, PyflowError
+from pyflow.errors import GcpError, run_command
 
 GCLOUD = "gcloud"
 GITHUB_ISSUER = "https://token.actions.githubusercontent.com"
@@ -360,12 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the set-up from the command line; print a problem as one line, with exit status 1."""
     args = build_parser().parse_args(argv)
-    try:
-        set_up(get_settings(), dry_run=args.dry_run)
-    except PyflowError as error:
-        print(f"pyflow gcp: {error}", file=sys.stderr)
-        return 1
-    return 0
+    return run_command("gcp", lambda: set_up(get_settings(), dry_run=args.dry_run))
 
 
 if __name__ == "__main__":

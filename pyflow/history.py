@@ -16,10 +16,8 @@ import sys
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
-import httpx
-
 from pyflow.config import Settings, get_settings
-from pyflow.errors import PyflowError, ReleaseError
+from pyflow.errors import ReleaseError, run_command
 
 ARTIFACT_KEY = "pyflow-releases"
 """The key of the artifact whose versions are the releases."""
@@ -158,9 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """List the releases or roll back; print one message naming the problem and the fix."""
     args = build_parser().parse_args(argv)
-    from prefect.settings import PREFECT_API_URL
 
-    try:
+    def act() -> None:
+        from prefect.settings import PREFECT_API_URL
+
         if not PREFECT_API_URL.value():
             raise ReleaseError(
                 "PREFECT_API_URL is not set: set it (and PREFECT_API_KEY for Prefect Cloud) in "
@@ -171,17 +170,8 @@ def main(argv: list[str] | None = None) -> int:
             print(table(entries) if entries else "no release is recorded on this Prefect server")
         else:
             rollback(get_settings(), args.version, args.dry_run)
-    except PyflowError as error:
-        print(f"pyflow {args.command}: {error}", file=sys.stderr)
-        return 1
-    except httpx.HTTPError as error:
-        print(
-            f"pyflow {args.command}: the Prefect API at {PREFECT_API_URL.value()} cannot be "
-            f"reached ({error}): fix PREFECT_API_URL in .env",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
+
+    return run_command(args.command, act)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyflow.config import Settings, get_settings
-from pyflow.errors import ImageError, PyflowError
+from pyflow.errors import ImageError, run_command
 
 ROOT = Path(__file__).resolve().parent.parent
 """The project folder: the build context."""
@@ -417,7 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Build or push the image; print one message naming the problem and the fix if it cannot."""
     args = build_parser().parse_args(argv)
-    try:
+
+    def act() -> None:
         settings = get_settings()
         engine = container_engine(args.engine, settings)
         image = image_for(settings, args.registry, args.version)
@@ -425,10 +426,8 @@ def main(argv: list[str] | None = None) -> int:
             build(engine, image, build_options(args))
         else:
             push(engine, image, args.home, args.insecure)
-    except PyflowError as error:
-        print(f"pyflow image: {error}", file=sys.stderr)
-        return 1
-    return 0
+
+    return run_command("image", act)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from pathlib import Path
 from pyflow import image
 from pyflow.config import Settings, get_settings
 from pyflow.deploy import Registered
-from pyflow.errors import PyflowError, ReleaseError
+from pyflow.errors import ReleaseError, run_command
 
 
 def preview_name(pr: int) -> str:
@@ -114,21 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Deploy or remove a pull request's preview; print one message naming any problem."""
     args = build_parser().parse_args(argv)
-    try:
+
+    def act() -> None:
         if args.remove:
             preview_name(args.pr)
             remove_preview(args.pr)
-            return 0
+            return
         settings = get_settings()
         engine = image.container_engine(args.engine, settings)
-        deploy_preview(
-            settings, args.pr, engine, image.build_options(args), args.home, args.registry,
-            args.insecure,
-        )  # fmt: skip
-    except PyflowError as error:
-        print(f"pyflow preview: {error}", file=sys.stderr)
-        return 1
-    return 0
+        build = image.build_options(args)
+        deploy_preview(settings, args.pr, engine, build, args.home, args.registry, args.insecure)
+
+    return run_command("preview", act)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from packaging.version import InvalidVersion, Version
 
 from pyflow import history, image, smoke
 from pyflow.config import Settings, get_settings
-from pyflow.errors import NoCredentialsError, PyflowError, ReleaseError
+from pyflow.errors import NoCredentialsError, PyflowError, ReleaseError, run_command
 
 if TYPE_CHECKING:
     from google.cloud.artifactregistry_v1 import ArtifactRegistryClient, Repository, Tag
@@ -418,20 +418,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Release the tagged commit; print one message naming the problem and the fix if it cannot."""
     args = build_parser().parse_args(argv)
+    build = image.build_options(args)
     options = Options(
-        args.engine,
-        args.dry_run,
-        image.build_options(args),
-        args.home,
-        registry=args.registry,
-        insecure=args.insecure,
+        args.engine, args.dry_run, build, args.home, image.ROOT, args.registry, args.insecure
     )
-    try:
-        release(get_settings(), options)
-    except PyflowError as error:
-        print(f"pyflow release: stopped, nothing more was done: {error}", file=sys.stderr)
-        return 1
-    return 0
+    return run_command(
+        "release", lambda: release(get_settings(), options), "stopped, nothing more was done: "
+    )
 
 
 if __name__ == "__main__":

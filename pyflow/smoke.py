@@ -21,7 +21,7 @@ from typing import Any
 
 from pyflow import deploy, image
 from pyflow.config import Settings, get_settings
-from pyflow.errors import PyflowError, ReleaseError
+from pyflow.errors import ReleaseError, run_command
 
 SMOKE_POOL = "pyflow-smoke"
 """The work pool of the throwaway server's deployment (a Kubernetes pool, as in production)."""
@@ -178,14 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Smoke-run an image; print one message naming the problem and the fix if it fails."""
     args = build_parser().parse_args(argv)
-    try:
+
+    def act() -> None:
         settings = get_settings()
         engine = image.container_engine(args.engine, settings)
         print(f"smoke run: {smoke_run(engine, args.image, settings, args.isolation)}")
-    except PyflowError as error:
-        print(f"pyflow smoke: {error}", file=sys.stderr)
-        return 1
-    return 0
+
+    return run_command("smoke", act)
 
 
 if __name__ == "__main__":
