@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, cast
 from pyflow.errors import PyflowError, SettingsError, SourcesFailed
 
 if TYPE_CHECKING:
-    from pyflow.etl import Summary
+    from pyflow.warn.etl import Summary
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2

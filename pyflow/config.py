@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from pyflow.columns import Rules, load_rules
 from pyflow.errors import SettingsError
-from pyflow.schema import Source
+from pyflow.warn.columns import Rules, load_rules
+from pyflow.warn.schema import Source
 
 if TYPE_CHECKING:
     from prefect.task_runners import TaskRunner
@@ -37,7 +37,7 @@ SAMPLE_STATES = ("ca", "dc", "fl", "in", "mo", "ny", "pa", "tx", "wi")
 
 def sample_sources() -> list[Source]:
     """Return the bundled sample sources, each with its state as a constant."""
-    folder = resources.files("pyflow") / "sample"
+    folder = resources.files("pyflow.warn") / "sample"
     return [
         Source(
             location=str(folder / f"{stem}.csv"),
@@ -152,7 +152,7 @@ class Settings(BaseSettings):
     )
     aliases_file: Path | None = Field(
         default=None,
-        description="A TOML file of column names per field (the shape of `pyflow/aliases.toml`), for headers the rules in `pyflow/columns.toml` miss; yours win.",
+        description="A TOML file of column names per field (the shape of `pyflow/warn/aliases.toml`), for headers the rules in `pyflow/warn/columns.toml` miss; yours win.",
     )
     strict: bool = Field(
         default=False,

@@ -12,9 +12,8 @@ from prefect.client.schemas.objects import State
 from prefect.futures import wait
 from prefect.states import Failed
 
-from pyflow import etl, publish
+from pyflow import publish
 from pyflow.config import Settings, get_settings
-from pyflow.schema import Source
 from pyflow.tasks import (
     clean_up,
     fetch_source,
@@ -26,6 +25,8 @@ from pyflow.tasks import (
     stage_outputs,
     transform_batch,
 )
+from pyflow.warn import etl
+from pyflow.warn.schema import Source
 
 
 @flow(name="warn-notices", task_runner=get_settings().build_task_runner())

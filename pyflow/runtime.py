@@ -10,9 +10,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from pyflow import etl
 from pyflow.config import Settings
 from pyflow.errors import PyflowError, SettingsError, SourceError, SourcesFailed
+from pyflow.warn import etl
 
 if TYPE_CHECKING:
     from prefect import Flow

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLE = ROOT / "pyflow" / "sample"
+SAMPLE = ROOT / "pyflow" / "warn" / "sample"
 PUBLISHED = [".latest.lock", "latest.json", "notices.csv", "rejects.csv", "runs", "summary.json"]
 """What a local output folder holds after a run: the pointer, its lock, the runs and the copies."""
 WARN_DATA = ROOT.parent / "shared" / "warn-data"

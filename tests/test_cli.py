@@ -92,7 +92,7 @@ def test_cli_publishes_good_sources_and_exits_1_when_others_fail(isolated_settin
     """Good sources are written, bad ones listed with fixes, exit 1; with --strict, nothing."""
     (isolated_settings / "binary.csv").write_bytes(b"\x00\x01 not csv")
     (isolated_settings / "foo.csv").write_text("Foo,Bar\n1,2\n")
-    sample = ROOT / "pyflow" / "sample"
+    sample = ROOT / "pyflow" / "warn" / "sample"
     sources = [
         "--source", f"{sample / 'tx.csv'}#state=TX", "--source", "binary.csv#state=OK",
         "--source", "foo.csv#state=OK", "--source", f"{sample / 'wi.csv'}#state=WI",

@@ -16,9 +16,9 @@ import pytest
 from prefect_dask import DaskTaskRunner
 
 from conftest import SAMPLE, HttpSources
-from pyflow import bench, etl
 from pyflow.flow import warn_notices
 from pyflow.local import port_is_free
+from pyflow.warn import bench, etl
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from conftest import SAMPLE, HttpSources, tree_bytes
-from pyflow import etl
-from pyflow.columns import load_rules
 from pyflow.errors import FetchError, OutputError, SourceError
-from pyflow.schema import NOTICE_FIELDS, Source
+from pyflow.warn import etl
+from pyflow.warn.columns import load_rules
+from pyflow.warn.schema import NOTICE_FIELDS, Source
 
 RULES = load_rules()
 

@@ -11,11 +11,11 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.exceptions import ParameterTypeError
 
 from conftest import PUBLISHED, SAMPLE, HttpSources
-from pyflow import etl
 from pyflow.config import SAMPLE_STATES
 from pyflow.errors import SourceError
 from pyflow.flow import warn_notices
 from pyflow.tasks import SUMMARY_ARTIFACT_KEY
+from pyflow.warn import etl
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 

@@ -33,10 +33,11 @@ import polars_hash as plh
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
-from pyflow import normalise, publish, reading, values
-from pyflow.columns import ColumnMap, Rules, map_columns
+from pyflow import publish
 from pyflow.errors import FetchError, OutputError, SourceError
-from pyflow.schema import (
+from pyflow.warn import normalise, reading, values
+from pyflow.warn.columns import ColumnMap, Rules, map_columns
+from pyflow.warn.schema import (
     NOTICE_FIELDS,
     REJECT_FIELDS,
     Source,
@@ -353,7 +354,7 @@ def _unmapped(plan: SourcePlan) -> str | None:
             f"source '{plan.label}' has no column for the company: none of its columns "
             f"({names}{more}) has a header naming a company, employer or organization over "
             "values with names in them. Add the column's name to an alias file "
-            '(company = ["..."], the shape of pyflow/aliases.toml) and point '
+            '(company = ["..."], the shape of pyflow/warn/aliases.toml) and point '
             f"PYFLOW_ALIASES_FILE at it, or give a constant: '{plan.source.location}#company=...'"
         )
     if "state" not in found:
@@ -424,7 +425,7 @@ def transform_stack(batch: list[Partition], work_dir: str) -> list[PartResult]:
     """Read a stack of partitions and turn their rows into notices and rejects, in one pass.
 
     Each partition's columns are renamed to the fields, the partitions are stacked, and the
-    stack is read at once (`pyflow.normalise`). Notices go to one part file for the stack,
+    stack is read at once (`pyflow.warn.normalise`). Notices go to one part file for the stack,
     sorted by key in row groups a merge bucket can skip; rejects (with their reason and raw
     text) to another. A source that failed to map has all its rows rejected with that reason;
     a partition that cannot be read gets a result with its error instead of raising.

@@ -1,6 +1,6 @@
 """Benchmark: the csv module's floor, plain Python, the flow on threads and on Dask, real data.
 
-``python -m pyflow.bench --rows 1000000 --files 20 --workers 2`` (what `invoke bench` runs)
+``python -m pyflow.warn.bench --rows 1000000 --files 20 --workers 2`` (what `invoke bench` runs)
 generates a deterministic synthetic input in the layouts real states use, runs each variant in a
 process of its own, checks that the flow variants' outputs are byte-identical to the plain
 path's, and prints wall time, rows per second and peak memory (of the largest process: the
@@ -13,7 +13,7 @@ The variants:
 
 - (0) Python's `csv` module reading and writing the same files, no transform: the floor a
   plain-Python pipeline cannot beat.
-- (a) The ETL steps in one process, no Prefect (`pyflow.etl.run_local`).
+- (a) The ETL steps in one process, no Prefect (`pyflow.warn.etl.run_local`).
 - (b), (c), (d) The flow on the thread runner, a temporary local Dask cluster, and a running one.
 - (e) ``python -m pyflow`` over the 44 real state files in ``../shared/warn-data/raw`` (when
   present), end to end: a new process, against this project's running Prefect server.
@@ -35,10 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from pyflow.schema import Source
+from pyflow.warn.schema import Source
 
 if TYPE_CHECKING:
-    from pyflow.etl import Summary
+    from pyflow.warn.etl import Summary
 
 STATES = ["CA", "TX", "NY", "WA", "FL", "IL", "OH", "PA", "GA", "MI", "NC", "NJ"]
 LAYOUTS: list[tuple[tuple[str, ...], str]] = [
@@ -311,8 +311,8 @@ def run_variant(
         started = time.perf_counter()
         rows = copy_with_csv(sources, output)
         return Measurement(variant, time.perf_counter() - started, rows, memory.stop())
-    from pyflow import etl
     from pyflow.config import get_settings
+    from pyflow.warn import etl
 
     settings = get_settings(sources=[str(s) for s in sources], output=str(output))
     if variant in ("a", "a1"):
@@ -455,7 +455,7 @@ def _count(minimum: int) -> Any:
 def main(argv: list[str] | None = None) -> int:
     """Generate the input, run the variants, compare outputs and print the table."""
     parser = argparse.ArgumentParser(
-        prog="python -m pyflow.bench", description=__doc__.splitlines()[0]
+        prog="python -m pyflow.warn.bench", description=__doc__.splitlines()[0]
     )
     parser.add_argument(
         "--rows", type=_count(1), default=1_000_000, help="rows to generate (default: 1,000,000)"
@@ -538,7 +538,7 @@ def compare(args: argparse.Namespace, inputs: Path) -> int:
                 address, cluster = _start_cluster(args.workers, log, env)
             try:
                 done = subprocess.run(
-                    [sys.executable, "-m", "pyflow.bench", "--rows", str(args.rows), "--files", str(args.files),
+                    [sys.executable, "-m", "pyflow.warn.bench", "--rows", str(args.rows), "--files", str(args.files),
                      "--workers", str(args.workers), "--folder", str(args.folder), "--run-variant", variant,
                      "--address", address],
                     env=env, capture_output=True, text=True, check=False,
