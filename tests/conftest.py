@@ -87,6 +87,25 @@ def run_invoke(
     return result
 
 
+def run_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m pyflow`` in ``cwd`` with the project's prefect.toml and a fresh Prefect home."""
+    shutil.copy(ROOT / "prefect.toml", cwd / "prefect.toml")
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("PREFECT_", "PYFLOW_"))
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "pyflow", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
 @pytest.fixture
 def without_venv(monkeypatch: pytest.MonkeyPatch) -> None:
     """Run invoke's tasks as before `invoke setup` made .venv: through `poetry run`."""

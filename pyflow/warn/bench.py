@@ -313,13 +313,11 @@ def run_variant(
         return Measurement(variant, time.perf_counter() - started, rows, memory.stop())
     from pyflow.config import get_settings
     from pyflow.warn import etl
+    from pyflow.warn.parameters import PARTITION_BYTES, load_aliases
 
-    settings = get_settings(sources=[str(s) for s in sources], output=str(output))
     if variant in ("a", "a1"):
         started = time.perf_counter()
-        summary = etl.run_local(
-            settings.sources, str(output), settings.rules, settings.partition_bytes
-        )
+        summary = etl.run_local(sources, str(output), load_aliases(None), PARTITION_BYTES)
         seconds = time.perf_counter() - started
         return Measurement(variant, seconds, summary.rows_in, memory.stop())
     from pyflow.flow import warn_notices
@@ -333,7 +331,7 @@ def run_variant(
     flow = warn_notices.with_options(task_runner=runner_settings.build_task_runner())
     with without_heartbeats():
         started = time.perf_counter()
-        summary = cast("Summary", flow(sources=settings.sources, output=str(output)))
+        summary = cast("Summary", flow(sources=sources, output=str(output)))
         seconds = time.perf_counter() - started
     peak = memory.stop()
     if variant == "d":
@@ -346,7 +344,7 @@ def run_real(folder: Path, output: Path, env: dict[str, str]) -> Measurement | s
     sources = real_sources(folder)
     if not sources:
         return f"no real data: {folder} holds no CSV files (it is ../shared/warn-data/raw)"
-    command = [sys.executable, "-m", "pyflow", "--output", str(output)]
+    command = [sys.executable, "-m", "pyflow", "--flow", "warn-notices", "--output", str(output)]
     for source in sources:
         command += ["--source", str(source)]
     started = time.perf_counter()
