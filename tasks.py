@@ -73,7 +73,7 @@ def setup(c: Context, index_url: str = "") -> None:
         "runner": "task runner, threads or dask (default: PYFLOW_TASK_RUNNER, else threads)",
         "workers": "worker processes of a local Dask cluster (default: the CPUs available)",
         "strict": "all or nothing: if a source fails, write nothing (default: publish the others, then fail)",
-        "flow": "another flow of FLOWS to run, such as one `invoke new-flow` made (default: warn-notices, the example)",
+        "flow": "the flow of FLOWS to run, such as one `invoke new-flow` made (default: the first, warn-notices)",
         "param": "a parameter of --flow, NAME=VALUE with the value as JSON or text; repeat for more (default: the flow's defaults)",
         "temporary-server": "run on a temporary Prefect server that stops with the run (default: this project's server, started in the background if it is not running)",
     },
@@ -280,7 +280,7 @@ def bench(
 ) -> None:
     """Benchmark the csv module, plain Python, the flow on threads and on Dask, and real data."""
     flags = options(rows=rows, files=files, workers=workers, variants=variants)
-    sh(c, f"python -m pyflow.bench{flags}")
+    sh(c, f"python -m pyflow.warn.bench{flags}")
 
 
 @task
@@ -313,7 +313,7 @@ def hooks(c: Context) -> None:
 @task
 def docs(c: Context) -> None:
     """Regenerate the README's configuration table from the settings in pyflow/config.py."""
-    sh(c, "python -m pyflow.config readme")
+    sh(c, "python -m pyflow.docs")
 
 
 @task(

@@ -1,4 +1,4 @@
-"""Command line: ``python -m pyflow`` runs the example flow once, in this process."""
+"""Command line: ``python -m pyflow`` runs a flow of FLOWS once (the first, the example), here."""
 
 from __future__ import annotations
 
@@ -9,19 +9,14 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
-from pyflow.errors import PyflowError, SettingsError, SourcesFailed
-
-if TYPE_CHECKING:
-    from pyflow.etl import Summary
+from pyflow.errors import PyflowError, SettingsError
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-EXAMPLE = "warn-notices"
-"""The example flow, which `python -m pyflow` runs unless told another with --flow."""
 RESULT_CHARS = 200
-"""How much of another flow's result is printed."""
+"""How much of a result that does not report itself is printed."""
 
 
 def positive(text: str) -> int:
@@ -36,9 +31,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pyflow",
         description=(
-            "Consolidate WARN Act layoff notices from many sources into notices.csv, "
-            "rejects.csv and summary.json. Options override the PYFLOW_ settings (see .env.example)."
+            "Run a flow of FLOWS (pyflow/flow.py) once, in this process: the first one unless "
+            "--flow names another (the example, warn-notices, consolidates WARN Act layoff "
+            "notices into notices.csv, rejects.csv and summary.json). --output, --runner, "
+            "--workers and --dask-address override the PYFLOW_ settings (see .env.example); "
+            "--param, --source and --strict are the flow's parameters."
         ),
+    )
+    parser.add_argument(
+        "--flow",
+        metavar="NAME",
+        help="the flow of FLOWS (pyflow/flow.py) to run (default: the first, warn-notices)",
+    )
+    parser.add_argument(
+        "--param",
+        dest="params",
+        action="append",
+        metavar="NAME=VALUE",
+        help="a parameter of the flow, its value as JSON or else as text, such as "
+        "partition_bytes=0; repeat for more (default: the flow's defaults)",
     )
     parser.add_argument(
         "--source",
@@ -46,15 +57,26 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="LOCATION[#key=value,...]",
         help=(
-            "a file, URL or fsspec URL to read, with constants for fields the file lacks, "
-            "such as data/ca.csv#state=CA; repeat for more (default: PYFLOW_SOURCES, "
-            "else the bundled sample)"
+            "the flow's sources parameter, one item each: a file, URL or fsspec URL to read, with "
+            "constants for fields the file lacks, such as data/ca.csv#state=CA; repeat for more "
+            "(default: the flow's, for the example the bundled sample)"
+        ),
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        default=None,
+        help=(
+            "the flow's strict parameter: all or nothing, if any source cannot be read or mapped, "
+            "fail before writing anything (default: the flow's, for the example publish the "
+            "other sources and exit 1)"
         ),
     )
     parser.add_argument(
         "--output",
         metavar="DIR_OR_URL",
-        help="folder or fsspec URL to write to (default: PYFLOW_OUTPUT, else data/output)",
+        help="folder or fsspec URL to write to, for a flow with an output parameter "
+        "(default: PYFLOW_OUTPUT, else data/output)",
     )
     parser.add_argument(
         "--runner",
@@ -68,26 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="worker processes of a local Dask cluster (default: PYFLOW_DASK_WORKERS, else CPUs)",
     )
     parser.add_argument(
-        "--strict",
-        action="store_true",
-        default=None,
-        help=(
-            "all or nothing: if any source cannot be read or mapped, fail before writing "
-            "anything (default: PYFLOW_STRICT, else publish the other sources and exit 1)"
-        ),
-    )
-    parser.add_argument(
-        "--flow",
-        metavar="NAME",
-        help="run another flow of FLOWS (pyflow/flow.py) with its default parameters and any "
-        "--param (default: warn-notices, the example, with the options above)",
-    )
-    parser.add_argument(
-        "--param",
-        dest="params",
-        action="append",
-        metavar="NAME=VALUE",
-        help="a parameter of the --flow, its value as JSON or else as text; repeat for more",
+        "--dask-address",
+        metavar="ADDRESS",
+        help="use a running Dask scheduler, such as tcp://127.0.0.1:8786 (default: PYFLOW_DASK_ADDRESS)",
     )
     parser.add_argument(
         "--keep-server",
@@ -96,16 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
         "running, so that the next runs start at once and the run's links keep working "
         "(default: use it if it runs, else a temporary server that stops with the run)",
     )
-    parser.add_argument(
-        "--dask-address",
-        metavar="ADDRESS",
-        help="use a running Dask scheduler, such as tcp://127.0.0.1:8786 (default: PYFLOW_DASK_ADDRESS)",
-    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the flow once with the options given; print a summary or one error message.
+    """Run the flow once with the options given; print what it did or one error message.
 
     Returns:
         The exit status: 0 on success, 1 if the run failed, 2 for invalid options or settings.
@@ -115,41 +115,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pyflow import runtime
     from pyflow.config import get_settings
 
-    if args.flow and args.flow.replace("_", "-") != EXAMPLE:
-        return run_other(args, parser)
-    if args.params:
-        parser.error(f"--param is for other flows: {EXAMPLE} takes the options above")
+    try:
+        parameters = parse_params(args.params)
+    except ValueError as error:
+        parser.error(str(error))
     try:
         settings = get_settings(
-            sources=args.sources,
             output=args.output,
             task_runner=args.runner,
             dask_workers=args.workers,
             dask_address=args.dask_address,
-            strict=args.strict,
         )
-        runtime.preflight(settings)
-        runtime.quiet_logging()
-        summary = runtime.run_flow(settings, keep_server=args.keep_server)
     except SettingsError as error:
         print(f"pyflow: invalid settings: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except SourcesFailed as error:
-        failed_run = cast("Summary", error.summary)
-        report(failed_run)
-        failed = failed_run.failures
-        print(
-            f"pyflow: {len(failed)} of {len(failed_run.sources)} sources failed; the others "
-            "were published:",
-            file=sys.stderr,
-        )
-        for entry in failed:
-            print(f"  - {entry['error']}", file=sys.stderr)
+    try:
+        flow = runtime.find_flow(args.flow)
+        shorthands = {"sources": args.sources, "strict": args.strict, "output": args.output}
+        for name, value in shorthands.items():
+            if value is not None and name not in flow.parameters.properties:
+                parser.error(
+                    f"--{name.removesuffix('s')}: flow '{flow.name}' has no parameter '{name}'; "
+                    "pass its own with --param NAME=VALUE"
+                )
+        parameters.update({k: v for k, v in shorthands.items() if v is not None})
+        if "output" in flow.parameters.properties:
+            parameters.setdefault("output", settings.require_output())
+        parameters = runtime.check_before_run(flow, parameters)
+        runtime.quiet_logging()
+        result = runtime.run_flow(flow, parameters, settings, keep_server=args.keep_server)
+    except SettingsError as error:
+        print(f"pyflow: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except runtime.RunFailed as error:
+        if isinstance(error.result, runtime.Reportable):
+            report(error.result, flow.name)
+        print(f"pyflow: the run failed: {error}", file=sys.stderr)
         return EXIT_FAILED
     except PyflowError as error:
         print(f"pyflow: the run failed: {error}", file=sys.stderr)
         return EXIT_FAILED
-    report(summary)
+    report(result, flow.name)
     return 0
 
 
@@ -171,73 +177,15 @@ def parse_params(pairs: list[str] | None) -> dict[str, Any]:
     return parameters
 
 
-def run_other(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """Run a flow other than the example with its parameters; print its result.
+def report(result: Any, flow_name: str) -> None:
+    """Print what a run did: the lines its result reports, else the start of its value."""
+    from pyflow.runtime import Reportable
 
-    Returns:
-        The exit status: 0 on success, 1 if the run failed, 2 for invalid options.
-    """
-    from pyflow import runtime
-    from pyflow.config import get_settings
-
-    example_only = [
-        option
-        for option, value in (
-            ("--source", args.sources),
-            ("--output", args.output),
-            ("--strict", args.strict),
-            ("--runner", args.runner),
-            ("--workers", args.workers),
-            ("--dask-address", args.dask_address),
-        )
-        if value
-    ]
-    if example_only:
-        parser.error(
-            f"{', '.join(example_only)}: options of {EXAMPLE}; pass --param NAME=VALUE to "
-            f"flow '{args.flow}'"
-        )
-    try:
-        parameters = parse_params(args.params)
-    except ValueError as error:
-        parser.error(str(error))
-    try:
-        flow = runtime.find_flow(args.flow)
-        settings = get_settings()
-        runtime.quiet_logging()
-        result = runtime.run_any(flow, parameters, settings, keep_server=args.keep_server)
-    except SettingsError as error:
-        print(f"pyflow: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except PyflowError as error:
-        print(f"pyflow: the run failed: {error}", file=sys.stderr)
-        return EXIT_FAILED
-    shown = repr(result)
-    print(f"pyflow: flow '{flow.name}' completed; it returned {shown[:RESULT_CHARS]}")
-    return 0
-
-
-def report(summary: Summary) -> None:
-    """Print a run's counts and where its outputs are."""
-    print(
-        f"pyflow: read {summary.rows_in:,} rows from {len(summary.sources)} sources: "
-        f"{summary.rows_out:,} notices, {summary.rows_rejected:,} rejected, "
-        f"{summary.rows_duplicate:,} duplicates dropped."
-    )
-    output = summary.notices.rsplit("/", 3)[0]
-    from pyflow.publish import Store
-
-    latest, _ = Store.of(output).read_pointer()
-    if latest is None or latest["run"] == summary.run:
-        print(
-            f"pyflow: wrote {output}/notices.csv and {output}/rejects.csv "
-            f"(run {summary.run}, which latest.json names)"
-        )
-    else:
-        print(
-            f"pyflow: wrote {summary.notices} and {summary.rejects}; run {latest['run']}, which "
-            "started later, was published first, and latest.json names it"
-        )
+    if isinstance(result, Reportable):
+        for line in result.report_lines():
+            print(f"pyflow: {line}")
+        return
+    print(f"pyflow: flow '{flow_name}' completed; it returned {repr(result)[:RESULT_CHARS]}")
 
 
 def exit_now(code: int) -> None:

@@ -10,18 +10,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
-from functools import cached_property
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from pyflow.columns import Rules, load_rules
 from pyflow.errors import SettingsError
-from pyflow.schema import Source
 
 if TYPE_CHECKING:
     from prefect.task_runners import TaskRunner
@@ -31,23 +26,6 @@ Runner = Literal["threads", "dask"]
 
 ENV_PREFIX = "PYFLOW_"
 ENVIRONMENT_VARIABLE = "PREFECT_FLOW_ENV"
-SAMPLE_STATES = ("ca", "dc", "fl", "in", "mo", "ny", "pa", "tx", "wi")
-"""The bundled sample: slices of the real files nine states publish, each in its own layout."""
-
-
-def sample_sources() -> list[Source]:
-    """Return the bundled sample sources, each with its state as a constant."""
-    folder = resources.files("pyflow") / "sample"
-    return [
-        Source(
-            location=str(folder / f"{stem}.csv"),
-            constants={"state": stem.upper()},
-            name=f"sample/{stem}.csv",
-        )
-        for stem in SAMPLE_STATES
-    ]
-
-
 ENVIRONMENT_DEFAULTS: dict[str, dict[str, Any]] = {
     "development": {
         "output": "data/output",
@@ -68,13 +46,6 @@ PLACEHOLDERS = ("your-project-id", "your-org/your-repo", "your-bucket")
 
 RELEASE_SETTINGS = ("output", "gcp_project", "gcp_region", "artifact_repository", "image_name")
 """Settings a release needs, besides Prefect's PREFECT_API_URL."""
-
-FLOW_RUN_SETTINGS = (
-    "output", "sources", "task_runner", "dask_address", "dask_workers", "dask_threads",
-    "partition_bytes", "aliases_file", "fetch_timeout", "fetch_retries", "fetch_backoff",
-    "strict", "keep_runs", "run_lease_seconds",
-)  # fmt: skip
-"""Settings a flow run reads: production deployments pass them to the pod."""
 
 
 def _is_remote(location: str) -> bool:
@@ -112,18 +83,11 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices(ENVIRONMENT_VARIABLE),
         description="Environment: `development` (local defaults) or `production` (GKE).",
     )
-    sources: Annotated[list[Source], NoDecode] = Field(
-        default_factory=sample_sources,
-        description=(
-            "Sources to read: a JSON list, or locations separated by spaces, each "
-            "`LOCATION[#key=value,...]` (such as `data/ca.csv#state=CA`)."
-        ),
-    )
     output: str | None = Field(
         default=None,
         description=(
-            "Where to write notices.csv, rejects.csv and summary.json: a folder or fsspec URL "
-            "(such as `gs://bucket/warn`)."
+            "Where the flows write their outputs: a folder or fsspec URL (such as "
+            "`gs://bucket/warn`)."
         ),
     )
     task_runner: Runner | None = Field(
@@ -145,19 +109,6 @@ class Settings(BaseSettings):
         description="Worker processes of a local Dask cluster; unset: the CPUs the process may use (a pod's CPU limit).",
     )
     dask_threads: int = Field(default=1, ge=1, description="Threads per local Dask worker process.")
-    partition_bytes: int = Field(
-        default=64 * 1024 * 1024,
-        ge=0,
-        description="Sources larger than this many bytes are split, at record boundaries, into partitions of about this size, read in parallel; a task reads two partitions' worth, one at a time; 0: never split.",
-    )
-    aliases_file: Path | None = Field(
-        default=None,
-        description="A TOML file of column names per field (the shape of `pyflow/aliases.toml`), for headers the rules in `pyflow/columns.toml` miss; yours win.",
-    )
-    strict: bool = Field(
-        default=False,
-        description="All or nothing: a source that cannot be read or mapped fails the run, and nothing is written. Unset: the other sources are published and the run still fails.",
-    )
     keep_runs: int = Field(
         default=10,
         ge=1,
@@ -167,17 +118,6 @@ class Settings(BaseSettings):
         default=300.0,
         gt=0,
         description="Seconds a running run's lease lasts (renewed every quarter of that); a run folder whose lease ran out belongs to a crashed run, and the next run removes its leftovers.",
-    )
-    fetch_timeout: float = Field(
-        default=30.0, gt=0, description="Seconds to wait on an HTTP(S) source before giving up."
-    )
-    fetch_retries: int = Field(
-        default=3, ge=0, description="Retries for an HTTP(S) source that fails."
-    )
-    fetch_backoff: float = Field(
-        default=2.0,
-        ge=0,
-        description="Seconds before the first retry; each further retry waits twice as long.",
     )
     work_pool: str | None = Field(
         default=None,
@@ -189,6 +129,14 @@ class Settings(BaseSettings):
     )
     schedule_timezone: str = Field(
         default="UTC", description="Time zone of the schedule (such as `America/Chicago`)."
+    )
+    deployment_parameters: Annotated[dict[str, dict[str, Any]], NoDecode] = Field(
+        default_factory=dict,
+        description=(
+            "Parameters the deployments pass to their flows, as a JSON object keyed by flow name "
+            '(such as `{"warn-notices": {"sources": ["gs://bucket/ca.csv#state=CA"]}}`); a '
+            "parameter left out takes the flow's default."
+        ),
     )
     server_port: int = Field(
         default=4200,
@@ -250,22 +198,19 @@ class Settings(BaseSettings):
                 raise ValueError("not a cron expression such as '0 6 * * *'") from None
         return value
 
-    @field_validator("sources", mode="before")
+    @field_validator("deployment_parameters", mode="before")
     @classmethod
-    def _split_sources(cls, value: Any) -> Any:
-        """Accept a JSON list or space-separated source strings."""
-        if isinstance(value, str):
-            text = value.strip()
-            return json.loads(text) if text.startswith("[") else text.split()
-        return value
-
-    @field_validator("sources")
-    @classmethod
-    def _require_sources(cls, value: list[Source]) -> list[Source]:
-        """Refuse an empty list of sources."""
-        if not value:
-            raise ValueError("at least one source is needed")
-        return value
+    def _parse_parameters(cls, value: Any) -> Any:
+        """Read a JSON object of parameters by flow name."""
+        if not isinstance(value, str):
+            return value
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"not JSON ({error}): give an object keyed by flow name, such as "
+                '{"warn-notices": {"strict": true}}'
+            ) from None
 
     @model_validator(mode="after")
     def _apply_environment_defaults(self) -> Settings:
@@ -287,16 +232,6 @@ class Settings(BaseSettings):
                 "(a bucket such as gs://BUCKET/warn) or pass --output"
             )
         return self.output
-
-    @cached_property
-    def rules(self) -> Rules:
-        """The header rules, with the bundled overrides plus ``aliases_file``."""
-        try:
-            return load_rules(self.aliases_file)
-        except (OSError, ValueError) as error:
-            raise SettingsError(
-                f"PYFLOW_ALIASES_FILE='{self.aliases_file}' cannot be used: {error}"
-            ) from None
 
     @property
     def image_repository(self) -> str:
@@ -337,41 +272,11 @@ class Settings(BaseSettings):
                 "Actions, as repository variables (see the README's release set-up)"
             )
 
-    def flow_run_env(self) -> dict[str, str]:
-        """Return the settings a production flow run needs, as the pod's environment variables."""
-        env: dict[str, str] = {ENVIRONMENT_VARIABLE: self.env}
-        for name in FLOW_RUN_SETTINGS:
-            value = getattr(self, name)
-            chosen = name in self.model_fields_set or name in ENVIRONMENT_DEFAULTS[self.env]
-            if not chosen or value is None:
-                continue
-            if name == "sources":
-                value = json.dumps([str(source) for source in value])
-            env[variable_name(name)] = str(value)
-        return env
-
-    def job_variables(self) -> dict[str, object]:
-        """Return the Kubernetes work pool's job variables for the production deployments."""
-        return {
-            "namespace": self.namespace,
-            "service_account_name": self.service_account,
-            "cpu_request": self.cpu_request,
-            "cpu_limit": self.cpu_limit,
-            "memory_request": self.memory_request,
-            "memory_limit": self.memory_limit,
-            "env": self.flow_run_env(),
-        }
-
     @property
     def pool(self) -> str:
         """The work pool's name: the setting, else the environment's default; never unset."""
         assert self.work_pool is not None, "filled from ENVIRONMENT_DEFAULTS"
         return self.work_pool
-
-    @property
-    def retry_delays(self) -> list[float]:
-        """Seconds to wait before each retry of a failed fetch (exponential backoff)."""
-        return [self.fetch_backoff * 2**attempt for attempt in range(self.fetch_retries)]
 
     def build_task_runner(self) -> TaskRunner[Any]:
         """Create the task runner these settings choose."""
@@ -432,68 +337,3 @@ def format_validation_error(error: ValidationError) -> str:
         "; ".join(problems)
         + ". Fix it in .env or the environment (see .env.example), or with the matching option."
     )
-
-
-def _default_text(name: str) -> str:
-    """Describe a setting's default for the configuration table."""
-    if name in ENVIRONMENT_DEFAULTS["development"]:
-        shown = []
-        for env, defaults in ENVIRONMENT_DEFAULTS.items():
-            value = defaults[name]
-            shown.append(f"`{value}` ({env})" if value is not None else f"required ({env})")
-        return ", ".join(shown)
-    field = Settings.model_fields[name]
-    if field.default_factory is not None:
-        return "the bundled sample"
-    return "unset" if field.default is None else f"`{field.default}`"
-
-
-def configuration_table() -> str:
-    """Render every setting as a markdown table: variable, default, meaning."""
-    lines = ["| Variable | Default | Meaning |", "|---|---|---|"]
-    for name, field in Settings.model_fields.items():
-        lines.append(f"| `{variable_name(name)}` | {_default_text(name)} | {field.description} |")
-    return "\n".join(lines) + "\n"
-
-
-TABLE_START = "<!-- configuration-table: start (generated by `invoke docs`) -->"
-TABLE_END = "<!-- configuration-table: end -->"
-
-
-def with_configuration_table(readme: str) -> str:
-    """Return README text with the generated configuration table between its markers."""
-    head, _, rest = readme.partition(TABLE_START)
-    _, _, tail = rest.partition(TABLE_END)
-    return f"{head}{TABLE_START}\n{configuration_table()}{TABLE_END}{tail}"
-
-
-def settings_json(settings: Settings) -> str:
-    """Return the resolved settings as JSON, for tools outside the package (the invoke tasks)."""
-    data = settings.model_dump(mode="json")
-    data["sources"] = [str(source) for source in settings.sources]
-    data["image_repository"] = settings.image_repository
-    return json.dumps(data, indent=2)
-
-
-def main(argv: list[str]) -> int:
-    """``python -m pyflow.config json`` prints the settings; ``readme`` regenerates the table."""
-    command = argv[0] if argv else "json"
-    if command == "readme":
-        path = Path("README.md")
-        path.write_text(
-            with_configuration_table(path.read_text(encoding="utf-8")), encoding="utf-8"
-        )
-        return 0
-    if command != "json":
-        print(f"usage: python -m pyflow.config [json|readme], not '{command}'", file=sys.stderr)
-        return 2
-    try:
-        print(settings_json(get_settings()))
-    except SettingsError as error:
-        print(f"pyflow: invalid settings: {error}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

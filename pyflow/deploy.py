@@ -23,8 +23,14 @@ from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
 from prefect.client.schemas.schedules import CronSchedule
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
-from pyflow.config import Settings, get_settings
-from pyflow.errors import DeployError, PyflowError
+from pyflow.config import (
+    ENVIRONMENT_DEFAULTS,
+    ENVIRONMENT_VARIABLE,
+    Settings,
+    get_settings,
+    variable_name,
+)
+from pyflow.errors import DeployError, PyflowError, SettingsError
 from pyflow.server import running_server
 
 if TYPE_CHECKING:
@@ -37,6 +43,14 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 JOB_TEMPLATE = PROJECT_DIR / "deploy" / "kubernetes-job-template.json"
 """The Kubernetes work pool's base job template, kept in the repository."""
+
+FLOW_RUN_SETTINGS = (
+    "output", "task_runner", "dask_address", "dask_workers", "dask_threads", "keep_runs",
+    "run_lease_seconds",
+)  # fmt: skip
+"""Settings a flow run reads: production deployments pass them to the pod."""
+
+PARAMETERS_VARIABLE = variable_name("deployment_parameters")
 
 
 @dataclass(frozen=True)
@@ -57,6 +71,64 @@ def entrypoint(flow: Flow[Any, Any]) -> str:
 def deployment_name(settings: Settings) -> str:
     """Return the name of every flow's deployment: the environment's name."""
     return settings.env
+
+
+def flow_run_env(settings: Settings) -> dict[str, str]:
+    """Return the settings a production flow run needs, as the pod's environment variables."""
+    env: dict[str, str] = {ENVIRONMENT_VARIABLE: settings.env}
+    for name in FLOW_RUN_SETTINGS:
+        value = getattr(settings, name)
+        chosen = name in settings.model_fields_set or name in ENVIRONMENT_DEFAULTS[settings.env]
+        if chosen and value is not None:
+            env[variable_name(name)] = str(value)
+    return env
+
+
+def job_variables(settings: Settings) -> dict[str, object]:
+    """Return the Kubernetes work pool's job variables for the production deployments."""
+    return {
+        "namespace": settings.namespace,
+        "service_account_name": settings.service_account,
+        "cpu_request": settings.cpu_request,
+        "cpu_limit": settings.cpu_limit,
+        "memory_request": settings.memory_request,
+        "memory_limit": settings.memory_limit,
+        "env": flow_run_env(settings),
+    }
+
+
+def deployment_parameters(
+    settings: Settings, flows: tuple[Flow[Any, Any], ...]
+) -> dict[str, dict[str, Any]]:
+    """Return the parameters of each flow's deployment, by flow name, checked against the flows.
+
+    Raises:
+        SettingsError: If ``PYFLOW_DEPLOYMENT_PARAMETERS`` names a flow that is not there, or
+            gives a flow parameters it does not take, with the fix.
+    """
+    from prefect.exceptions import ParameterTypeError, SignatureMismatchError
+
+    by_name = {flow.name: flow for flow in flows}
+    for name, parameters in settings.deployment_parameters.items():
+        flow = by_name.get(name)
+        if flow is None:
+            raise SettingsError(
+                f"{PARAMETERS_VARIABLE} names flow '{name}', which is not in FLOWS "
+                f"(pyflow/flow.py; there are: {', '.join(by_name)}): fix the name, or remove "
+                "its entry from .env"
+            )
+        flows_logger = logging.getLogger("prefect.flows")
+        flows_logger.disabled = True  # it logs the same error at ERROR level before raising it
+        try:
+            flow.validate_parameters(parameters)
+        except (ParameterTypeError, SignatureMismatchError) as error:
+            raise SettingsError(
+                f"{PARAMETERS_VARIABLE} gives flow '{name}' parameters it does not take: {error}. "
+                "Fix its entry in .env (the flow's docstring lists its parameters)"
+            ) from None
+        finally:
+            flows_logger.disabled = False
+    return settings.deployment_parameters
 
 
 def ensure_work_pool(
@@ -114,11 +186,15 @@ def register(
 
     Returns:
         What was registered.
-    """
-    if flows is None:
-        from pyflow.flow import FLOWS
 
+    Raises:
+        SettingsError: If ``PYFLOW_DEPLOYMENT_PARAMETERS`` does not fit the flows.
+    """
+    from pyflow.flow import FLOWS
+
+    if flows is None:
         flows = FLOWS
+    parameters = deployment_parameters(settings, (*FLOWS, *flows))
     schedule = (
         CronSchedule(cron=settings.schedule, timezone=settings.schedule_timezone)
         if settings.schedule
@@ -137,6 +213,7 @@ def register(
                 name=name or deployment_name(settings),
                 work_pool_name=settings.pool,
                 job_variables=job_variables or {},
+                parameters=parameters.get(flow.name, {}),
                 schedules=[schedule] if schedule else [],
                 description=flow.description,
                 tags=["pyflow", settings.env],
@@ -196,7 +273,7 @@ def check_job_variables(settings: Settings) -> None:
             template = client.read_work_pool(settings.pool).base_job_template
     except ObjectNotFound:
         template = load_job_template()
-    dropped = sorted({"image", *settings.job_variables()} - referenced_variables(template))
+    dropped = sorted({"image", *job_variables(settings)} - referenced_variables(template))
     if dropped:
         raise DeployError(
             f"the base job template of work pool '{settings.pool}' does not use the job "
@@ -221,7 +298,7 @@ def deploy_production(
     settings.require_release()
     check_job_variables(settings)
     ensure_kubernetes_pool(settings, update=False)
-    return register(settings, image=image, job_variables=settings.job_variables(), version=version)
+    return register(settings, image=image, job_variables=job_variables(settings), version=version)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,14 +7,17 @@ runs pick theirs from the environment of the process that runs them: set ``PYFLO
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 from prefect import flow, unmapped
 from prefect.client.schemas.objects import State
 from prefect.futures import wait
 from prefect.states import Failed
 
-from pyflow import etl, publish
-from pyflow.config import Settings, get_settings
-from pyflow.schema import Source
+from pyflow import publish
+from pyflow.config import get_settings
 from pyflow.tasks import (
     clean_up,
     fetch_source,
@@ -26,11 +29,33 @@ from pyflow.tasks import (
     stage_outputs,
     transform_batch,
 )
+from pyflow.warn import etl
+from pyflow.warn.cli import check_before_run
+from pyflow.warn.parameters import (
+    FETCH_BACKOFF,
+    FETCH_RETRIES,
+    FETCH_TIMEOUT,
+    PARTITION_BYTES,
+    Bytes,
+    Count,
+    Delay,
+    RunOptions,
+    Seconds,
+    Sources,
+    run_options,
+)
 
 
 @flow(name="warn-notices", task_runner=get_settings().build_task_runner())
 def warn_notices(
-    sources: list[Source] | None = None, output: str | None = None, strict: bool | None = None
+    sources: Sources | None = None,
+    output: str | None = None,
+    strict: bool = False,
+    partition_bytes: Bytes = PARTITION_BYTES,
+    aliases_file: Path | None = None,
+    fetch_timeout: Seconds = FETCH_TIMEOUT,
+    fetch_retries: Count = FETCH_RETRIES,
+    fetch_backoff: Delay = FETCH_BACKOFF,
 ) -> etl.Summary | State:
     """Consolidate WARN Act layoff notices from many sources into one clean dataset.
 
@@ -38,13 +63,25 @@ def warn_notices(
     the run then ends Failed, its message naming each failed source.
 
     Args:
-        sources: Files or URLs to read, each `LOCATION[#key=value,...]`; default: PYFLOW_SOURCES.
+        sources: Files or URLs to read, each `LOCATION[#key=value,...]` (such as
+            `data/ca.csv#state=CA`); default: the bundled sample.
         output: Folder or fsspec URL for notices.csv, rejects.csv and summary.json;
             default: PYFLOW_OUTPUT.
-        strict: All or nothing: any failed source fails the run before anything is written;
-            default: PYFLOW_STRICT.
+        strict: All or nothing: a source that cannot be read or mapped fails the run, and
+            nothing is written; default: the other sources are published and the run still fails.
+        partition_bytes: Sources larger than this many bytes are split, at record boundaries,
+            into partitions of about this size, read in parallel; 0: never split.
+        aliases_file: A TOML file of column names per field (the shape of
+            `pyflow/warn/aliases.toml`), for headers the rules in `pyflow/warn/columns.toml`
+            miss; yours win. Default: none.
+        fetch_timeout: Seconds to wait on an HTTP(S) source before giving up.
+        fetch_retries: Retries for an HTTP(S) source that fails.
+        fetch_backoff: Seconds before the first retry; each further retry waits twice as long.
     """
-    settings = get_settings(sources=sources, output=output, strict=strict)
+    settings = get_settings(output=output)
+    options = run_options(
+        sources, strict, partition_bytes, aliases_file, fetch_timeout, fetch_retries, fetch_backoff
+    )
     started_at = etl.utc_now()
     location = prepare_output(settings.require_output())
     run = publish.new_run_id()
@@ -53,7 +90,7 @@ def warn_notices(
     published = False
     with publish.leased(run_folder, settings.run_lease_seconds):
         try:
-            summary = transform_and_stage(settings, run_folder, work_dir, started_at)
+            summary = transform_and_stage(options, run_folder, work_dir, started_at)
             publish_outputs(location, run, summary.rows_out)
             published = True
             publish_summary(summary)
@@ -65,7 +102,7 @@ def warn_notices(
 
 
 def transform_and_stage(
-    settings: Settings, run_folder: str, work_dir: str, started_at: str
+    options: RunOptions, run_folder: str, work_dir: str, started_at: str
 ) -> etl.Summary:
     """Fetch, read, merge and write a run's files into its folder: the flow's tasks, in order.
 
@@ -73,33 +110,33 @@ def transform_and_stage(
         SourceError: If a source fails in strict mode, or every source fails.
     """
     fetch = fetch_source.with_options(
-        retries=settings.fetch_retries, retry_delay_seconds=settings.retry_delays
+        retries=options.fetch_retries, retry_delay_seconds=options.retry_delays
     )
     downloads = {
-        index: fetch.submit(source, work_dir, settings.fetch_timeout)
-        for index, source in enumerate(settings.sources)
+        index: fetch.submit(source, work_dir, options.fetch_timeout)
+        for index, source in enumerate(options.sources)
         if source.is_remote_http
     }
     wait(list(downloads.values()))
     fetched = {index: future.result(raise_on_failure=False) for index, future in downloads.items()}
-    if settings.strict:
+    if options.strict:
         for error in fetched.values():
             if isinstance(error, BaseException):
                 raise error
     plans = plan_sources(
-        settings.sources,
+        options.sources,
         {index: where for index, where in fetched.items() if isinstance(where, str)},
         {index: str(error) for index, error in fetched.items() if not isinstance(error, str)},
-        settings.rules,
-        settings.partition_bytes,
+        options.rules,
+        options.partition_bytes,
     )
-    batch_bytes, stack_bytes = etl.batch_sizes(settings.partition_bytes)
+    batch_bytes, stack_bytes = etl.batch_sizes(options.partition_bytes)
     batches = transform_batch.map(
         etl.plan_batches(plans, batch_bytes), unmapped(work_dir), unmapped(stack_bytes)
     )
     wait(batches)
     parts = [part for batch in batches.result() for part in batch]
-    etl.raise_failures(plans, parts, strict=settings.strict)
+    etl.raise_failures(plans, parts, strict=options.strict)
     usable = etl.usable_parts(parts)
     ranges = etl.plan_buckets(usable)
     labels = {plan.index: plan.label for plan in plans}
@@ -116,12 +153,19 @@ def transform_and_stage(
 
 def failure_message(summary: etl.Summary) -> str:
     """Say which sources failed and why, for the run's final state."""
-    reasons = "; ".join(entry["error"] for entry in summary.failures)
+    reasons = "".join(f"\n  - {entry['error']}" for entry in summary.failures)
     return (
-        f"{summary.sources_failed} of {len(summary.sources)} sources failed (the others were "
-        f"published): {reasons}"
+        f"{summary.sources_failed} of {len(summary.sources)} sources failed; the others were "
+        f"published:{reasons}"
     )
 
 
 FLOWS = (warn_notices,)
 """Every flow of the project: what `invoke check` validates and `invoke deploy` registers."""
+
+CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {warn_notices.name: check_before_run}
+"""Optional: what `python -m pyflow` checks, by flow name, before it starts Prefect to run it.
+
+Each check gets the run's validated parameters (defaults filled in) and raises a `PyflowError`
+to stop the run at once, with its message, on input the run would fail on anyway.
+"""

@@ -309,7 +309,8 @@ def dev(settings: Settings, home: Path, port: int) -> int:
                 ready_message(server, [r.name for r in registered], time.monotonic() - started_at),
                 flush=True,
             )
-            status = worker.wait()
+            while (status := worker.poll()) is None:
+                time.sleep(0.2)  # not worker.wait(): a stop signal another thread takes waits on it
             print(f"pyflow dev: the worker stopped with status {status}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:

@@ -51,7 +51,12 @@ def deploy_preview(
     Raises:
         PyflowError: If a setting, the build, the push or the registration fails.
     """
-    from pyflow.deploy import check_job_variables, ensure_kubernetes_pool, register
+    from pyflow.deploy import (
+        check_job_variables,
+        ensure_kubernetes_pool,
+        job_variables,
+        register,
+    )
 
     name = preview_name(pr)
     previewed = preview_settings(settings, pr)
@@ -63,7 +68,7 @@ def deploy_preview(
     registered = register(
         previewed,
         image=built.pinned(digest),
-        job_variables=previewed.job_variables(),
+        job_variables=job_variables(previewed),
         version=f"{name} ({built.commit})",
         name=name,
         paused=True,

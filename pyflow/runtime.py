@@ -1,4 +1,4 @@
-"""Running the flow from the command line: checks first, readable logs, one error per failure."""
+"""Running a flow from the command line: checks first, readable logs, one error per failure."""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
-from pyflow import etl
 from pyflow.config import Settings
-from pyflow.errors import PyflowError, SettingsError, SourceError, SourcesFailed
+from pyflow.errors import PyflowError, SettingsError
 
 if TYPE_CHECKING:
     from prefect import Flow
@@ -65,30 +64,6 @@ def quiet_logging() -> None:
         for kind in (HideExpectedTracebacks, HideDrainNotices):
             if not any(isinstance(f, kind) for f in handler.filters):
                 handler.addFilter(kind())
-
-
-def preflight(settings: Settings) -> None:
-    """Fail fast, before Prefect starts, on an unwritable output or missing local sources.
-
-    A missing source fails the run here in strict mode, or when no source at all could be read;
-    otherwise the run reads the others and reports it with them.
-
-    Raises:
-        PyflowError: Naming the output or source and the fix.
-    """
-    etl.prepare_output(settings.require_output())
-    missing: list[SourceError] = []
-    for source in settings.sources:
-        if source.is_remote_http:
-            continue
-        try:
-            etl.check_source_exists(source)
-        except SourceError as error:
-            if settings.strict:
-                raise
-            missing.append(error)
-    if missing and len(missing) == len(settings.sources):
-        raise SourceError("; ".join(str(error) for error in missing))
 
 
 @contextmanager
@@ -225,46 +200,36 @@ def without_heartbeats() -> Iterator[None]:
         yield
 
 
-def run_flow(settings: Settings, keep_server: bool = False) -> etl.Summary:
-    """Run the example flow with the task runner the settings choose, without heartbeats.
+@runtime_checkable
+class Reportable(Protocol):
+    """A flow's result that describes itself for the command line (the example's summary does)."""
+
+    def report_lines(self) -> list[str]:
+        """Return what the command line prints about the run, one line each."""
+        ...
+
+
+class RunFailed(PyflowError):
+    """A flow run ended Failed but returned a result: what it did before it failed."""
+
+    def __init__(self, result: object, message: str) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+def find_flow(name: str | None = None) -> Flow[Any, Any]:
+    """Return the flow of `pyflow.flow.FLOWS` with this name (``my_flow`` finds ``my-flow``).
 
     Args:
-        settings: The run's settings.
-        keep_server: Run on this project's server, starting it in the background if needed.
-
-    Raises:
-        SourcesFailed: If some sources failed and the others were published, with the summary.
-        PyflowError: The run's own error if it failed on bad input, else one naming its state.
-    """
-    from pyflow.flow import warn_notices
-
-    flow = warn_notices.with_options(task_runner=settings.build_task_runner())
-    keep_port = settings.server_port if keep_server else None
-    with prefect_api(keep_port), without_heartbeats():
-        state = flow(
-            sources=settings.sources,
-            output=settings.require_output(),
-            strict=settings.strict,
-            return_state=True,
-        )
-    if state.is_completed():
-        return cast("etl.Summary", state.result())
-    result = state.result(raise_on_failure=False)
-    if isinstance(result, etl.Summary):
-        raise SourcesFailed(result, state.message or "some sources failed")
-    if isinstance(result, PyflowError):
-        raise result
-    raise PyflowError(f"the flow run ended {state.name}: {state.message}")
-
-
-def find_flow(name: str) -> Flow[Any, Any]:
-    """Return the flow of `pyflow.flow.FLOWS` with this name (``my_flow`` finds ``my-flow``).
+        name: The flow's name; none for the first flow of FLOWS.
 
     Raises:
         SettingsError: If there is none, with the names there are.
     """
     from pyflow.flow import FLOWS
 
+    if name is None:
+        return FLOWS[0]
     wanted = name.replace("_", "-")
     for candidate in FLOWS:
         if candidate.name == wanted:
@@ -276,28 +241,59 @@ def find_flow(name: str) -> Flow[Any, Any]:
     )
 
 
-def run_any(
-    flow: Flow[Any, Any], parameters: dict[str, Any], settings: Settings, keep_server: bool
-) -> Any:
-    """Run any flow once with these parameters, as `run_flow` runs the example; return its result.
+def check_before_run(flow: Flow[Any, Any], parameters: dict[str, Any]) -> dict[str, Any]:
+    """Validate a run's parameters, then run the flow's own check (`pyflow.flow.CHECKS`) if any.
+
+    Returns:
+        The validated parameters, with the flow's defaults filled in.
 
     Raises:
         SettingsError: If the parameters do not fit the flow's signature.
-        PyflowError: If the run does not complete, naming its state.
+        PyflowError: If the flow's check refuses them.
     """
     from prefect.exceptions import ParameterTypeError, SignatureMismatchError
+
+    from pyflow import flow as flows
 
     flows_logger = logging.getLogger("prefect.flows")
     flows_logger.disabled = True  # it logs the same error at ERROR level before raising it
     try:
-        flow.validate_parameters(parameters)
+        validated = flow.validate_parameters(parameters)
     except (ParameterTypeError, SignatureMismatchError) as error:
         raise SettingsError(f"the parameters of flow '{flow.name}' do not fit: {error}") from None
     finally:
         flows_logger.disabled = False
+    check = getattr(flows, "CHECKS", {}).get(flow.name)
+    if check is not None:
+        check(validated)
+    return validated
+
+
+def run_flow(
+    flow: Flow[Any, Any], parameters: dict[str, Any], settings: Settings, keep_server: bool = False
+) -> Any:
+    """Run a flow once, in this process, with the task runner the settings choose; return its result.
+
+    Args:
+        flow: The flow to run.
+        parameters: Its parameters; the ones left out take the flow's defaults.
+        settings: The settings: task runner, server port.
+        keep_server: Run on this project's server, starting it in the background if needed.
+
+    Raises:
+        RunFailed: If the run ended Failed with a result (such as the example's summary when
+            some sources failed and the others were published).
+        PyflowError: The run's own error if it failed on bad input, else one naming its state.
+    """
+    chosen = flow.with_options(task_runner=settings.build_task_runner())
     keep_port = settings.server_port if keep_server else None
     with prefect_api(keep_port), without_heartbeats():
-        state = cast("State[Any]", flow(**parameters, return_state=True))
+        state = cast("State[Any]", chosen(**parameters, return_state=True))
     if state.is_completed():
         return state.result()
-    raise PyflowError(f"the run of flow '{flow.name}' ended {state.name}: {state.message}")
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, PyflowError):
+        raise result
+    if isinstance(result, BaseException) or result is None:
+        raise PyflowError(f"the run of flow '{flow.name}' ended {state.name}: {state.message}")
+    raise RunFailed(result, state.message or f"the run of flow '{flow.name}' failed")

@@ -122,12 +122,14 @@ def smoke_run(engine: str, tag: str, settings: Settings, isolation: str = "") ->
                 template = deploy.load_job_template()
                 with get_client(sync_client=True) as client:
                     deploy.ensure_work_pool(client, SMOKE_POOL, "kubernetes", template)
-                smoke_settings = settings.model_copy(update={"work_pool": SMOKE_POOL})
+                smoke_settings = settings.model_copy(  # the flow's own defaults: no parameters
+                    update={"work_pool": SMOKE_POOL, "deployment_parameters": {}}
+                )
                 [registered] = deploy.register(
                     smoke_settings,
                     flows=(flow,),
                     image=tag,
-                    job_variables=smoke_settings.job_variables(),
+                    job_variables=deploy.job_variables(smoke_settings),
                 )
                 with get_client(sync_client=True) as client:
                     deployment = client.read_deployment(registered.id)

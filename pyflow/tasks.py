@@ -1,7 +1,7 @@
-"""Prefect tasks: one ETL step each, wrapping the plain functions of `pyflow.etl`.
+"""Prefect tasks: one ETL step each, wrapping the plain functions of `pyflow.warn.etl`.
 
 The wrappers add what Prefect is for (retries, timeouts, logging, the UI artifact); the work
-itself stays in `pyflow.etl`, where tests call it directly.
+itself stays in `pyflow.warn.etl`, where tests call it directly.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 
-from pyflow import etl, publish
-from pyflow.columns import Rules
+from pyflow import publish
 from pyflow.errors import FetchError
-from pyflow.schema import Source
+from pyflow.warn import etl
+from pyflow.warn.columns import Rules
+from pyflow.warn.schema import Source
 
 SUMMARY_ARTIFACT_KEY = "warn-notices-summary"
 """Stable key of the run summary artifact, so the UI shows its history."""

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLE = ROOT / "pyflow" / "sample"
+SAMPLE = ROOT / "pyflow" / "warn" / "sample"
 PUBLISHED = [".latest.lock", "latest.json", "notices.csv", "rejects.csv", "runs", "summary.json"]
 """What a local output folder holds after a run: the pointer, its lock, the runs and the copies."""
 WARN_DATA = ROOT.parent / "shared" / "warn-data"
@@ -86,6 +86,25 @@ def run_invoke(
     )
     assert result.returncode == 0, f"invoke {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
     return result
+
+
+def run_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m pyflow`` in ``cwd`` with the project's prefect.toml and a fresh Prefect home."""
+    shutil.copy(ROOT / "prefect.toml", cwd / "prefect.toml")
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("PREFECT_", "PYFLOW_"))
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "pyflow", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 @pytest.fixture

@@ -64,7 +64,10 @@ def test_checks_main_reports_the_flows_and_settings(isolated_settings: Path) -> 
         cwd=isolated_settings,
     )
     assert result.returncode == 0, result.stderr
-    assert "ok: flow 'warn-notices' (parameters: sources, output, strict)" in result.stdout
+    for listed in FLOWS:
+        parameters = ", ".join(listed.parameters.properties) or "none"
+        assert f"ok: flow '{listed.name}' (parameters: {parameters})" in result.stdout
+    assert "ok: settings for development (output data/output)" in result.stdout
 
 
 def test_checks_main_fails_on_invalid_settings(isolated_settings: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -16,18 +15,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_get_settings_defaults_to_development() -> None:
-    """With nothing set, development runs the bundled sample on threads into data/output."""
+    """With nothing set, development runs on threads into data/output, on the local pool."""
     settings = get_settings()
     assert settings.env == "development"
     assert settings.task_runner == "threads"
     assert settings.output == "data/output"
     assert settings.work_pool == "pyflow-local"
-    assert [s.label for s in settings.sources] == [
-        f"sample/{stem}.csv" for stem in ("ca", "dc", "fl", "in", "mo", "ny", "pa", "tx", "wi")
-    ]
-    assert all(Path(s.location).is_file() for s in settings.sources)
-    assert [s.constants["state"] for s in settings.sources][:3] == ["CA", "DC", "FL"]
-    assert settings.strict is False
+    assert settings.deployment_parameters == {}
 
 
 def test_get_settings_production_defaults_to_dask(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -66,33 +60,12 @@ def test_get_settings_names_an_unknown_environment(monkeypatch: pytest.MonkeyPat
 def test_get_settings_lists_every_invalid_value(monkeypatch: pytest.MonkeyPatch) -> None:
     """All invalid settings are reported at once, each with its variable and value."""
     monkeypatch.setenv("PYFLOW_TASK_RUNNER", "fork")
-    monkeypatch.setenv("PYFLOW_FETCH_RETRIES", "-1")
+    monkeypatch.setenv("PYFLOW_KEEP_RUNS", "-1")
     with pytest.raises(SettingsError) as raised:
         get_settings()
     message = str(raised.value)
     assert "PYFLOW_TASK_RUNNER=\"fork\" is invalid: Input should be 'threads' or 'dask'" in message
-    assert (
-        'PYFLOW_FETCH_RETRIES="-1" is invalid: Input should be greater than or equal to 0'
-        in message
-    )
-
-
-@pytest.mark.parametrize(
-    "value", ['["a.csv#state=CA", "b.csv#state=TX"]', "a.csv#state=CA  b.csv#state=TX"]
-)
-def test_get_settings_reads_sources_as_json_or_words(
-    monkeypatch: pytest.MonkeyPatch, value: str
-) -> None:
-    """PYFLOW_SOURCES is a JSON list or space-separated source strings."""
-    monkeypatch.setenv("PYFLOW_SOURCES", value)
-    assert [str(s) for s in get_settings().sources] == ["a.csv#state=CA", "b.csv#state=TX"]
-
-
-def test_get_settings_names_a_bad_source(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A malformed source in PYFLOW_SOURCES names the variable and the item."""
-    monkeypatch.setenv("PYFLOW_SOURCES", "a.csv#state=Atlantis")
-    with pytest.raises(SettingsError, match=r"PYFLOW_SOURCES \(item 0\) is invalid: .*'Atlantis'"):
-        get_settings()
+    assert 'PYFLOW_KEEP_RUNS="-1" is invalid: Input should be greater than or equal to 1' in message
 
 
 def test_get_settings_reads_dot_env(isolated_settings: Path) -> None:
@@ -124,11 +97,6 @@ def test_build_task_runner_follows_the_settings() -> None:
     assert remote.address == "tcp://10.0.0.5:8786"
 
 
-def test_retry_delays_double_from_the_backoff() -> None:
-    """Fetch retries wait PYFLOW_FETCH_BACKOFF seconds, then twice as long each time."""
-    assert get_settings(fetch_backoff=0.5, fetch_retries=3).retry_delays == [0.5, 1.0, 2.0]
-
-
 def test_available_cpus_honours_a_cgroup_limit(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -149,26 +117,35 @@ def test_available_cpus_honours_a_cgroup_limit(
         assert config.available_cpus() == expected
 
 
-def test_aliases_setting_names_a_bad_file(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A missing PYFLOW_ALIASES_FILE is reported with the variable's name."""
-    monkeypatch.setenv("PYFLOW_ALIASES_FILE", "missing.toml")
-    with pytest.raises(SettingsError, match=r"PYFLOW_ALIASES_FILE='missing\.toml' cannot be used"):
-        _ = get_settings().rules
+def test_get_settings_reads_deployment_parameters_as_json(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PYFLOW_DEPLOYMENT_PARAMETERS is a JSON object of parameters by flow name."""
+    monkeypatch.setenv("PYFLOW_DEPLOYMENT_PARAMETERS", '{"my-flow": {"count": 3}}')
+    assert get_settings().deployment_parameters == {"my-flow": {"count": 3}}
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ('{"my-flow": ', "is invalid: not JSON (Expecting value"),
+        ('{"my-flow": [1]}', "(item my-flow) is invalid: Input should be a valid dictionary"),
+    ],
+)
+def test_get_settings_names_bad_deployment_parameters(
+    monkeypatch: pytest.MonkeyPatch, value: str, problem: str
+) -> None:
+    """Deployment parameters that are not a JSON object of objects name the variable and the fix."""
+    monkeypatch.setenv("PYFLOW_DEPLOYMENT_PARAMETERS", value)
+    with pytest.raises(SettingsError) as raised:
+        get_settings()
+    assert str(raised.value).startswith("PYFLOW_DEPLOYMENT_PARAMETERS")
+    assert problem in str(raised.value)
 
 
 def documented_variables(text: str) -> set[str]:
     """Return the PYFLOW_ and PREFECT_FLOW_ENV variables a document mentions."""
     return set(re.findall(r"\b(PYFLOW_[A-Z_]+|PREFECT_FLOW_ENV)\b", text))
-
-
-def test_readme_configuration_table_matches_the_settings() -> None:
-    """The README's configuration table is the one generated from the settings (`invoke docs`)."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert config.TABLE_START in readme
-    assert readme == config.with_configuration_table(readme), "run `invoke docs`"
-    for name, field in Settings.model_fields.items():
-        assert f"| `{variable_name(name)}` |" in readme
-        assert field.description in readme
 
 
 def test_env_example_lists_every_setting() -> None:
@@ -182,24 +159,6 @@ def test_environment_defaults_name_only_real_settings() -> None:
     """Every per-environment default belongs to a setting that can take it."""
     for defaults in ENVIRONMENT_DEFAULTS.values():
         assert set(defaults) <= set(Settings.model_fields)
-
-
-def test_config_json_prints_the_resolved_settings(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """`python -m pyflow.config json` gives the invoke tasks the settings, image path included."""
-    monkeypatch.setenv("PYFLOW_GCP_PROJECT", "acme-data")
-    assert config.main(["json"]) == 0
-    data = json.loads(capsys.readouterr().out)
-    assert data["image_repository"] == "us-central1-docker.pkg.dev/acme-data/pyflow/pyflow"
-    assert data["work_pool"] == "pyflow-local"
-    assert data["sources"][0].endswith("ca.csv#state=CA,name=sample/ca.csv")
-
-
-def test_config_main_refuses_an_unknown_command(capsys: pytest.CaptureFixture[str]) -> None:
-    """An unknown command exits 2 with the usage line."""
-    assert config.main(["yaml"]) == 2
-    assert "usage: python -m pyflow.config [json|readme]" in capsys.readouterr().err
 
 
 def test_get_settings_refuses_an_invalid_schedule(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,37 +6,45 @@ import socket
 from pathlib import Path
 
 import pytest
+from prefect import flow
 from prefect.client.orchestration import get_client
 
 from pyflow import deploy, image
 from pyflow.config import Settings, get_settings
 from pyflow.errors import SettingsError
-from pyflow.flow import warn_notices
+from pyflow.flow import FLOWS
+
+FIRST = FLOWS[0]
+"""The project's first flow (the example, warn-notices, until a team replaces it)."""
+FIRST_ENTRYPOINT = f"pyflow/flow.py:{FIRST.fn.__name__}"
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 
 
 def test_entrypoint_is_relative_to_the_project() -> None:
     """A flow's entrypoint is the path of its module inside the project, and its function."""
-    assert deploy.entrypoint(warn_notices) == "pyflow/flow.py:warn_notices"
+    assert deploy.entrypoint(FIRST) == FIRST_ENTRYPOINT
 
 
 def test_deploy_local_registers_every_flow_to_the_process_pool() -> None:
     """Development deployments run the project's code in place on the process pool."""
     settings = get_settings(work_pool="test-process-pool")
-    [registered] = deploy.deploy_local(settings)
-    assert registered.name == "warn-notices/development"
+    registered = deploy.deploy_local(settings)[0]
+    assert [r.name for r in deploy.deploy_local(settings)] == [
+        f"{f.name}/development" for f in FLOWS
+    ]
     with get_client(sync_client=True) as client:
-        found = client.read_deployment_by_name("warn-notices/development")
+        found = client.read_deployment_by_name(f"{FIRST.name}/development")
         pool = client.read_work_pool("test-process-pool")
     assert pool.type == "process"
     assert str(found.id) == registered.id
-    assert found.entrypoint == "pyflow/flow.py:warn_notices"
+    assert found.entrypoint == FIRST_ENTRYPOINT
     assert found.work_pool_name == "test-process-pool"
     assert found.pull_steps == [
         {"prefect.deployments.steps.set_working_directory": {"directory": str(deploy.PROJECT_DIR)}}
     ]
-    assert set(found.parameter_openapi_schema["properties"]) == {"sources", "output", "strict"}
+    assert set(found.parameter_openapi_schema["properties"]) == set(FIRST.parameters.properties)
+    assert found.parameters == {}
     assert found.schedules == []
 
 
@@ -50,12 +58,12 @@ def test_deploy_local_is_idempotent_and_applies_a_schedule() -> None:
     )
     assert first[0].id == second[0].id
     with get_client(sync_client=True) as client:
-        found = client.read_deployment_by_name("warn-notices/development")
+        found = client.read_deployment_by_name(f"{FIRST.name}/development")
     [schedule] = found.schedules
     assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 6 * * *", "America/Chicago")
     deploy.deploy_local(get_settings(work_pool="test-process-pool"))
     with get_client(sync_client=True) as client:
-        assert client.read_deployment_by_name("warn-notices/development").schedules == []
+        assert client.read_deployment_by_name(f"{FIRST.name}/development").schedules == []
 
 
 def test_ensure_work_pool_refuses_a_pool_of_another_type() -> None:
@@ -94,14 +102,14 @@ def test_deploy_production_registers_the_image_with_its_job_variables(
 ) -> None:
     """Production deployments run the pushed image on the Kubernetes pool, with no pull step."""
     settings = production_settings(monkeypatch)
-    [registered] = deploy.deploy_production(settings, IMAGE, version="1.2.3")
+    registered = deploy.deploy_production(settings, IMAGE, version="1.2.3")[0]
     with get_client(sync_client=True) as client:
-        found = client.read_deployment_by_name("warn-notices/production")
+        found = client.read_deployment_by_name(f"{FIRST.name}/production")
         pool = client.read_work_pool("test-kubernetes-pool")
-    assert registered.name == "warn-notices/production"
+    assert registered.name == f"{FIRST.name}/production"
     assert pool.type == "kubernetes"
     assert pool.base_job_template == deploy.load_job_template()
-    assert found.entrypoint == "pyflow/flow.py:warn_notices"
+    assert found.entrypoint == FIRST_ENTRYPOINT
     assert not found.pull_steps
     assert found.path in (None, ".")
     assert found.version == "1.2.3"
@@ -119,7 +127,7 @@ def test_deploy_production_registers_the_image_with_its_job_variables(
             "PYFLOW_TASK_RUNNER": "dask",
         },
     }
-    assert set(found.parameter_openapi_schema["properties"]) == {"sources", "output", "strict"}
+    assert set(found.parameter_openapi_schema["properties"]) == set(FIRST.parameters.properties)
 
 
 def test_deploy_production_twice_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -127,11 +135,11 @@ def test_deploy_production_twice_changes_nothing(monkeypatch: pytest.MonkeyPatch
     settings = production_settings(monkeypatch)
     deploy.deploy_production(settings, IMAGE, version="1.2.3")
     with get_client(sync_client=True) as client:
-        before = comparable(client.read_deployment_by_name("warn-notices/production"))
+        before = comparable(client.read_deployment_by_name(f"{FIRST.name}/production"))
         pool_before = client.read_work_pool("test-kubernetes-pool").base_job_template
     deploy.deploy_production(settings, IMAGE, version="1.2.3")
     with get_client(sync_client=True) as client:
-        assert comparable(client.read_deployment_by_name("warn-notices/production")) == before
+        assert comparable(client.read_deployment_by_name(f"{FIRST.name}/production")) == before
         assert client.read_work_pool("test-kubernetes-pool").base_job_template == pool_before
 
 
@@ -191,3 +199,54 @@ def test_deploy_main_explains_an_unreachable_api(
     err = capsys.readouterr().err
     assert err.startswith(f"pyflow deploy: the Prefect API at {url} cannot be reached")
     assert "fix PREFECT_API_URL" in err
+
+
+@flow(name="test-counting")
+def counting(count: int = 1, label: str = "x") -> int:
+    """Count, for the deployment tests.
+
+    Args:
+        count: How many.
+        label: A name.
+    """
+    return count
+
+
+def test_register_passes_each_flows_deployment_parameters(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PYFLOW_DEPLOYMENT_PARAMETERS gives a flow's deployment its parameters; others take none."""
+    monkeypatch.setenv("PYFLOW_DEPLOYMENT_PARAMETERS", '{"test-counting": {"count": 3}}')
+    monkeypatch.setenv("PYFLOW_WORK_POOL", "test-process-pool")
+    with get_client(sync_client=True) as client:
+        deploy.ensure_work_pool(client, "test-process-pool", "process")
+    deploy.register(get_settings(), flows=(counting, FIRST), image="example.org/pyflow:1")
+    with get_client(sync_client=True) as client:
+        counted = client.read_deployment_by_name("test-counting/development")
+        first = client.read_deployment_by_name(f"{FIRST.name}/development")
+    assert counted.parameters == {"count": 3}
+    assert first.parameters == {}
+
+
+@pytest.mark.parametrize(
+    ("value", "message", "fix"),
+    [
+        (
+            '{"no-such-flow": {"count": 3}}',
+            "PYFLOW_DEPLOYMENT_PARAMETERS names flow 'no-such-flow', which is not in FLOWS",
+            "fix the name, or remove its entry from .env",
+        ),
+        (
+            '{"test-counting": {"count": "many"}}',
+            "PYFLOW_DEPLOYMENT_PARAMETERS gives flow 'test-counting' parameters it does not take",
+            "Fix its entry in .env",
+        ),
+    ],
+)
+def test_register_refuses_parameters_that_do_not_fit(
+    monkeypatch: pytest.MonkeyPatch, value: str, message: str, fix: str
+) -> None:
+    """An unknown flow name, or a parameter the flow refuses, stops the registration with the fix."""
+    monkeypatch.setenv("PYFLOW_DEPLOYMENT_PARAMETERS", value)
+    with pytest.raises(SettingsError) as raised:
+        deploy.register(get_settings(), flows=(counting,), image="example.org/pyflow:1")
+    assert str(raised.value).startswith(message)
+    assert fix in str(raised.value)

@@ -269,7 +269,7 @@ def test_dockerignore_keeps_local_files_out_of_the_context(base_image: str, tmp_
         "poetry.lock",
         "prefect.toml",
         "pyflow/__init__.py",
-        "pyflow/sample/ca.csv",
+        "pyflow/warn/sample/ca.csv",
     ]
     left_out = [
         ".env",

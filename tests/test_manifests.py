@@ -32,6 +32,7 @@ from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
 
 from conftest import ROOT, require_tools
 from pyflow.config import ENVIRONMENT_DEFAULTS, Settings, get_settings
+from pyflow.deploy import job_variables
 
 DEPLOY = ROOT / "deploy"
 JOB_TEMPLATE = DEPLOY / "kubernetes-job-template.json"
@@ -43,15 +44,17 @@ KUBERNETES_VERSION = "1.30"
 PRODUCTION_IMAGE = "us-central1-docker.pkg.dev/acme/pyflow/pyflow:1.2.3"
 PRODUCTION_JOB_VARIABLES: dict[str, Any] = {
     "image": PRODUCTION_IMAGE,
-    **get_settings(
-        PREFECT_FLOW_ENV="production",
-        output="gs://acme-warn/output",
-        gcp_project="acme",
-        fetch_retries=5,
-        cpu_request="1",
-        memory_request="2Gi",
-        _env_file=None,
-    ).job_variables(),
+    **job_variables(
+        get_settings(
+            PREFECT_FLOW_ENV="production",
+            output="gs://acme-warn/output",
+            gcp_project="acme",
+            keep_runs=5,
+            cpu_request="1",
+            memory_request="2Gi",
+            _env_file=None,
+        )
+    ),
 }
 """The job variables `invoke deploy --env production` gives pyflow's deployments."""
 
@@ -197,7 +200,7 @@ def test_job_template_accepts_production_job_variables(job_template: dict[str, A
         ({"memory_request": "4 GB"}, "does not match"),
         ({"image_pull_policy": "Sometimes"}, "is not one of"),
         ({"backoff_limit": -1}, "less than the minimum"),
-        ({"env": {"PYFLOW_FETCH_RETRIES": 5}}, "is not of type 'string'"),
+        ({"env": {"PYFLOW_KEEP_RUNS": 5}}, "is not of type 'string'"),
     ],
 )
 def test_job_template_refuses_invalid_job_variables(
@@ -299,7 +302,7 @@ def test_render_job_manifest_merges_env_into_a_kubernetes_list(
         {"name": "PREFECT_FLOW_ENV", "value": "production"},
         {"name": "PYFLOW_OUTPUT", "value": "gs://acme-warn/output"},
         {"name": "PYFLOW_TASK_RUNNER", "value": "dask"},
-        {"name": "PYFLOW_FETCH_RETRIES", "value": "5"},
+        {"name": "PYFLOW_KEEP_RUNS", "value": "5"},
     ]
 
 

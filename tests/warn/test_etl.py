@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from conftest import SAMPLE, HttpSources, tree_bytes
-from pyflow import etl
-from pyflow.columns import load_rules
 from pyflow.errors import FetchError, OutputError, SourceError
-from pyflow.schema import NOTICE_FIELDS, Source
+from pyflow.warn import etl
+from pyflow.warn.columns import load_rules
+from pyflow.warn.schema import NOTICE_FIELDS, Source
 
 RULES = load_rules()
 
@@ -171,7 +171,7 @@ def test_run_publishes_good_sources_when_others_fail(
     errors = {entry["source"]: entry["error"] for entry in summary.failures}
     assert "is not a CSV file (it holds binary data)" in errors["binary"]
     assert "has no column for the company" in errors["foo"]
-    assert "PYFLOW_ALIASES_FILE" in errors["foo"]
+    assert "aliases_file parameter" in errors["foo"]
     assert "not found: check the path" in errors["missing"]
     assert summary.rows_out == 3
     foo = [r for r in read_rows(tmp_path / "out" / "rejects.csv") if r["source"] == "foo"]
@@ -343,5 +343,7 @@ def test_fetch_source_reports_an_unreachable_server(tmp_path: Path) -> None:
 
 def test_fetch_source_refuses_a_missing_file(tmp_path: Path) -> None:
     """A local source that does not exist names the option and setting to fix."""
-    with pytest.raises(SourceError, match=r"'nope\.csv' not found: .*--source or PYFLOW_SOURCES"):
+    with pytest.raises(
+        SourceError, match=r"'nope\.csv' not found: .*--source or the sources parameter"
+    ):
         etl.fetch_source(Source(location="nope.csv"), str(tmp_path), timeout=5)

@@ -33,10 +33,11 @@ import polars_hash as plh
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
-from pyflow import normalise, publish, reading, values
-from pyflow.columns import ColumnMap, Rules, map_columns
+from pyflow import publish
 from pyflow.errors import FetchError, OutputError, SourceError
-from pyflow.schema import (
+from pyflow.warn import normalise, reading, values
+from pyflow.warn.columns import ColumnMap, Rules, map_columns
+from pyflow.warn.schema import (
     NOTICE_FIELDS,
     REJECT_FIELDS,
     Source,
@@ -165,6 +166,26 @@ class Summary:
         """Return the summary as indented JSON text."""
         return json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"
 
+    def report_lines(self) -> list[str]:
+        """Describe the run for the command line: its counts, and where its outputs are."""
+        lines = [
+            f"read {self.rows_in:,} rows from {len(self.sources)} sources: {self.rows_out:,} "
+            f"notices, {self.rows_rejected:,} rejected, {self.rows_duplicate:,} duplicates dropped."
+        ]
+        output = self.notices.rsplit("/", 3)[0]
+        latest, _ = publish.Store.of(output).read_pointer()
+        if latest is None or latest["run"] == self.run:
+            lines.append(
+                f"wrote {output}/notices.csv and {output}/rejects.csv (run {self.run}, which "
+                "latest.json names)"
+            )
+        else:
+            lines.append(
+                f"wrote {self.notices} and {self.rejects}; run {latest['run']}, which started "
+                "later, was published first, and latest.json names it"
+            )
+        return lines
+
 
 def utc_now() -> str:
     """Return the current UTC time in ISO 8601 form, to the second."""
@@ -219,7 +240,7 @@ def check_source_exists(source: Source) -> None:
     if not exists:
         raise SourceError(
             f"source '{source.location}' not found: check the path or URL given with "
-            "--source or PYFLOW_SOURCES"
+            "--source or the sources parameter"
         )
 
 
@@ -353,14 +374,15 @@ def _unmapped(plan: SourcePlan) -> str | None:
             f"source '{plan.label}' has no column for the company: none of its columns "
             f"({names}{more}) has a header naming a company, employer or organization over "
             "values with names in them. Add the column's name to an alias file "
-            '(company = ["..."], the shape of pyflow/aliases.toml) and point '
-            f"PYFLOW_ALIASES_FILE at it, or give a constant: '{plan.source.location}#company=...'"
+            '(company = ["..."], the shape of pyflow/warn/aliases.toml) and pass it as the '
+            "aliases_file parameter (--param aliases_file=PATH), or give a constant: "
+            f"'{plan.source.location}#company=...'"
         )
     if "state" not in found:
         return (
             f"source '{plan.label}' has no state: give it as a constant, for example "
             f"'{plan.source.location}#state=TX', or add its state column's name to an alias file "
-            '(state = ["..."]) in PYFLOW_ALIASES_FILE'
+            '(state = ["..."]) passed as the aliases_file parameter'
         )
     return None
 
@@ -424,7 +446,7 @@ def transform_stack(batch: list[Partition], work_dir: str) -> list[PartResult]:
     """Read a stack of partitions and turn their rows into notices and rejects, in one pass.
 
     Each partition's columns are renamed to the fields, the partitions are stacked, and the
-    stack is read at once (`pyflow.normalise`). Notices go to one part file for the stack,
+    stack is read at once (`pyflow.warn.normalise`). Notices go to one part file for the stack,
     sorted by key in row groups a merge bucket can skip; rejects (with their reason and raw
     text) to another. A source that failed to map has all its rows rejected with that reason;
     a partition that cannot be read gets a result with its error instead of raising.

@@ -1,6 +1,6 @@
 """Benchmark: the csv module's floor, plain Python, the flow on threads and on Dask, real data.
 
-``python -m pyflow.bench --rows 1000000 --files 20 --workers 2`` (what `invoke bench` runs)
+``python -m pyflow.warn.bench --rows 1000000 --files 20 --workers 2`` (what `invoke bench` runs)
 generates a deterministic synthetic input in the layouts real states use, runs each variant in a
 process of its own, checks that the flow variants' outputs are byte-identical to the plain
 path's, and prints wall time, rows per second and peak memory (of the largest process: the
@@ -13,7 +13,7 @@ The variants:
 
 - (0) Python's `csv` module reading and writing the same files, no transform: the floor a
   plain-Python pipeline cannot beat.
-- (a) The ETL steps in one process, no Prefect (`pyflow.etl.run_local`).
+- (a) The ETL steps in one process, no Prefect (`pyflow.warn.etl.run_local`).
 - (b), (c), (d) The flow on the thread runner, a temporary local Dask cluster, and a running one.
 - (e) ``python -m pyflow`` over the 44 real state files in ``../shared/warn-data/raw`` (when
   present), end to end: a new process, against this project's running Prefect server.
@@ -35,10 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from pyflow.schema import Source
+from pyflow.warn.schema import Source
 
 if TYPE_CHECKING:
-    from pyflow.etl import Summary
+    from pyflow.warn.etl import Summary
 
 STATES = ["CA", "TX", "NY", "WA", "FL", "IL", "OH", "PA", "GA", "MI", "NC", "NJ"]
 LAYOUTS: list[tuple[tuple[str, ...], str]] = [
@@ -311,15 +311,13 @@ def run_variant(
         started = time.perf_counter()
         rows = copy_with_csv(sources, output)
         return Measurement(variant, time.perf_counter() - started, rows, memory.stop())
-    from pyflow import etl
     from pyflow.config import get_settings
+    from pyflow.warn import etl
+    from pyflow.warn.parameters import PARTITION_BYTES, load_aliases
 
-    settings = get_settings(sources=[str(s) for s in sources], output=str(output))
     if variant in ("a", "a1"):
         started = time.perf_counter()
-        summary = etl.run_local(
-            settings.sources, str(output), settings.rules, settings.partition_bytes
-        )
+        summary = etl.run_local(sources, str(output), load_aliases(None), PARTITION_BYTES)
         seconds = time.perf_counter() - started
         return Measurement(variant, seconds, summary.rows_in, memory.stop())
     from pyflow.flow import warn_notices
@@ -333,7 +331,7 @@ def run_variant(
     flow = warn_notices.with_options(task_runner=runner_settings.build_task_runner())
     with without_heartbeats():
         started = time.perf_counter()
-        summary = cast("Summary", flow(sources=settings.sources, output=str(output)))
+        summary = cast("Summary", flow(sources=sources, output=str(output)))
         seconds = time.perf_counter() - started
     peak = memory.stop()
     if variant == "d":
@@ -346,7 +344,7 @@ def run_real(folder: Path, output: Path, env: dict[str, str]) -> Measurement | s
     sources = real_sources(folder)
     if not sources:
         return f"no real data: {folder} holds no CSV files (it is ../shared/warn-data/raw)"
-    command = [sys.executable, "-m", "pyflow", "--output", str(output)]
+    command = [sys.executable, "-m", "pyflow", "--flow", "warn-notices", "--output", str(output)]
     for source in sources:
         command += ["--source", str(source)]
     started = time.perf_counter()
@@ -455,7 +453,7 @@ def _count(minimum: int) -> Any:
 def main(argv: list[str] | None = None) -> int:
     """Generate the input, run the variants, compare outputs and print the table."""
     parser = argparse.ArgumentParser(
-        prog="python -m pyflow.bench", description=__doc__.splitlines()[0]
+        prog="python -m pyflow.warn.bench", description=__doc__.splitlines()[0]
     )
     parser.add_argument(
         "--rows", type=_count(1), default=1_000_000, help="rows to generate (default: 1,000,000)"
@@ -538,7 +536,7 @@ def compare(args: argparse.Namespace, inputs: Path) -> int:
                 address, cluster = _start_cluster(args.workers, log, env)
             try:
                 done = subprocess.run(
-                    [sys.executable, "-m", "pyflow.bench", "--rows", str(args.rows), "--files", str(args.files),
+                    [sys.executable, "-m", "pyflow.warn.bench", "--rows", str(args.rows), "--files", str(args.files),
                      "--workers", str(args.workers), "--folder", str(args.folder), "--run-variant", variant,
                      "--address", address],
                     env=env, capture_output=True, text=True, check=False,

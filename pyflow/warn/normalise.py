@@ -5,7 +5,7 @@ read in one pass over the stack.
 
 A run over many small files is then a few engine calls, not a few per file; a run over a few
 large ones is the same work as reading each alone. Every value is read once per distinct value
-(`pyflow.values.read_distinct`): states repeat their dates, cities and counts.
+(`pyflow.warn.values.read_distinct`): states repeat their dates, cities and counts.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Any
 
 import polars as pl
 
-from pyflow import reading, values
-from pyflow.columns import ColumnMap
-from pyflow.schema import FLAG_FIELDS, KEY_FIELDS, NOTICE_FIELDS
+from pyflow.warn import reading, values
+from pyflow.warn.columns import ColumnMap
+from pyflow.warn.schema import FLAG_FIELDS, KEY_FIELDS, NOTICE_FIELDS
 
 RAW_FIELDS = ("state", "company", "city", "notice_date", "effective_date", "jobs")
 """Fields read from a source's columns or constants."""

@@ -7,7 +7,7 @@ from datetime import date
 import polars as pl
 import pytest
 
-from pyflow import values
+from pyflow.warn import values
 
 
 def read(expression: pl.Expr, texts: list[str | None]) -> list[object]:

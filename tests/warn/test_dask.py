@@ -16,9 +16,9 @@ import pytest
 from prefect_dask import DaskTaskRunner
 
 from conftest import SAMPLE, HttpSources
-from pyflow import bench, etl
 from pyflow.flow import warn_notices
 from pyflow.local import port_is_free
+from pyflow.warn import bench, etl
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 
@@ -132,9 +132,8 @@ def test_flow_spreads_a_split_source_over_the_workers_with_the_same_output(
     """A large source split into partitions gives the same output as unsplit, on Dask."""
     sources = [str(s) for s in bench.generate(tmp_path / "in", 20_000, 2)]
     warn_notices(sources=sources, output=str(tmp_path / "whole"))
-    monkeypatch.setenv("PYFLOW_PARTITION_BYTES", "100000")
     flow = warn_notices.with_options(task_runner=DaskTaskRunner(address=dask_cluster.address))
-    flow(sources=sources, output=str(tmp_path / "split"))
+    flow(sources=sources, output=str(tmp_path / "split"), partition_bytes=100_000)
     assert outputs(tmp_path / "split") == outputs(tmp_path / "whole")
 
 
@@ -146,11 +145,12 @@ def test_flow_survives_losing_a_worker(
 
     sources = [str(s) for s in bench.generate(tmp_path / "in", 200_000, 4)]
     warn_notices(sources=sources, output=str(tmp_path / "expected"))
-    monkeypatch.setenv("PYFLOW_PARTITION_BYTES", "1000000")
     flow = warn_notices.with_options(task_runner=DaskTaskRunner(address=dask_cluster.address))
     result: dict[str, object] = {}
     run = threading.Thread(
-        target=lambda: result.update(summary=flow(sources=sources, output=str(tmp_path / "dask"))),
+        target=lambda: result.update(
+            summary=flow(sources=sources, output=str(tmp_path / "dask"), partition_bytes=1_000_000)
+        ),
         daemon=True,
     )
     run.start()
@@ -182,13 +182,13 @@ def test_flow_reports_a_source_that_keeps_failing_and_publishes_the_others(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A source that always fails is retried, reported, and the others published (Failed)."""
-    monkeypatch.setenv("PYFLOW_FETCH_BACKOFF", "0.05")
-    monkeypatch.setenv("PYFLOW_FETCH_RETRIES", "1")
     url = http_sources.add("/down.csv", failures=10**6, status=503)
     flow = warn_notices.with_options(task_runner=DaskTaskRunner(address=dask_cluster.address))
     state = flow(
         sources=[url, f"{SAMPLE / 'tx.csv'}#state=TX"],
         output=str(tmp_path / "out"),
+        fetch_backoff=0.05,
+        fetch_retries=1,
         return_state=True,
     )
     assert state.is_failed()

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, SAMPLE
-from pyflow import bench, etl
-from pyflow.columns import load_rules
+from pyflow.warn import bench, etl
+from pyflow.warn.columns import load_rules
 
 
 def test_generate_is_deterministic_and_realistic(tmp_path: Path) -> None:
@@ -63,10 +63,10 @@ def test_report_gives_ratios_and_verdicts_against_each_target() -> None:
 
 @pytest.mark.slow
 def test_bench_runs_every_variant_and_checks_their_outputs(tmp_path: Path) -> None:
-    """`python -m pyflow.bench` runs 0, a, b, a1, c, d and e, prints the table, outputs agree."""
+    """`python -m pyflow.warn.bench` runs 0, a, b, a1, c, d and e, prints the table, outputs agree."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "PYFLOW_"))}
     result = subprocess.run(
-        [sys.executable, "-m", "pyflow.bench", "--rows", "3000", "--files", "2",
+        [sys.executable, "-m", "pyflow.warn.bench", "--rows", "3000", "--files", "2",
          "--folder", str(tmp_path), "--real-data", str(SAMPLE)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip

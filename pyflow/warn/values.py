@@ -14,7 +14,7 @@ from typing import Any
 
 import polars as pl
 
-from pyflow.schema import STATE_CODES, STATES
+from pyflow.warn.schema import STATE_CODES, STATES
 
 EARLIEST_YEAR = 1988
 """The WARN Act was passed in 1988: a notice dated before it is a typing error."""
@@ -30,7 +30,7 @@ NULL_WORDS = (
 """Placeholders that mean "no value": an unknown job count or date is not an error."""
 
 EXTRA_COLUMN = "_extra"
-"""The column of cells beyond the header (`pyflow.reading.EXTRA`), not profiled."""
+"""The column of cells beyond the header (`pyflow.warn.reading.EXTRA`), not profiled."""
 
 _SPACE = r"(?:[\s\x00-\x1f\x7f]|_x00[01][0-9A-Fa-f]_)+"
 _MONTH = (

@@ -8,8 +8,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pyflow import values
-from pyflow.columns import ColumnMap, header_words, load_rules, map_columns
+from pyflow.warn import values
+from pyflow.warn.columns import ColumnMap, header_words, load_rules, map_columns
 
 RULES = load_rules()
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from pyflow.columns import normalise_header
-from pyflow.schema import Source
+from pyflow.warn.columns import normalise_header
+from pyflow.warn.schema import Source
 
 
 def test_source_parses_the_string_form() -> None:

@@ -20,8 +20,8 @@ import fsspec
 import polars as pl
 from fsspec.core import url_to_fs
 
-from pyflow import values
 from pyflow.errors import SourceError
+from pyflow.warn import values
 
 SNIFF_BYTES = 1 << 16
 """Bytes read from a source's start to find its line ends and header."""

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pyflow import reading
 from pyflow.errors import SourceError
+from pyflow.warn import reading
 
 csv.field_size_limit(sys.maxsize)
 

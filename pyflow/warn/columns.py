@@ -18,8 +18,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pyflow import values
-from pyflow.schema import INPUT_FIELDS
+from pyflow.warn import values
+from pyflow.warn.schema import INPUT_FIELDS
 
 IGNORE = "ignore"
 """The override that keeps a column out of every field."""
@@ -100,7 +100,7 @@ def normalise_header(name: str) -> str:
 @cache
 def _bundled(filename: str) -> dict[str, Any]:
     """Read one of the package's TOML files."""
-    return tomllib.loads(resources.files("pyflow").joinpath(filename).read_text("utf-8"))
+    return tomllib.loads(resources.files("pyflow.warn").joinpath(filename).read_text("utf-8"))
 
 
 def load_rules(overrides_file: Path | None = None) -> Rules:

@@ -13,9 +13,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pyflow import etl
-from pyflow.columns import load_rules
-from pyflow.schema import Source
+from pyflow.warn import etl
+from pyflow.warn.columns import load_rules
+from pyflow.warn.schema import Source
 
 RULES = load_rules()
 RAW_ROWS = 50_839

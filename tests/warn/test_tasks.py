@@ -9,10 +9,11 @@ from prefect.logging import disable_run_logger
 from prefect.states import Completed, Failed
 
 from conftest import SAMPLE, HttpSources
-from pyflow import etl, tasks
-from pyflow.columns import load_rules
+from pyflow import tasks
 from pyflow.errors import FetchError, SourceError
-from pyflow.schema import Source
+from pyflow.warn import etl
+from pyflow.warn.columns import load_rules
+from pyflow.warn.schema import Source
 
 
 @pytest.mark.parametrize(

@@ -11,11 +11,11 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.exceptions import ParameterTypeError
 
 from conftest import PUBLISHED, SAMPLE, HttpSources
-from pyflow import etl
-from pyflow.config import SAMPLE_STATES
 from pyflow.errors import SourceError
 from pyflow.flow import warn_notices
 from pyflow.tasks import SUMMARY_ARTIFACT_KEY
+from pyflow.warn import etl
+from pyflow.warn.parameters import SAMPLE_STATES
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 
@@ -68,10 +68,11 @@ def test_warn_notices_retries_a_flaky_http_source(
     http_sources: HttpSources, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A source that fails twice with 503 and then answers is fetched on the third try."""
-    monkeypatch.setenv("PYFLOW_FETCH_BACKOFF", "0.05")
     url = http_sources.add("/flaky.csv", GOOD_CSV, failures=2)
     summary = warn_notices(
-        sources=[f"{url}#name=flaky", f"{SAMPLE / 'tx.csv'}#state=TX"], output=str(tmp_path / "out")
+        sources=[f"{url}#name=flaky", f"{SAMPLE / 'tx.csv'}#state=TX"],
+        output=str(tmp_path / "out"),
+        fetch_backoff=0.05,
     )
     assert http_sources.routes["/flaky.csv"].hits == 3
     notices = (tmp_path / "out" / "notices.csv").read_text()
@@ -83,17 +84,17 @@ def test_warn_notices_publishes_the_others_and_fails_when_a_source_always_fails(
     http_sources: HttpSources, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A source that never answers is retried, then named; the rest is published (Failed)."""
-    monkeypatch.setenv("PYFLOW_FETCH_BACKOFF", "0.05")
-    monkeypatch.setenv("PYFLOW_FETCH_RETRIES", "2")
     url = http_sources.add("/down.csv", failures=10**6, status=500)
     state = warn_notices(
         sources=[url, f"{SAMPLE / 'tx.csv'}#state=TX"],
         output=str(tmp_path / "out"),
+        fetch_backoff=0.05,
+        fetch_retries=2,
         return_state=True,
     )
     assert http_sources.routes["/down.csv"].hits == 3
     assert state.is_failed()
-    assert state.message.startswith("1 of 2 sources failed (the others were published): ")
+    assert state.message.startswith("1 of 2 sources failed; the others were published:\n  - ")
     assert "answered HTTP 500" in state.message
     summary = state.result(raise_on_failure=False)
     assert summary.rows_out == 30

@@ -1,0 +1,90 @@
+"""The command line on the example: a real process with Prefect's temporary server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import PUBLISHED, SAMPLE, run_cli
+
+
+@pytest.mark.slow
+def test_cli_runs_the_sample_with_a_clean_console(isolated_settings: Path) -> None:
+    """A default run exits 0, writes the three files and prints no traceback or ERROR line."""
+    result = run_cli(isolated_settings)
+    console = result.stdout + result.stderr
+    assert result.returncode == 0, console
+    assert sorted(p.name for p in (isolated_settings / "data" / "output").iterdir()) == PUBLISHED
+    assert "Traceback" not in console
+    assert "ERROR" not in console
+    assert (
+        "pyflow: read 274 rows from 9 sources: 247 notices, 1 rejected, 26 duplicates dropped."
+        in result.stdout
+    )
+    assert (isolated_settings / ".prefect").is_dir(), "Prefect's state belongs in the project"
+
+
+def test_cli_reports_a_missing_source_in_one_message(isolated_settings: Path) -> None:
+    """A run whose only source is missing exits 1 with one message and the fix, at once."""
+    result = run_cli(isolated_settings, "--source", "missing.csv#state=CA")
+    assert result.returncode == 1
+    assert result.stderr == (
+        "pyflow: the run failed: source 'missing.csv' not found: check the path or URL given "
+        "with --source or the sources parameter\n"
+    )
+    assert not list(isolated_settings.glob(".prefect/*.db")), "no Prefect server was started"
+
+
+@pytest.mark.slow
+def test_cli_reports_an_unreachable_url_without_a_traceback(isolated_settings: Path) -> None:
+    """A URL that cannot be fetched fails the run (exit 1) with its message last and no traceback."""
+    result = run_cli(
+        isolated_settings,
+        *("--source", "http://127.0.0.1:9/warn.csv#state=CA", "--param", "fetch_retries=0"),
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stdout + result.stderr
+    failures = [line for line in result.stderr.splitlines() if line.startswith("pyflow:")]
+    assert len(failures) == 1
+    assert failures[0].startswith(
+        "pyflow: the run failed: no source could be read, so nothing was written: "
+        "source 'http://127.0.0.1:9/warn.csv' could not be fetched (ConnectError"
+    )
+
+
+@pytest.mark.slow
+def test_cli_publishes_good_sources_and_exits_1_when_others_fail(isolated_settings: Path) -> None:
+    """Good sources are written, bad ones listed with fixes, exit 1; with --strict, nothing."""
+    (isolated_settings / "binary.csv").write_bytes(b"\x00\x01 not csv")
+    (isolated_settings / "foo.csv").write_text("Foo,Bar\n1,2\n")
+    sample = SAMPLE
+    sources = [
+        "--source", f"{sample / 'tx.csv'}#state=TX", "--source", "binary.csv#state=OK",
+        "--source", "foo.csv#state=OK", "--source", f"{sample / 'wi.csv'}#state=WI",
+    ]  # fmt: skip
+    result = run_cli(isolated_settings, *sources, "--output", "out")
+    assert result.returncode == 1
+    assert "pyflow: read 61 rows from 4 sources: 60 notices, 1 rejected" in result.stdout
+    assert (
+        "pyflow: the run failed: 2 of 4 sources failed; the others were published:" in result.stderr
+    )
+    assert "  - source 'binary.csv' is not a CSV file (it holds binary data)" in result.stderr
+    assert "  - source 'foo.csv' has no column for the company" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert (isolated_settings / "out" / "notices.csv").read_text().count("\n") == 61
+    strict = run_cli(isolated_settings, *sources, "--output", "strict", "--strict")
+    assert strict.returncode == 1
+    assert "strict mode writes nothing" in strict.stderr
+    assert not (isolated_settings / "strict" / "notices.csv").exists()
+
+
+def test_cli_refuses_an_unwritable_output_before_starting(isolated_settings: Path) -> None:
+    """An output that cannot be written exits 1 with the fix, before a server is started."""
+    (isolated_settings / "blocker").write_text("a file, not a folder")
+    result = run_cli(isolated_settings, "--output", "blocker/out")
+    assert result.returncode == 1
+    assert "cannot be written" in result.stderr
+    assert "--output or PYFLOW_OUTPUT" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not list(isolated_settings.glob(".prefect/*.db")), "no Prefect server was started"
