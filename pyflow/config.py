@@ -8,21 +8,15 @@ the environment's default from `ENVIRONMENT_DEFAULTS`.
 from __future__ import annotations
 
 import json
-import math
-import os
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pyflow.errors import SettingsError
 
-if TYPE_CHECKING:
-    from prefect.task_runners import TaskRunner
-
 Environment = Literal["development", "production"]
-Runner = Literal["threads", "dask"]
+Runner = Literal["threads", "dask", "dask-kubernetes"]
 
 ENV_PREFIX = "PYFLOW_"
 ENVIRONMENT_VARIABLE = "PREFECT_FLOW_ENV"
@@ -54,18 +48,6 @@ def _is_remote(location: str) -> bool:
     return scheme not in ("", "file", "local")
 
 
-def available_cpus() -> int:
-    """Return the CPUs this process may use: its CPU affinity, capped by a cgroup CPU limit."""
-    count = len(os.sched_getaffinity(0))
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-    except (OSError, ValueError):
-        return count
-    if quota == "max":
-        return count
-    return max(1, min(count, math.ceil(int(quota) / int(period))))
-
-
 class Settings(BaseSettings):
     """pyflow's settings, read from the environment and ``.env``."""
 
@@ -92,12 +74,16 @@ class Settings(BaseSettings):
     )
     task_runner: Runner | None = Field(
         default=None,
-        description="How tasks run: `threads` (one process) or `dask` (a Dask cluster).",
+        description="How tasks run: `threads` (one process), `dask` (a local Dask cluster, or the one at `PYFLOW_DASK_ADDRESS`) or `dask-kubernetes` (a Dask cluster of the run's own on Kubernetes, on `PYFLOW_DASK_IMAGE`; see `pyflow/runners.py`).",
     )
     thread_workers: int = Field(
         default=1,
         ge=1,
         description="Threads of the thread runner: tasks it runs at once. Each task already uses every core (the engine, Polars, is multi-threaded), so more only helps many HTTP(S) sources.",
+    )
+    dask_image: str | None = Field(
+        default=None,
+        description="Image of a `dask-kubernetes` cluster's scheduler and workers; `invoke release` sets it to the image it deploys, by digest.",
     )
     dask_address: str | None = Field(
         default=None,
@@ -277,26 +263,6 @@ class Settings(BaseSettings):
         """The work pool's name: the setting, else the environment's default; never unset."""
         assert self.work_pool is not None, "filled from ENVIRONMENT_DEFAULTS"
         return self.work_pool
-
-    def build_task_runner(self) -> TaskRunner[Any]:
-        """Create the task runner these settings choose."""
-        if self.task_runner == "threads":
-            from prefect.task_runners import ThreadPoolTaskRunner
-
-            return ThreadPoolTaskRunner(max_workers=self.thread_workers)
-        from prefect_dask.task_runners import DaskTaskRunner
-
-        if self.dask_address:
-            return DaskTaskRunner(address=self.dask_address)
-        return DaskTaskRunner(
-            cluster_kwargs={
-                "n_workers": self.dask_workers or available_cpus(),
-                "threads_per_worker": self.dask_threads,
-                "processes": True,
-                "dashboard_address": None,
-                "env": {"POLARS_MAX_THREADS": str(self.dask_threads)},
-            }
-        )
 
 
 def variable_name(field: str) -> str:

@@ -45,8 +45,8 @@ JOB_TEMPLATE = PROJECT_DIR / "deploy" / "kubernetes-job-template.json"
 """The Kubernetes work pool's base job template, kept in the repository."""
 
 FLOW_RUN_SETTINGS = (
-    "output", "task_runner", "dask_address", "dask_workers", "dask_threads", "keep_runs",
-    "run_lease_seconds",
+    "output", "task_runner", "dask_image", "dask_address", "dask_workers", "dask_threads",
+    "keep_runs", "run_lease_seconds",
 )  # fmt: skip
 """Settings a flow run reads: production deployments pass them to the pod."""
 
@@ -298,7 +298,13 @@ def deploy_production(
     settings.require_release()
     check_job_variables(settings)
     ensure_kubernetes_pool(settings, update=False)
-    return register(settings, image=image, job_variables=job_variables(settings), version=version)
+    released = released_settings(settings, image)
+    return register(released, image=image, job_variables=job_variables(released), version=version)
+
+
+def released_settings(settings: Settings, image: str) -> Settings:
+    """Return the settings of a release's flow runs: their Dask clusters run its image too."""
+    return settings.model_copy(update={"dask_image": image})
 
 
 def build_parser() -> argparse.ArgumentParser:

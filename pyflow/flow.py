@@ -18,6 +18,7 @@ from prefect.states import Failed
 
 from pyflow import publish
 from pyflow.config import get_settings
+from pyflow.runners import build_task_runner
 from pyflow.tasks import (
     clean_up,
     fetch_source,
@@ -46,7 +47,7 @@ from pyflow.warn.parameters import (
 )
 
 
-@flow(name="warn-notices", task_runner=get_settings().build_task_runner())
+@flow(name="warn-notices", task_runner=build_task_runner(get_settings()))
 def warn_notices(
     sources: Sources | None = None,
     output: str | None = None,

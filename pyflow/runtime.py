@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 from pyflow.config import Settings
 from pyflow.errors import PyflowError, SettingsError
+from pyflow.runners import build_task_runner
 
 if TYPE_CHECKING:
     from prefect import Flow
@@ -285,7 +286,7 @@ def run_flow(
             some sources failed and the others were published).
         PyflowError: The run's own error if it failed on bad input, else one naming its state.
     """
-    chosen = flow.with_options(task_runner=settings.build_task_runner())
+    chosen = flow.with_options(task_runner=build_task_runner(settings))
     keep_port = settings.server_port if keep_server else None
     with prefect_api(keep_port), without_heartbeats():
         state = cast("State[Any]", chosen(**parameters, return_state=True))

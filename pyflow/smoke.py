@@ -145,6 +145,8 @@ def smoke_run(engine: str, tag: str, settings: Settings, isolation: str = "") ->
                     "PREFECT_API_URL": server.api_url,
                     "PYFLOW_OUTPUT": SMOKE_OUTPUT,
                 }
+                if env.get("PYFLOW_TASK_RUNNER") == "dask-kubernetes":
+                    env["PYFLOW_TASK_RUNNER"] = "dask"  # no Kubernetes here: a local cluster
                 print(f"smoke run: {flow.name} in {tag}, as the Kubernetes worker would run it")
                 result = run_in_image(engine, tag, env, worker_command(template), isolation)
                 with get_client(sync_client=True) as client:

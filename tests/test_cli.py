@@ -29,7 +29,7 @@ def test_cli_refuses_invalid_settings_before_starting(isolated_settings: Path) -
     assert result.returncode == 2
     assert result.stderr == (
         'pyflow: invalid settings: PYFLOW_TASK_RUNNER="fork" is invalid: Input should be '
-        "'threads' or 'dask'. Fix it in .env or the environment (see .env.example), or with the "
+        "'threads', 'dask' or 'dask-kubernetes'. Fix it in .env or the environment (see .env.example), or with the "
         "matching option.\n"
     )
     assert not (isolated_settings / ".prefect").exists()

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from pyflow import config
 from pyflow.config import ENVIRONMENT_DEFAULTS, Settings, get_settings, variable_name
 from pyflow.errors import SettingsError
 
@@ -64,7 +63,10 @@ def test_get_settings_lists_every_invalid_value(monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(SettingsError) as raised:
         get_settings()
     message = str(raised.value)
-    assert "PYFLOW_TASK_RUNNER=\"fork\" is invalid: Input should be 'threads' or 'dask'" in message
+    assert (
+        "PYFLOW_TASK_RUNNER=\"fork\" is invalid: Input should be 'threads', 'dask' or 'dask-kubernetes'"
+        in message
+    )
     assert 'PYFLOW_KEEP_RUNS="-1" is invalid: Input should be greater than or equal to 1' in message
 
 
@@ -80,41 +82,6 @@ def test_get_settings_overrides_take_precedence(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("PYFLOW_OUTPUT", "from-env")
     assert get_settings(output="from-option").output == "from-option"
     assert get_settings(output=None).output == "from-env"
-
-
-def test_build_task_runner_follows_the_settings() -> None:
-    """The thread runner is Prefect's thread pool; dask is a local cluster or a scheduler address."""
-    from prefect.task_runners import ThreadPoolTaskRunner
-    from prefect_dask import DaskTaskRunner
-
-    assert isinstance(get_settings().build_task_runner(), ThreadPoolTaskRunner)
-    local = get_settings(task_runner="dask", dask_workers=3).build_task_runner()
-    assert isinstance(local, DaskTaskRunner)
-    assert local.cluster_kwargs["n_workers"] == 3
-    remote = get_settings(
-        task_runner="dask", dask_address="tcp://10.0.0.5:8786"
-    ).build_task_runner()
-    assert remote.address == "tcp://10.0.0.5:8786"
-
-
-def test_available_cpus_honours_a_cgroup_limit(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    """In a pod, the CPU limit (cgroup cpu.max) caps the CPUs the process may use."""
-    limits = {"150000 100000": 2, "max 100000": 64, "50000 100000": 1}
-    monkeypatch.setattr(config.os, "sched_getaffinity", lambda pid: set(range(64)))
-    for text, expected in limits.items():
-        cpu_max = tmp_path / "cpu.max"
-        cpu_max.write_text(text)
-        real_path = config.Path
-        monkeypatch.setattr(
-            config,
-            "Path",
-            lambda p, real_path=real_path, cpu_max=cpu_max: (
-                cpu_max if p == "/sys/fs/cgroup/cpu.max" else real_path(p)
-            ),
-        )
-        assert config.available_cpus() == expected
 
 
 def test_get_settings_reads_deployment_parameters_as_json(

@@ -31,7 +31,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
 
 from conftest import ROOT, require_tools
-from pyflow.config import ENVIRONMENT_DEFAULTS, Settings, get_settings
+from pyflow.config import ENVIRONMENT_DEFAULTS, get_settings
 from pyflow.deploy import job_variables
 
 DEPLOY = ROOT / "deploy"
@@ -567,51 +567,3 @@ def test_worker_values_install_commands_create_the_secret_the_chart_reads(tmp_pa
 
 
 # --- the Dask cluster of the Dask Kubernetes operator ------------------------------------
-
-DASK_CLUSTER = ROOT / "deploy" / "dask-cluster.yaml"
-
-
-@pytest.fixture(scope="module")
-def dask_cluster() -> dict[str, Any]:
-    """The DaskCluster resource kept in deploy/."""
-    return yaml.safe_load(DASK_CLUSTER.read_text())
-
-
-def test_dask_cluster_pod_specs_are_valid_kubernetes(dask_cluster: dict[str, Any]) -> None:
-    """The operator turns the worker and scheduler specs into pods: each is a valid PodSpec."""
-    for part in ("worker", "scheduler"):
-        pod = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": f"pyflow-dask-{part}"},
-            "spec": dask_cluster["spec"][part]["spec"],
-        }
-        assert kubernetes_validate.validate(pod, KUBERNETES_VERSION, strict=True)
-
-
-def test_dask_cluster_scheduler_service_is_valid_and_reaches_the_scheduler(
-    dask_cluster: dict[str, Any],
-) -> None:
-    """The scheduler's Service is valid, and exposes the port PYFLOW_DASK_ADDRESS names."""
-    service = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": "pyflow-dask-scheduler"},
-        "spec": dask_cluster["spec"]["scheduler"]["service"],
-    }
-    assert kubernetes_validate.validate(service, KUBERNETES_VERSION, strict=True)
-    ports = {p["name"]: p["port"] for p in service["spec"]["ports"]}
-    assert ports["tcp-comm"] == 8786
-    assert "tcp://pyflow-dask-scheduler.prefect.svc.cluster.local:8786" in DASK_CLUSTER.read_text()
-    assert dask_cluster["metadata"]["namespace"] == Settings.model_fields["namespace"].default
-
-
-def test_dask_cluster_runs_pyflows_image_as_its_user(dask_cluster: dict[str, Any]) -> None:
-    """Scheduler and workers run the pyflow image (same code and libraries) as UID 1000."""
-    for part in ("worker", "scheduler"):
-        spec = dask_cluster["spec"][part]["spec"]
-        [container] = spec["containers"]
-        assert container["image"].startswith("us-central1-docker.pkg.dev/")
-        assert container["args"][:2] == ["dask", part]
-        assert spec["securityContext"]["runAsUser"] == 1000
-        assert spec["serviceAccountName"] == "pyflow"

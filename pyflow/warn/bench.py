@@ -321,6 +321,7 @@ def run_variant(
         seconds = time.perf_counter() - started
         return Measurement(variant, seconds, summary.rows_in, memory.stop())
     from pyflow.flow import warn_notices
+    from pyflow.runners import build_task_runner
     from pyflow.runtime import without_heartbeats
 
     runner_settings = get_settings(
@@ -328,7 +329,7 @@ def run_variant(
         dask_workers=workers,
         dask_address=address if variant == "d" else None,
     )
-    flow = warn_notices.with_options(task_runner=runner_settings.build_task_runner())
+    flow = warn_notices.with_options(task_runner=build_task_runner(runner_settings))
     with without_heartbeats():
         started = time.perf_counter()
         summary = cast("Summary", flow(sources=sources, output=str(output)))
@@ -361,7 +362,7 @@ def _start_cluster(
 ) -> tuple[str, list[subprocess.Popen[bytes]]]:
     """Start a real Dask scheduler and worker processes on loopback; return its address.
 
-    The workers preload pyflow's tasks, as a cluster kept for pyflow would (deploy/dask-cluster.yaml).
+    The workers preload pyflow's tasks, as the per-run clusters on Kubernetes do (pyflow/runners.py).
     """
     from distributed import Client
 

@@ -77,8 +77,10 @@ def load_aliases(aliases_file: Path | None) -> Rules:
 
 
 def retry_delays(backoff: float, retries: int) -> list[float]:
-    """Return the seconds to wait before each retry of a failed fetch (exponential backoff)."""
-    return [backoff * 2**attempt for attempt in range(retries)]
+    """Return the seconds to wait before each retry of a failed fetch: backoff, twice, 4 times..."""
+    from prefect.tasks import exponential_backoff
+
+    return [float(delay) for delay in exponential_backoff(backoff)(retries)]
 
 
 @dataclass(frozen=True)

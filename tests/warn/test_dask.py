@@ -18,6 +18,7 @@ from prefect_dask import DaskTaskRunner
 from conftest import SAMPLE, HttpSources
 from pyflow.flow import warn_notices
 from pyflow.local import port_is_free
+from pyflow.runners import build_task_runner
 from pyflow.warn import bench, etl
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
@@ -203,7 +204,7 @@ def test_local_cluster_workers_run_the_engine_on_their_own_threads() -> None:
 
     from pyflow.config import get_settings
 
-    runner = get_settings(task_runner="dask", dask_workers=2, dask_threads=1).build_task_runner()
+    runner = build_task_runner(get_settings(task_runner="dask", dask_workers=2, dask_threads=1))
     with LocalCluster(**runner.cluster_kwargs) as cluster, Client(cluster) as client:
         sizes = client.run(lambda: __import__("polars").thread_pool_size())
     assert list(sizes.values()) == [1, 1]

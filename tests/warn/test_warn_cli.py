@@ -36,6 +36,17 @@ def test_cli_reports_a_missing_source_in_one_message(isolated_settings: Path) ->
     assert not list(isolated_settings.glob(".prefect/*.db")), "no Prefect server was started"
 
 
+def test_cli_refuses_an_unknown_encoding_in_one_message(isolated_settings: Path) -> None:
+    """`#encoding=nope` on a source is one message naming the value and the fix: exit 2."""
+    (isolated_settings / "a.csv").write_text("company,state\nAcme,CA\n")
+    result = run_cli(isolated_settings, "--source", "a.csv#encoding=nope")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("pyflow: the parameters of flow 'warn-notices' do not fit")
+    assert "unknown encoding 'nope' after '#': use a name such as utf-8" in result.stderr
+    assert not (isolated_settings / "data" / "output").exists(), "nothing was written"
+
+
 @pytest.mark.slow
 def test_cli_reports_an_unreachable_url_without_a_traceback(isolated_settings: Path) -> None:
     """A URL that cannot be fetched fails the run (exit 1) with its message last and no traceback."""
