@@ -125,6 +125,7 @@ def test_deploy_production_registers_the_image_with_its_job_variables(
             "PREFECT_FLOW_ENV": "production",
             "PYFLOW_OUTPUT": "gs://acme-warn/notices",
             "PYFLOW_TASK_RUNNER": "dask",
+            "PYFLOW_DASK_IMAGE": IMAGE,
         },
     }
     assert set(found.parameter_openapi_schema["properties"]) == set(FIRST.parameters.properties)

@@ -44,3 +44,27 @@ def test_readme_configuration_table_matches_the_settings() -> None:
     for name, field in Settings.model_fields.items():
         assert f"| `{variable_name(name)}` |" in readme
         assert field.description in readme
+
+
+def test_readme_layout_names_every_module_and_each_tasks_module() -> None:
+    """The layout table names every module, and each invoke task's module is one hop away."""
+    import re
+
+    from invoke import Collection
+
+    import tasks
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    layout = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    modules = [p for p in (ROOT / "pyflow").rglob("*.py") if p.name != "__init__.py"]
+    missing = [
+        str(p.relative_to(ROOT)) for p in modules if f"`{p.relative_to(ROOT)}`" not in layout
+    ]
+    assert missing == []
+    hops = dict(
+        re.findall(
+            r"^\| ((?:`[\w-]+`(?:, )?)+) \| .*\| (`pyflow/.*|`pyproject.*) \|$", layout, re.M
+        )
+    )
+    named = {task for cell in hops for task in re.findall(r"`([\w-]+)`", cell)}
+    assert named == set(Collection.from_module(tasks).task_names)
