@@ -45,10 +45,10 @@ def sh(c: Context, command: str, foreground: bool = False, **env: str) -> None:
     os.chdir(bootstrap.ROOT)
     command = command if bootstrap.activate_venv() else f"{poetry(c)} run {command}"
     env = {"PREFECT_HOME": str(c.config.pyflow.home), **env}
+    print(bootstrap.masked(command), flush=True)  # invoke's echo would show credentials
     if not foreground:
-        c.run(command, env=env)
+        c.run(command, env=env, echo=False)
         return
-    print(command, flush=True)
     argv = shlex.split(command)
     os.execvpe(argv[0], argv, {**os.environ, **env})  # noqa: S606 (a command of ours)
 

@@ -7,6 +7,7 @@ has none of the project's dependencies until `invoke setup` has run.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -110,3 +111,8 @@ def default_pip_index() -> str:
 def poetry_env(index_url: str) -> dict[str, str]:
     """Return the environment Poetry needs to resolve through ``index_url`` (none: its default)."""
     return {"POETRY_PYPI_MIRROR_URL": index_url} if index_url else {}
+
+
+def masked(text: str) -> str:
+    """Hide the credentials of any URL in a text (``https://user:token@host`` shows ``***``)."""
+    return re.sub(r"(://)[^/@\s]+@", r"\1***@", text)

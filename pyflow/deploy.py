@@ -46,7 +46,8 @@ JOB_TEMPLATE = PROJECT_DIR / "deploy" / "kubernetes-job-template.json"
 
 FLOW_RUN_SETTINGS = (
     "output", "task_runner", "dask_image", "dask_address", "dask_workers", "dask_threads",
-    "keep_runs", "run_lease_seconds",
+    "keep_runs", "run_lease_seconds", "namespace", "service_account", "cpu_request", "cpu_limit",
+    "memory_request", "memory_limit",
 )  # fmt: skip
 """Settings a flow run reads: production deployments pass them to the pod."""
 
@@ -167,7 +168,7 @@ def register(
     job_variables: dict[str, Any] | None = None,
     version: str | None = None,
     name: str | None = None,
-    paused: bool = False,
+    paused: bool | None = None,
 ) -> list[Registered]:
     """Register a deployment of every flow with the current Prefect API.
 
@@ -182,7 +183,8 @@ def register(
         job_variables: Work pool job variables, such as CPU and memory requests.
         version: A version to record on the deployments, such as the release's.
         name: The deployments' name; default: the environment's (`deployment_name`).
-        paused: Register the deployments with their schedules paused.
+        paused: Register the deployments paused, or not; default: as each one already is
+            (a deployment paused by hand stays paused), and not paused if it is new.
 
     Returns:
         What was registered.
@@ -218,7 +220,9 @@ def register(
                 description=flow.description,
                 tags=["pyflow", settings.env],
                 version=version,
-                paused=paused,
+                paused=paused
+                if paused is not None
+                else is_paused(flow.name, name or deployment_name(settings)),
             ),
         )
         if image:
@@ -228,6 +232,15 @@ def register(
             Registered(f"{flow.name}/{deployment.name}", str(deployment_id), settings.pool)
         )
     return registered
+
+
+def is_paused(flow_name: str, name: str) -> bool:
+    """Return whether a deployment exists and is paused (a new one is not)."""
+    try:
+        with get_client(sync_client=True) as client:
+            return bool(client.read_deployment_by_name(f"{flow_name}/{name}").paused)
+    except ObjectNotFound:
+        return False
 
 
 def deploy_local(settings: Settings) -> list[Registered]:
@@ -283,14 +296,18 @@ def check_job_variables(settings: Settings) -> None:
 
 
 def deploy_production(
-    settings: Settings, image: str, version: str | None = None
+    settings: Settings,
+    image: str,
+    version: str | None = None,
+    flows: tuple[Flow[Any, Any], ...] | None = None,
 ) -> list[Registered]:
-    """Register every flow to the Kubernetes work pool, running in ``image``.
+    """Register every flow (or ``flows``) to the Kubernetes work pool, running in ``image``.
 
     Args:
         settings: Production settings; they must pass `Settings.require_release`.
         image: The pushed image, by tag and digest (``REPO:TAG@sha256:...``).
         version: The release version, recorded on the deployments.
+        flows: The flows to register; default: every flow in `pyflow.flow.FLOWS`.
 
     Returns:
         What was registered.
@@ -299,7 +316,9 @@ def deploy_production(
     check_job_variables(settings)
     ensure_kubernetes_pool(settings, update=False)
     released = released_settings(settings, image)
-    return register(released, image=image, job_variables=job_variables(released), version=version)
+    return register(
+        released, flows, image=image, job_variables=job_variables(released), version=version
+    )
 
 
 def released_settings(settings: Settings, image: str) -> Settings:

@@ -15,12 +15,16 @@ import json
 import sys
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from pyflow.config import Settings, get_settings
 from pyflow.errors import ReleaseError, run_command
 
 ARTIFACT_KEY = "pyflow-releases"
 """The key of the artifact whose versions are the releases."""
+
+PAGE = 200
+"""How many records one request reads (the server's own maximum)."""
 
 
 @dataclass(frozen=True)
@@ -59,11 +63,20 @@ def releases() -> list[Release]:
     """Return every recorded release and rollback, oldest first."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
 
+    found: list[Any] = []
     with get_client(sync_client=True) as client:
-        found = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[ARTIFACT_KEY]))
-        )
+        while True:  # the server returns at most PAGE at a time
+            page = client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[ARTIFACT_KEY])),
+                sort=ArtifactSort.CREATED_DESC,
+                limit=PAGE,
+                offset=len(found),
+            )
+            found += page
+            if len(page) < PAGE:
+                break
     entries = []
     for artifact in sorted(
         found, key=lambda item: item.created or datetime.min.replace(tzinfo=UTC)
@@ -117,7 +130,18 @@ def rollback(settings: Settings, version: str | None = None, dry_run: bool = Fal
     if dry_run:
         print("dry run: nothing was registered")
         return target
-    registered = deploy_production(settings, target.image, target.version)
+    from pyflow.deploy import deployment_name
+    from pyflow.flow import FLOWS
+
+    flows = tuple(f for f in FLOWS if f"{f.name}/{deployment_name(settings)}" in target.deployments)
+    gone = set(target.deployments) - {f"{f.name}/{deployment_name(settings)}" for f in flows}
+    if gone or not flows:
+        raise ReleaseError(
+            f"{target.version} deployed {', '.join(target.deployments) or 'nothing'}, but this "
+            f"checkout has no flow for {', '.join(sorted(gone)) or 'them'}: roll back from a "
+            f"checkout of {target.commit} (`git checkout {target.commit}`)"
+        )
+    registered = deploy_production(settings, target.image, target.version, flows)
     for item in registered:
         print(f"registered {item.name} on work pool '{item.work_pool}' with {target.image}")
     entry = Release(

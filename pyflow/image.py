@@ -22,6 +22,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pyflow import bootstrap
 from pyflow.config import Settings, get_settings
 from pyflow.errors import ImageError, run_command
 
@@ -254,9 +255,7 @@ def pushed_digest(output: str) -> str:
     return str(found[-1])
 
 
-def masked(text: str) -> str:
-    """Hide the credentials of any URL in a text (``https://user:token@host`` shows ``***``)."""
-    return re.sub(r"(://)[^/@\s]+@", r"\1***@", text)
+masked = bootstrap.masked
 
 
 def shown(command: list[str]) -> str:

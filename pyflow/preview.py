@@ -56,6 +56,7 @@ def deploy_preview(
         ensure_kubernetes_pool,
         job_variables,
         register,
+        released_settings,
     )
 
     name = preview_name(pr)
@@ -65,6 +66,7 @@ def deploy_preview(
     image.build(engine, built, options)
     digest = image.push(engine, built, home, insecure)
     ensure_kubernetes_pool(previewed, update=False)
+    previewed = released_settings(previewed, built.pinned(digest))
     registered = register(
         previewed,
         image=built.pinned(digest),

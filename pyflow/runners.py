@@ -6,8 +6,8 @@
 - ``dask-kubernetes``: a Dask cluster of the flow run's own, created on Kubernetes by the Dask
   operator when the run starts and deleted when it ends. Its scheduler and workers run
   ``PYFLOW_DASK_IMAGE``, which a release sets to the image it deploys, by digest: the workers
-  never run other code than the flow. (``deploy/dask-network-policy.yaml`` lets only flow-run
-  pods and the cluster's own workers reach its scheduler.)
+  never run other code than the flow. (``deploy/dask-kubernetes.yaml``'s NetworkPolicies let only
+  flow-run pods and the cluster's own pods reach its scheduler and workers.)
 """
 
 from __future__ import annotations
@@ -25,8 +25,14 @@ if TYPE_CHECKING:
 SCHEDULER_PORT = 8786
 """The Dask scheduler's port, which flow-run pods and workers connect to."""
 
+DASHBOARD_PORT = 8787
+"""The scheduler's HTTP port: the operator looks its Service port up by name to reach it."""
+
 API_KEY_SECRET = {"name": "prefect-api-key", "key": "key"}
 """The Kubernetes secret holding PREFECT_API_KEY, as the worker's Helm values name it."""
+
+AUTH_STRING_SECRET = {"name": "prefect-basic-auth", "key": "auth-string"}
+"""The secret holding a self-hosted server's PREFECT_API_AUTH_STRING, when it has basic auth."""
 
 
 def dask_pod(
@@ -38,6 +44,10 @@ def dask_pod(
         {
             "name": "PREFECT_API_KEY",
             "valueFrom": {"secretKeyRef": {**API_KEY_SECRET, "optional": True}},
+        },
+        {
+            "name": "PREFECT_API_AUTH_STRING",
+            "valueFrom": {"secretKeyRef": {**AUTH_STRING_SECRET, "optional": True}},
         },
     ]
     resources = {
@@ -106,7 +116,13 @@ def cluster_spec(settings: Settings, name: str, api_url: str) -> dict[str, Any]:
                             "protocol": "TCP",
                             "port": SCHEDULER_PORT,
                             "targetPort": SCHEDULER_PORT,
-                        }
+                        },
+                        {
+                            "name": "http-dashboard",
+                            "protocol": "TCP",
+                            "port": DASHBOARD_PORT,
+                            "targetPort": DASHBOARD_PORT,
+                        },
                     ],
                 },
             },

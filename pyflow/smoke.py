@@ -12,10 +12,12 @@ a folder inside the container, not to production's bucket.
 from __future__ import annotations
 
 import argparse
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +63,8 @@ def container_command(
     """
     variables = [f"--env={name}={value}" for name, value in env.items()]
     if engine == "docker":
-        return ["docker", "run", "--rm", "--network=host", *variables, tag, *command], []
+        run = ["docker", "run", "--rm", "--name={container}", "--network=host", *variables, tag]
+        return [*run, *command], ["docker", "rm", "--force", "{container}"]
     options = [f"--isolation={isolation}"] if isolation else []
     return (
         ["buildah", "run", *options, "--network=host", *variables, "{container}", "--", *command],
@@ -78,8 +81,13 @@ def run_in_image(
         ReleaseError: If the image cannot be started at all.
     """
     run, remove = container_command(engine, tag, env, command, isolation)
-    container = ""
+    container = f"pyflow-smoke-{uuid.uuid4().hex[:8]}"
     if engine == "podman":
+        if shutil.which("buildah") is None:
+            raise ReleaseError(
+                "the smoke run of a podman image needs buildah, which is not installed: install "
+                "it (Debian: apt-get install buildah), or release with --engine docker"
+            )
         created = subprocess.run(
             ["buildah", "from", "--pull-never", tag], capture_output=True, text=True
         )
@@ -93,6 +101,11 @@ def run_in_image(
             text=True,
             timeout=TIMEOUT,
         )
+    except subprocess.TimeoutExpired:
+        raise ReleaseError(
+            f"the smoke run in {tag} did not end within {TIMEOUT} s: nothing was pushed; run the "
+            "flow locally (`invoke run`) to see where it hangs"
+        ) from None
     finally:
         if remove:
             subprocess.run(
@@ -111,10 +124,10 @@ def smoke_run(engine: str, tag: str, settings: Settings, isolation: str = "") ->
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from pyflow.flow import FLOWS
-    from pyflow.local import start_server, stop_server
+    from pyflow.local import interrupt_on_stop_signals, start_server, stop_server
 
     flow = FLOWS[0]
-    with tempfile.TemporaryDirectory(prefix="pyflow-smoke-") as folder:
+    with interrupt_on_stop_signals(), tempfile.TemporaryDirectory(prefix="pyflow-smoke-") as folder:
         home = Path(folder)
         server, _ = start_server(home, free_port())
         try:

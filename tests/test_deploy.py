@@ -251,3 +251,16 @@ def test_register_refuses_parameters_that_do_not_fit(
         deploy.register(get_settings(), flows=(counting,), image="example.org/pyflow:1")
     assert str(raised.value).startswith(message)
     assert fix in str(raised.value)
+
+
+def test_register_keeps_a_deployment_paused_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Registering again (a release, a rollback) does not resume a deployment paused by hand."""
+    settings = production_settings(monkeypatch)
+    [registered] = deploy.deploy_production(settings, IMAGE, version="1.2.3")
+    with get_client(sync_client=True) as client:
+        client.pause_deployment(registered.id)
+    deploy.deploy_production(settings, IMAGE, version="1.2.4")
+    with get_client(sync_client=True) as client:
+        found = client.read_deployment(registered.id)
+    assert found.paused is True
+    assert found.version == "1.2.4"

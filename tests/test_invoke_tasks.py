@@ -200,3 +200,17 @@ def _is_task(decorator: object) -> bool:
 
     target = decorator.func if isinstance(decorator, ast.Call) else decorator
     return isinstance(target, ast.Name) and target.id == "task"
+
+
+@pytest.mark.usefixtures("with_venv")
+def test_sh_shows_commands_without_the_credentials_of_urls(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A source or index URL with a user and token is shown masked, never as given."""
+    c = mock_context()
+    tasks.run(c, source=["https://user:s3cret@data.example/ca.csv"])
+    shown = capsys.readouterr().out
+    assert "https://***@data.example/ca.csv" in shown
+    assert "s3cret" not in shown
+    assert c.run.call_args.kwargs["echo"] is False
+    assert "user:s3cret@" in c.run.call_args.args[0], "the command itself keeps the URL"

@@ -298,12 +298,15 @@ def test_render_job_manifest_merges_env_into_a_kubernetes_list(
     assert len(names) == len(set(names)), names
     assert {"name": "PREFECT_API_URL", "value": WORKER_API_URL} in env
     assert {"name": "PREFECT__FLOW_RUN_ID", "value": FLOW_RUN_ID} in env
-    assert env[-5:-1] == [
+    deployment = [
         {"name": "PREFECT_FLOW_ENV", "value": "production"},
         {"name": "PYFLOW_OUTPUT", "value": "gs://acme-warn/output"},
         {"name": "PYFLOW_TASK_RUNNER", "value": "dask"},
         {"name": "PYFLOW_KEEP_RUNS", "value": "5"},
     ]
+    positions = [env.index(item) for item in deployment]
+    assert positions == sorted(positions), "the deployment's env keeps its order"
+    assert positions[0] > names.index("PREFECT__FLOW_RUN_ID"), "after the worker's own"
 
 
 def test_render_job_manifest_reschedules_a_run_whose_pod_is_evicted(

@@ -538,3 +538,13 @@ def test_release_stops_when_the_pools_template_would_drop_a_job_variable(
     with get_client(sync_client=True) as prefect:
         kept = prefect.read_work_pool("test-drifted-pool").base_job_template
     assert kept == template, "the release does not overwrite a pool's template"
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_server")
+def test_history_reads_every_record_past_the_servers_page_size() -> None:
+    """More records than one page of the API are all read, oldest first."""
+    versions = [f"9.0.{n}" for n in range(history.PAGE + 5)]
+    for version in versions:
+        history.record(entry(version))
+    assert [e.version for e in history.releases()][-len(versions) :] == versions

@@ -82,14 +82,18 @@ def test_build_task_runner_follows_the_settings() -> None:
 
 
 def manifests() -> dict[str, dict[str, Any]]:
-    """The manifests of deploy/dask-kubernetes.yaml, by kind."""
-    return {doc["kind"]: doc for doc in yaml.safe_load_all(DASK_KUBERNETES.read_text())}
+    """The manifests of deploy/dask-kubernetes.yaml, by kind (the policies by name)."""
+    found = {}
+    for doc in yaml.safe_load_all(DASK_KUBERNETES.read_text()):
+        key = doc["metadata"]["name"] if doc["kind"] == "NetworkPolicy" else doc["kind"]
+        found[key] = doc
+    return found
 
 
 def test_dask_kubernetes_manifests_are_valid_kubernetes() -> None:
     """The Role, RoleBinding and NetworkPolicy validate (kubernetes-validate, strict)."""
     found = manifests()
-    assert set(found) == {"Role", "RoleBinding", "NetworkPolicy"}
+    assert set(found) == {"Role", "RoleBinding", "pyflow-dask-scheduler", "pyflow-dask-workers"}
     for manifest in found.values():
         assert kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
         assert manifest["metadata"]["namespace"] == get_settings().namespace
@@ -107,7 +111,7 @@ def test_dask_kubernetes_role_lets_the_flow_runs_account_manage_dask_clusters_on
 
 def test_network_policy_lets_only_flow_runs_and_workers_reach_the_scheduler() -> None:
     """Only flow-run pods and Dask workers may reach a scheduler's port; all else is refused."""
-    policy = manifests()["NetworkPolicy"]["spec"]
+    policy = manifests()["pyflow-dask-scheduler"]["spec"]
     assert policy["podSelector"] == {"matchLabels": {"dask.org/component": "scheduler"}}
     assert policy["policyTypes"] == ["Ingress"]
     [rule] = policy["ingress"]
@@ -156,3 +160,53 @@ def test_dask_kubernetes_file_is_applied_in_the_readme() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "kubectl apply -n prefect -f deploy/dask-kubernetes.yaml" in readme
     assert Path(DASK_KUBERNETES).read_text().count("kubectl apply -n prefect") == 1
+
+
+def test_network_policy_lets_only_flow_runs_and_the_cluster_reach_a_worker() -> None:
+    """A worker runs any function sent to it: only flow runs and Dask pods may reach it."""
+    policy = manifests()["pyflow-dask-workers"]["spec"]
+    assert policy["podSelector"] == {"matchLabels": {"dask.org/component": "worker"}}
+    [rule] = policy["ingress"]
+    assert "ports" not in rule
+    assert [peer["podSelector"]["matchLabels"] for peer in rule["from"]] == [
+        {"pyflow.io/role": "flow-run"},
+        {"dask.org/component": "scheduler"},
+        {"dask.org/component": "worker"},
+    ]
+
+
+def test_cluster_spec_names_the_ports_the_operator_looks_up() -> None:
+    """KubeCluster finds the scheduler's comm and dashboard ports on its Service, by name."""
+    from dask_kubernetes.operator.networking import _get_port
+
+    settings = get_settings(task_runner="dask-kubernetes", dask_image=IMAGE)
+    service = runners.cluster_spec(settings, "pyflow-test", "")["spec"]["scheduler"]["service"]
+
+    from types import SimpleNamespace
+
+    ports = [SimpleNamespace(name=p["name"], port=p["port"]) for p in service["ports"]]
+    found = SimpleNamespace(metadata=SimpleNamespace(name="pyflow-test-scheduler"))
+    found.spec = SimpleNamespace(ports=ports)  # as kr8s gives the operator the Service
+
+    assert _get_port(found, "tcp-comm") == runners.SCHEDULER_PORT
+    assert _get_port(found, "http-dashboard") == runners.DASHBOARD_PORT
+
+
+def test_cluster_spec_follows_the_pods_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Namespace, account and sizes set for the flow-run pods reach its cluster through the pod."""
+    from pyflow import deploy
+
+    monkeypatch.setenv("PYFLOW_NAMESPACE", "data")
+    monkeypatch.setenv("PYFLOW_SERVICE_ACCOUNT", "etl")
+    monkeypatch.setenv("PYFLOW_CPU_LIMIT", "8")
+    pod_env = deploy.job_variables(deploy.released_settings(get_settings(), IMAGE))["env"]
+    monkeypatch.delenv("PYFLOW_NAMESPACE")
+    monkeypatch.delenv("PYFLOW_SERVICE_ACCOUNT")
+    monkeypatch.delenv("PYFLOW_CPU_LIMIT")
+    for name, value in pod_env.items():
+        monkeypatch.setenv(name, value)
+    spec = runners.cluster_spec(get_settings(), "pyflow-run", "")
+    assert spec["metadata"]["namespace"] == "data"
+    worker = spec["spec"]["worker"]["spec"]
+    assert worker["serviceAccountName"] == "etl"
+    assert worker["containers"][0]["resources"]["limits"]["cpu"] == "8"
