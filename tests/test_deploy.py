@@ -126,6 +126,7 @@ def test_deploy_production_registers_the_image_with_its_job_variables(
             "PYFLOW_OUTPUT": "gs://acme-warn/notices",
             "PYFLOW_TASK_RUNNER": "dask",
             "PYFLOW_DASK_IMAGE": IMAGE,
+            "PYFLOW_CPU_LIMIT": "4",
         },
     }
     assert set(found.parameter_openapi_schema["properties"]) == set(FIRST.parameters.properties)

@@ -313,12 +313,15 @@ def test_release_builds_pushes_and_registers_on_the_pushed_digest(
     repository = "us-central1-docker.pkg.dev/acme/pyflow/pyflow"
     commit = git(git_project, "rev-parse", "--short=7", "HEAD").strip()
     assert pinned == f"{repository}:1.2.3@{fake_docker.digest}"
-    assert [call[0] for call in fake_docker.calls()] == ["build", "image", "run", "push", "push"]
-    run = fake_docker.calls()[2]
-    assert run[:3] == ["run", "--rm", "--network=host"]
+    calls = fake_docker.calls()
+    assert [call[0] for call in calls] == ["build", "image", "run", "rm", "push", "push"]
+    run = calls[2]
+    assert run[:2] == ["run", "--rm"]
+    assert run[2].startswith("--name=pyflow-smoke-") and run[3] == "--network=host"
+    assert calls[3] == ["rm", "--force", run[2].removeprefix("--name=")], "no container is left"
     assert run[-4:] == [f"{repository}:1.2.3", "prefect", "flow-run", "execute"]
     assert "--env=PYFLOW_OUTPUT=/tmp/pyflow-smoke" in run
-    assert fake_docker.calls()[3:] == [
+    assert fake_docker.calls()[4:] == [
         ["push", f"{repository}:{commit}"],
         ["push", f"{repository}:1.2.3"],
     ]
@@ -408,7 +411,7 @@ def test_release_stops_before_pushing_an_image_that_cannot_run_the_flow(
     assert message.startswith("the smoke run of warn-notices in us-central1-docker.pkg.dev/")
     assert "nothing was pushed" in message
     assert "pyflow/flow.py" in message
-    assert [call[0] for call in fake_docker.calls()] == ["build", "image", "run"]
+    assert [call[0] for call in fake_docker.calls()] == ["build", "image", "run", "rm"]
     with get_client(sync_client=True) as prefect:
         assert {d.name for d in prefect.read_deployments()} == before
 
