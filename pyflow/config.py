@@ -77,9 +77,9 @@ class Settings(BaseSettings):
         description="How tasks run: `threads` (one process), `dask` (a local Dask cluster, or the one at `PYFLOW_DASK_ADDRESS`) or `dask-kubernetes` (a Dask cluster of the run's own on Kubernetes, on `PYFLOW_DASK_IMAGE`; see `pyflow/runners.py`).",
     )
     thread_workers: int = Field(
-        default=1,
+        default=2,
         ge=1,
-        description="Threads of the thread runner: tasks it runs at once. Each task already uses every core (the engine, Polars, is multi-threaded), so more only helps many HTTP(S) sources.",
+        description="Threads of the thread runner: tasks it runs at once. Each task already uses every core (the engine, Polars, is multi-threaded); a second overlaps one task's single-threaded steps with another's work. Each costs one task's memory.",
     )
     dask_image: str | None = Field(
         default=None,

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from prefect import flow, unmapped
 from prefect.client.schemas.objects import State
 from prefect.futures import wait
 from prefect.states import Failed
+from prefect.utilities.annotations import quote
 
 from pyflow import publish
 from pyflow.config import get_settings
@@ -45,6 +46,8 @@ from pyflow.warn.parameters import (
     Sources,
     run_options,
 )
+
+T = TypeVar("T")
 
 
 @flow(name="warn-notices", task_runner=build_task_runner(get_settings()))
@@ -148,8 +151,18 @@ def transform_and_stage(
         unmapped(labels),
         unmapped(work_dir),
     )
-    wait(merged)
-    return stage_outputs(plans, parts, merged.result(), run_folder, work_dir, started_at)
+    # as_is: the task starts at once, and writes each bucket's chunk as its merge finishes
+    return stage_outputs(plans, as_is(parts), as_is(list(merged)), run_folder, started_at)
+
+
+def as_is(value: T) -> T:
+    """Hand a value to a task called in the flow as it is: Prefect does not walk it (`quote`).
+
+    Futures handed over this way are not waited for before the task starts, and a large value
+    (every part's key samples) is not walked looking for them. Only for tasks the flow calls,
+    not those it submits: a Dask runner walks what it submits all the same.
+    """
+    return cast("T", quote(value))
 
 
 def failure_message(summary: etl.Summary) -> str:

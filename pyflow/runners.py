@@ -34,6 +34,9 @@ API_KEY_SECRET = {"name": "prefect-api-key", "key": "key"}
 AUTH_STRING_SECRET = {"name": "prefect-basic-auth", "key": "auth-string"}
 """The secret holding a self-hosted server's PREFECT_API_AUTH_STRING, when it has basic auth."""
 
+PRELOAD = "pyflow.preload"
+"""The module Dask schedulers and workers preload (``--preload``): it warms them as they start."""
+
 
 def dask_pod(
     settings: Settings, image: str, role: str, args: list[str], api_url: str
@@ -94,8 +97,9 @@ def cluster_spec(settings: Settings, name: str, api_url: str) -> dict[str, Any]:
         "--nthreads",
         str(settings.dask_threads),
     ]
-    worker_args += ["--preload", "pyflow.tasks"]
+    worker_args += ["--preload", PRELOAD]
     scheduler_args = ["dask", "scheduler", "--host", "0.0.0.0"]  # noqa: S104 (inside its pod)
+    scheduler_args += ["--preload", PRELOAD]
     return {
         "apiVersion": "kubernetes.dask.org/v1",
         "kind": "DaskCluster",
@@ -168,5 +172,6 @@ def build_task_runner(settings: Settings) -> TaskRunner[Any]:
             "processes": True,
             "dashboard_address": None,
             "env": {"POLARS_MAX_THREADS": str(settings.dask_threads)},
+            "preload": [PRELOAD],
         }
     )

@@ -6,12 +6,14 @@ itself stays in `pyflow.warn.etl`, where tests call it directly.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
+from prefect.futures import PrefectFuture
 
 from pyflow import publish
 from pyflow.errors import FetchError
@@ -111,14 +113,20 @@ def merge_bucket(
 def stage_outputs(
     plans: list[etl.SourcePlan],
     parts: list[etl.PartResult],
-    buckets: list[etl.BucketResult],
+    merges: Sequence[PrefectFuture[etl.BucketResult]],
     run_folder: str,
-    work_dir: str,
     started_at: str,
 ) -> etl.Summary:
-    """Write notices.csv, rejects.csv and summary.json in the run's folder; check the counts."""
+    """Write rejects.csv, then notices.csv as the merges finish, and summary.json; check the counts.
+
+    ``merges`` are the merge tasks' futures, in bucket order, passed quoted (`prefect.utilities.
+    annotations.quote`) so the task starts before they finish: it writes the rejects and each
+    finished bucket's chunk while the later merges still run.
+    """
     usable = etl.usable_parts(parts)
-    etl.write_outputs(usable, buckets, {plan.index: plan.label for plan in plans}, run_folder)
+    labels = {plan.index: plan.label for plan in plans}
+    etl.write_rejects(usable, labels, run_folder)
+    buckets = etl.write_notices((merge.result() for merge in merges), run_folder)
     summary = etl.summarise(plans, parts, buckets, run_folder, started_at)
     etl.write_summary(summary, run_folder)
     get_run_logger().info(

@@ -35,6 +35,7 @@ def test_cluster_spec_runs_the_flows_image_on_scheduler_and_workers() -> None:
         [container] = pod["containers"]
         assert container["image"] == IMAGE
         assert container["args"][:2] == ["dask", part]
+        assert container["args"][container["args"].index("--preload") + 1] == runners.PRELOAD
         assert pod["securityContext"]["runAsUser"] == 1000
         env = {item["name"]: item for item in container["env"]}
         assert env["PREFECT_API_URL"]["value"] == "http://prefect.test/api"

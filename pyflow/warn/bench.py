@@ -7,7 +7,8 @@ path's, and prints wall time, rows per second and peak memory (of the largest pr
 variant's own, or its largest Dask worker), each with its ratio to plain Python. The engine
 (Polars) runs one thread per process in every variant and in each Dask worker, so the ratios
 show what more processes give, as they would across machines. Prefect's API server, started
-once for all variants, is not counted.
+once for all variants and warmed by one throwaway flow run (a long-running server is warm), is
+not counted.
 
 The variants:
 
@@ -15,6 +16,9 @@ The variants:
   plain-Python pipeline cannot beat.
 - (a) The ETL steps in one process, no Prefect (`pyflow.warn.etl.run_local`).
 - (b), (c), (d) The flow on the thread runner, a temporary local Dask cluster, and a running one.
+- (p) As (a1), in one process per Dask worker at once, each on its share of the files, with no
+  Prefect and no Dask: the most that many processes can give on this machine, so the floor of
+  (d)'s ratio here.
 - (e) ``python -m pyflow`` over the 44 real state files in ``../shared/warn-data/raw`` (when
   present), end to end: a new process, against this project's running Prefect server.
 """
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import os
 import random
 import shutil
@@ -35,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from pyflow.bootstrap import ROOT
 from pyflow.warn.schema import Source
 
 if TYPE_CHECKING:
@@ -87,6 +93,7 @@ VARIANTS = {
     "a": "plain Python, sequential",
     "b": "flow, thread runner",
     "a1": "plain Python, engine on one thread",
+    "p": "plain Python, a process per worker, files shared out",
     "c": "flow, temporary local Dask cluster",
     "d": "flow, running Dask cluster",
     "e": "real state files, python -m pyflow",
@@ -97,13 +104,13 @@ TARGETS = {"a": ("0", 1.00), "b": ("a", 1.10), "d": ("a1", 0.60)}
 The Dask lines compare like with like: the engine runs one thread per process in (a1) and in
 each Dask worker, so their ratio shows what more processes give, as more machines would."""
 
-ONE_THREAD = frozenset({"a1", "c", "d"})
+ONE_THREAD = frozenset({"a1", "p", "c", "d"})
 """Variants whose processes (and Dask workers) run the engine on one thread."""
 
 FLOW_VARIANTS = ("a", "b", "a1", "c", "d")
 """The variants whose outputs must be byte-identical."""
 
-REAL_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "warn-data" / "raw"
+REAL_DATA = ROOT.parent / "shared" / "warn-data" / "raw"
 """Where the real state files are, beside the project's checkout."""
 
 
@@ -275,6 +282,33 @@ def _worker_peak_mb(address: str) -> float:
     return float(max(peaks.values()))
 
 
+def warm_up() -> None:
+    """Run one throwaway flow against the API: a new server's first requests cost it seconds."""
+    from prefect import flow, task
+
+    from pyflow.runtime import without_heartbeats
+
+    @task(name="pyflow-bench-warm-up-step")
+    def step() -> None:
+        """Do nothing: the server only records it."""
+
+    @flow(name="pyflow-bench-warm-up")
+    def warm() -> None:
+        """Create a flow run and a task run, as each variant will."""
+        step()
+
+    quiet = [logging.getLogger(name) for name in ("prefect.flow_runs", "prefect.task_runs")]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:
+        logger.setLevel(logging.WARNING)
+    try:
+        with without_heartbeats():
+            warm()
+    finally:
+        for logger, level in zip(quiet, levels, strict=True):
+            logger.setLevel(level)
+
+
 def copy_with_csv(sources: list[Source], output: Path) -> int:
     """Read every source with the csv module and write it back unchanged; return the rows read."""
     output.mkdir(parents=True, exist_ok=True)
@@ -304,7 +338,10 @@ def real_sources(folder: Path = REAL_DATA) -> list[Source]:
 def run_variant(
     variant: str, sources: list[Source], output: Path, workers: int, address: str
 ) -> Measurement:
-    """Run one variant in this process and measure it (what each variant's process does)."""
+    """Run one variant in this process and measure it (what each variant's process does).
+
+    For (p), ``sources`` are this process's share of the files.
+    """
     memory = PeakMemory()
     memory.start()
     if variant == "0":
@@ -315,7 +352,7 @@ def run_variant(
     from pyflow.warn import etl
     from pyflow.warn.parameters import PARTITION_BYTES, load_aliases
 
-    if variant in ("a", "a1"):
+    if variant in ("a", "a1", "p"):
         started = time.perf_counter()
         summary = etl.run_local(sources, str(output), load_aliases(None), PARTITION_BYTES)
         seconds = time.perf_counter() - started
@@ -362,11 +399,12 @@ def _start_cluster(
 ) -> tuple[str, list[subprocess.Popen[bytes]]]:
     """Start a real Dask scheduler and worker processes on loopback; return its address.
 
-    The workers preload pyflow's tasks, as the per-run clusters on Kubernetes do (pyflow/runners.py).
+    The scheduler and workers preload `pyflow.preload`, as every cluster pyflow starts does.
     """
     from distributed import Client
 
     from pyflow.local import port_is_free
+    from pyflow.runners import PRELOAD
 
     port = next(p for p in range(8786, 8999) if port_is_free(p))
     address = f"tcp://127.0.0.1:{port}"
@@ -385,6 +423,8 @@ def _start_cluster(
                         str(port),
                         "--dashboard-address",
                         ":0",
+                        "--preload",
+                        PRELOAD,
                     ],
                     stdout=out,
                     stderr=subprocess.STDOUT,
@@ -401,7 +441,7 @@ def _start_cluster(
                         "1",
                         "--no-dashboard",
                         "--preload",
-                        "pyflow.tasks",
+                        PRELOAD,
                     ],
                     stdout=out,
                     stderr=subprocess.STDOUT,
@@ -485,11 +525,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--run-variant", help=argparse.SUPPRESS)
     parser.add_argument("--address", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--share", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     inputs = args.folder / f"input-{args.rows}x{args.files}"
     if args.run_variant:
         sources = generate(inputs, args.rows, args.files)
         output = args.folder / f"output-{args.run_variant}"
+        if args.share is not None:
+            sources = sources[args.share :: args.workers]
+            output = output / str(args.share)
         measured = run_variant(args.run_variant, sources, output, args.workers, args.address)
         print(json.dumps(measured.__dict__))
         return 0
@@ -512,6 +556,7 @@ def compare(args: argparse.Namespace, inputs: Path) -> int:
     notes: list[str] = []
     log = args.folder / "bench.log"
     with prefect_api() as api_url:
+        warm_up()
         shared = {
             **{k: v for k, v in os.environ.items() if k != "POLARS_MAX_THREADS"},
             "PREFECT_API_URL": api_url,
@@ -535,19 +580,23 @@ def compare(args: argparse.Namespace, inputs: Path) -> int:
             address, cluster = "", list[subprocess.Popen[bytes]]()
             if variant == "d":
                 address, cluster = _start_cluster(args.workers, log, env)
+            shares = range(min(args.workers, args.files)) if variant == "p" else [None]
             try:
-                done = subprocess.run(
-                    [sys.executable, "-m", "pyflow.warn.bench", "--rows", str(args.rows), "--files", str(args.files),
-                     "--workers", str(args.workers), "--folder", str(args.folder), "--run-variant", variant,
-                     "--address", address],
-                    env=env, capture_output=True, text=True, check=False,
-                )  # fmt: skip
+                processes = [_variant_process(args, variant, env, address, s) for s in shares]
+                done = [(process, *process.communicate()) for process in processes]
             finally:
                 _stop(cluster)
-            if done.returncode != 0:
-                print(f"bench: variant ({variant}) failed:\n{done.stderr[-3000:]}", file=sys.stderr)
+            failed = [err for process, _, err in done if process.returncode != 0]
+            if failed:
+                print(f"bench: variant ({variant}) failed:\n{failed[0][-3000:]}", file=sys.stderr)
                 return 1
-            results[variant] = Measurement(**json.loads(done.stdout.strip().splitlines()[-1]))
+            parts = [Measurement(**json.loads(out.strip().splitlines()[-1])) for _, out, _ in done]
+            results[variant] = Measurement(
+                variant,
+                max(part.seconds for part in parts),
+                sum(part.rows for part in parts),
+                max(part.peak_mb for part in parts),
+            )
             print(
                 f"bench: ({variant}) {VARIANTS[variant]}: {results[variant].seconds:.1f} s",
                 flush=True,
@@ -560,6 +609,21 @@ def compare(args: argparse.Namespace, inputs: Path) -> int:
         print("bench: the variants wrote different outputs: that is a bug", file=sys.stderr)
         return 1
     return 0
+
+
+def _variant_process(
+    args: argparse.Namespace, variant: str, env: dict[str, str], address: str, share: int | None
+) -> subprocess.Popen[str]:
+    """Start a process that runs one variant (or, for (p), its share of the files) and measures it."""
+    command = [
+        sys.executable, "-m", "pyflow.warn.bench", "--rows", str(args.rows),
+        "--files", str(args.files), "--workers", str(args.workers), "--folder", str(args.folder),
+        "--run-variant", variant, "--address", address,
+        *(["--share", str(share)] if share is not None else []),
+    ]  # fmt: skip
+    return subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def outputs_identical(folder: Path, variants: list[str]) -> bool:
@@ -587,6 +651,9 @@ def report(results: dict[str, Measurement], identical: bool) -> str:
             f"{measured.peak_mb / base.peak_mb:.2f}x" if base and measured.peak_mb else "-"
         )
         verdict = "-"
+        if variant == "p" and "a1" in results:
+            ratio = measured.seconds / results["a1"].seconds
+            verdict = f"the floor of (d) here: {ratio:.2f}x (a1)"
         if variant in TARGETS and TARGETS[variant][0] in results:
             other, target = TARGETS[variant]
             ratio = measured.seconds / results[other].seconds

@@ -399,27 +399,40 @@ def batch_sizes(partition_bytes: int) -> tuple[int, int]:
 
 
 def plan_batches(plans: list[SourcePlan], batch_bytes: int) -> list[list[Partition]]:
-    """Group partitions into batches of about ``batch_bytes``: one task each.
+    """Group partitions into batches of even size, each at most ``batch_bytes``: one task each.
 
     A task costs tens of milliseconds to orchestrate in the flow, and more on a Dask worker: a
-    run over many small files is faster with one task per many megabytes than one per file. A
-    task reads its batch a stack at a time (`transform_batch`), so a batch can be larger than
-    memory should hold at once. 0 gives one partition per batch.
+    run over many small files is faster with one task per many megabytes than one per file.
+    Batches are as few as the limit allows and of even size, so tasks running at once finish
+    together (142 MB under a 128 MB limit is two batches of 71 MB, not 128 and 14). A task
+    reads its batch a stack at a time (`transform_batch`), so a batch can be larger than memory
+    should hold at once. 0 gives one partition per batch.
     """
-    return _runs((partition for plan in plans for partition in partitions_of(plan)), batch_bytes)
+    partitions = [partition for plan in plans for partition in partitions_of(plan)]
+    total = sum(partition.end - partition.start for partition in partitions)
+    if batch_bytes <= 0 or not partitions:
+        return [[partition] for partition in partitions]
+    target = total / math.ceil(total / batch_bytes) if total else batch_bytes
+    return _runs(partitions, batch_bytes, target)
 
 
-def _runs(partitions: Iterable[Partition], limit: int) -> list[list[Partition]]:
+def _runs(
+    partitions: Iterable[Partition], limit: int, target: float | None = None
+) -> list[list[Partition]]:
     """Group partitions, in order, into runs of at most ``limit`` bytes.
 
-    A partition larger than ``limit`` is a run of its own; 0 makes every partition one.
+    With ``target``, a run also ends where the runs so far come nearest a whole multiple of it
+    (before a partition whose larger half would pass it), so runs come out of about that size. A partition larger than ``limit`` is a run of its own; 0 makes
+    every partition one.
     """
     runs: list[list[Partition]] = []
-    size = 0
+    size = done = 0
     for partition in partitions:
         length = partition.end - partition.start
-        if not runs or limit <= 0 or size + length > limit:
+        full = target is not None and done + size + length / 2 > target * len(runs)
+        if not runs or limit <= 0 or size + length > limit or (size and full):
             runs.append([])
+            done += size
             size = 0
         runs[-1].append(partition)
         size += length
@@ -724,15 +737,39 @@ def write_outputs(
     labels: Mapping[int, str],
     run_folder: str,
 ) -> None:
-    """Write ``notices.csv`` (the bucket chunks in order) and ``rejects.csv`` (in file order).
+    """Write ``rejects.csv`` and ``notices.csv`` in the run's own folder (`write_rejects`, `write_notices`)."""
+    write_rejects(parts, labels, run_folder)
+    write_notices(buckets, run_folder)
 
-    They go to the run's own folder, which readers see only once it is published. Rejects carry
-    their record number in their file: a partition's records are numbered from the end of the
-    partitions before it.
+
+def write_notices(buckets: Iterable[BucketResult], run_folder: str) -> list[BucketResult]:
+    """Write ``notices.csv``: the header, then each bucket's chunk, in the order given.
+
+    The buckets are read one at a time, so a caller can hand each over as its merge finishes,
+    and the file is written while the later merges still run. They go to the run's own
+    folder, which readers see only once it is published.
+
+    Returns:
+        The buckets, in the order written.
     """
-    chunks = [bucket.path for bucket in sorted(buckets, key=lambda b: b.index) if bucket.path]
     header = (",".join(NOTICE_FIELDS) + "\n").encode()
-    concatenate(join_path(run_folder, NOTICES_FILE), header, chunks)
+    written: list[BucketResult] = []
+    with _binary_writer(join_path(run_folder, NOTICES_FILE)) as out:
+        out.write(header)
+        for bucket in buckets:
+            if written and bucket.index <= written[-1].index:
+                raise ValueError(f"merge bucket {bucket.index} came out of order")
+            written.append(bucket)
+            if bucket.path:
+                append_file(out, bucket.path)
+    return written
+
+
+def write_rejects(parts: list[PartResult], labels: Mapping[int, str], run_folder: str) -> None:
+    """Write ``rejects.csv`` in file order, each reject with its record number in its file.
+
+    A partition's records are numbered from the end of the partitions before it.
+    """
     offsets: dict[tuple[int, int], int] = {}
     seen: dict[int, int] = {}
     for part in sorted(parts, key=lambda p: (p.source_index, p.index)):
@@ -765,24 +802,19 @@ def write_outputs(
         rejects.write_csv(out, include_header=False)
 
 
-def concatenate(target: str, head: bytes, chunks: list[str]) -> None:
-    """Write ``head`` then every chunk file into ``target``, in order.
+def append_file(out: IO[bytes], chunk: str) -> None:
+    """Append a whole file to an open output.
 
-    On a local disk the kernel copies the chunks (``copy_file_range``), without passing the
-    bytes through Python: a billion-byte output is staged in a fraction of a second.
+    On a local disk the kernel copies it (``copy_file_range``), without passing the bytes
+    through Python: a billion-byte output is staged in a fraction of a second.
     """
-    local = isinstance(url_to_fs(target)[0], LocalFileSystem) and all(
-        isinstance(url_to_fs(chunk)[0], LocalFileSystem) for chunk in chunks
-    )
-    with _binary_writer(target) as out:
-        out.write(head)
-        for chunk in chunks:
-            with fsspec.open(chunk, "rb") as source:
-                if local and hasattr(os, "copy_file_range"):
-                    out.flush()
-                    _copy_range(source.fileno(), out.fileno())
-                else:
-                    shutil.copyfileobj(source, out, 1 << 20)
+    with fsspec.open(chunk, "rb") as source:
+        local = all(isinstance(getattr(f, "fs", None), LocalFileSystem) for f in (source, out))
+        if local and hasattr(os, "copy_file_range"):
+            out.flush()
+            _copy_range(source.fileno(), out.fileno())
+        else:
+            shutil.copyfileobj(source, out, 1 << 20)
 
 
 def _copy_range(source: int, target: int) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SAMPLE
+from conftest import ROOT, SAMPLE, WARN_DATA
 from pyflow.warn import bench, etl
 from pyflow.warn.columns import load_rules
 
@@ -43,6 +43,7 @@ def test_report_gives_ratios_and_verdicts_against_each_target() -> None:
         "a": bench.Measurement("a", 1.8, 1_000_000, 400.0),
         "b": bench.Measurement("b", 2.1, 1_000_000, 500.0),
         "a1": bench.Measurement("a1", 3.0, 1_000_000, 380.0),
+        "p": bench.Measurement("p", 1.8, 1_000_000, 350.0),
         "d": bench.Measurement("d", 2.1, 1_000_000, 300.0),
     }
     table = bench.report(results, identical=True)
@@ -58,12 +59,13 @@ def test_report_gives_ratios_and_verdicts_against_each_target() -> None:
         "| (d) flow, running Dask cluster | 2.1 s | 476,190 | 300 MB | 1.17x | 0.75x | <= 0.60x (a1): 0.70x, not met |"
         in table
     )
+    assert "| 1.00x | 0.88x | the floor of (d) here: 0.60x (a1) |" in table
     assert table.endswith("Outputs identical across the flow variants: yes")
 
 
 @pytest.mark.slow
 def test_bench_runs_every_variant_and_checks_their_outputs(tmp_path: Path) -> None:
-    """`python -m pyflow.warn.bench` runs 0, a, b, a1, c, d and e, prints the table, outputs agree."""
+    """`python -m pyflow.warn.bench` runs 0, a, b, a1, p, c, d and e, prints the table, outputs agree."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "PYFLOW_"))}
     result = subprocess.run(
         [sys.executable, "-m", "pyflow.warn.bench", "--rows", "3000", "--files", "2",
@@ -73,11 +75,16 @@ def test_bench_runs_every_variant_and_checks_their_outputs(tmp_path: Path) -> No
     assert result.returncode == 0, result.stderr[-3000:]
     table = [line for line in result.stdout.splitlines() if line.startswith("| (")]
     assert [line.split(")")[0] for line in table] == [
-        "| (0", "| (a", "| (b", "| (a1", "| (c", "| (d", "| (e",
+        "| (0", "| (a", "| (b", "| (a1", "| (p", "| (c", "| (d", "| (e",
     ]  # fmt: skip
     assert "| (e) 9 real state files, python -m pyflow |" in result.stdout
     assert "Outputs identical across the flow variants: yes" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_bench_reads_the_real_files_beside_the_checkout() -> None:
+    """Line (e) reads ../shared/warn-data/raw, where the tests read the real files too."""
+    assert bench.REAL_DATA == WARN_DATA / "raw"
 
 
 def test_bench_refuses_unknown_variants(capsys: pytest.CaptureFixture[str]) -> None:
@@ -85,7 +92,7 @@ def test_bench_refuses_unknown_variants(capsys: pytest.CaptureFixture[str]) -> N
     with pytest.raises(SystemExit) as raised:
         bench.main(["--variants", "ax"])
     assert raised.value.code == 2
-    assert "'ax' is not a list of the variants 0, a, b, a1, c, d, e" in capsys.readouterr().err
+    assert "'ax' is not a list of the variants 0, a, b, a1, p, c, d, e" in capsys.readouterr().err
 
 
 def test_bench_refuses_zero_files(capsys: pytest.CaptureFixture[str]) -> None:

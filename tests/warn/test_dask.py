@@ -18,7 +18,7 @@ from prefect_dask import DaskTaskRunner
 from conftest import SAMPLE, HttpSources
 from pyflow.flow import warn_notices
 from pyflow.local import port_is_free
-from pyflow.runners import build_task_runner
+from pyflow.runners import PRELOAD, build_task_runner
 from pyflow.warn import bench, etl
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
@@ -57,7 +57,7 @@ def start_worker(address: str) -> subprocess.Popen[bytes]:
             "1",
             "--no-dashboard",
             "--preload",
-            "pyflow.tasks",
+            PRELOAD,
         ],
         env=worker_env(),
         stdout=subprocess.DEVNULL,
@@ -96,6 +96,8 @@ def dask_cluster() -> Iterator[DaskCluster]:
             str(port),
             "--dashboard-address",
             ":0",
+            "--preload",
+            PRELOAD,
         ],
         env=worker_env(),
         stdout=subprocess.DEVNULL,
@@ -113,6 +115,20 @@ def dask_cluster() -> Iterator[DaskCluster]:
 def outputs(folder: Path) -> tuple[bytes, bytes]:
     """Return the bytes of notices.csv and rejects.csv."""
     return (folder / etl.NOTICES_FILE).read_bytes(), (folder / etl.REJECTS_FILE).read_bytes()
+
+
+def test_scheduler_and_workers_are_warm_before_the_first_task(dask_cluster: DaskCluster) -> None:
+    """The preload has imported the flows and loaded Prefect's collections before any task."""
+    from distributed import Client
+
+    def warm() -> tuple[bool, bool]:
+        from prefect._internal.plugins import collections
+
+        return "pyflow.flow" in sys.modules, collections._collections is not None
+
+    with Client(dask_cluster.address) as client:
+        assert list(client.run(warm).values()) == [(True, True), (True, True)]
+        assert client.run_on_scheduler(warm) == (True, True)
 
 
 def test_flow_on_a_running_cluster_matches_the_thread_runner(

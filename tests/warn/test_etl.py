@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -276,6 +278,55 @@ def test_plan_batches_groups_small_sources_and_keeps_order(tmp_path: Path) -> No
     plans = etl.plan_sources(sources, {}, {}, RULES, 0)
     assert [[p.plan.index for p in b] for b in etl.plan_batches(plans, 10_000)] == [[0, 1], [2]]
     assert [[p.plan.index for p in b] for b in etl.plan_batches(plans, 0)] == [[0], [1], [2]]
+
+
+def test_plan_batches_makes_even_batches_within_the_limit() -> None:
+    """Batches are as few as the limit allows and of even size; none passes the limit."""
+    plan = etl.SourcePlan(0, Source(location="x.csv"), "x.csv")
+
+    def batches(sizes: list[int], limit: int) -> list[list[int]]:
+        starts = list(itertools.accumulate([0, *sizes]))
+        source = replace(plan, ranges=tuple(itertools.pairwise(starts)))
+        found = etl.plan_batches([source], limit)
+        assert [p for batch in found for p in batch] == etl.partitions_of(source)
+        return [[p.end - p.start for p in batch] for batch in found]
+
+    assert batches([36, 36, 36, 34], 128) == [[36, 36], [36, 34]]
+    assert batches([64, 64, 14], 128) == [[64], [64, 14]]
+    assert batches([100, 10, 10, 10], 128) == [[100], [10, 10, 10]]
+    assert batches([300, 10], 128) == [[300], [10]]
+    rng = random.Random(7)
+    for _ in range(200):
+        sizes = [rng.randint(1, 64) for _ in range(rng.randint(1, 40))]
+        found = batches(sizes, 128)
+        assert all(sum(batch) <= 128 for batch in found)
+
+
+def test_write_notices_appends_each_bucket_as_it_comes_and_refuses_disorder(
+    tmp_path: Path,
+) -> None:
+    """notices.csv is the header then the chunks in bucket order, taken one at a time."""
+    chunks = []
+    for index in range(3):
+        chunk = tmp_path / f"chunk-{index}.csv"
+        chunk.write_text(f"row {index}\n")
+        chunks.append(etl.BucketResult(index, 1, 0, str(chunk)))
+    taken: list[int] = []
+
+    def finishing() -> Iterator[etl.BucketResult]:
+        for bucket in chunks:
+            taken.append(bucket.index)
+            written = (tmp_path / "run" / etl.NOTICES_FILE).read_text()
+            assert written.count("row") == bucket.index, "each chunk is written before the next"
+            yield bucket
+
+    assert etl.write_notices(finishing(), str(tmp_path / "run")) == chunks
+    assert taken == [0, 1, 2]
+    assert (tmp_path / "run" / etl.NOTICES_FILE).read_text().splitlines() == [
+        ",".join(NOTICE_FIELDS), "row 0", "row 1", "row 2",
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="merge bucket 0 came out of order"):
+        etl.write_notices([chunks[1], chunks[0]], str(tmp_path / "other"))
 
 
 def test_summary_counts_add_up_and_describe_each_source(wa_source: Source, tmp_path: Path) -> None:
