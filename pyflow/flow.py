@@ -142,7 +142,7 @@ def transform_and_stage(
     parts = [part for batch in batches.result() for part in batch]
     etl.raise_failures(plans, parts, strict=options.strict)
     usable = etl.usable_parts(parts)
-    ranges = etl.plan_buckets(usable)
+    ranges = etl.plan_buckets(usable, at_least=len(batches))
     labels = {plan.index: plan.label for plan in plans}
     merged = merge_bucket.map(
         range(len(ranges)),

@@ -60,6 +60,9 @@ BATCH_STACKS = 2
 MERGE_ROWS = 1_000_000
 """Rows a merge bucket holds, about: the merge's memory does not grow with the dataset."""
 
+MIN_BUCKET_ROWS = 100_000
+"""Notices a merge bucket holds at least when a run's one bucket is cut so merges run at once."""
+
 KEY_SAMPLES = 64
 """Keys each part reports, evenly spaced, so the merge can cut buckets of even size."""
 
@@ -652,9 +655,16 @@ def usable_parts(parts: list[PartResult]) -> list[PartResult]:
 
 
 def plan_buckets(
-    parts: list[PartResult], merge_rows: int = MERGE_ROWS
+    parts: list[PartResult], merge_rows: int = MERGE_ROWS, at_least: int = 1
 ) -> list[tuple[str | None, str | None]]:
     """Cut the key space into ranges of about ``merge_rows`` notices, from the parts' key samples.
+
+    Args:
+        parts: The transformed parts, with their key samples.
+        merge_rows: Notices a bucket holds at most, about.
+        at_least: Buckets to cut when one would hold every notice, so that the merge does not
+            run alone after transforms that ran at once (the run's transform tasks), as long
+            as each holds `MIN_BUCKET_ROWS`.
 
     Returns:
         ``(low, high)`` key bounds, low inclusive and high exclusive, None for open ends; one
@@ -662,6 +672,8 @@ def plan_buckets(
     """
     total = sum(part.rows_kept for part in parts)
     count = max(1, math.ceil(total / merge_rows))
+    if count == 1:
+        count = max(1, min(at_least, total // MIN_BUCKET_ROWS))
     if count == 1:
         return [(None, None)]
     samples = sorted((key, part.key_weight) for part in parts for key in part.keys)
@@ -959,10 +971,9 @@ def run_local(
                         errors[index] = str(error)
             plans = plan_sources(sources, locations, errors, rules, partition_bytes)
             batch_bytes, stack_bytes = batch_sizes(partition_bytes)
+            batches = plan_batches(plans, batch_bytes)
             parts = [
-                part
-                for batch in plan_batches(plans, batch_bytes)
-                for part in transform_batch(batch, work_dir, stack_bytes)
+                part for batch in batches for part in transform_batch(batch, work_dir, stack_bytes)
             ]
             raise_failures(plans, parts, strict=strict)
             usable = usable_parts(parts)
@@ -970,7 +981,7 @@ def run_local(
             files = notice_files(usable)
             buckets = [
                 merge_bucket(i, bounds, files, labels, work_dir)
-                for i, bounds in enumerate(plan_buckets(usable, merge_rows))
+                for i, bounds in enumerate(plan_buckets(usable, merge_rows, len(batches)))
             ]
             write_outputs(usable, buckets, labels, run_folder)
             summary = summarise(plans, parts, buckets, run_folder, started_at)

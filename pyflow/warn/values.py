@@ -342,31 +342,31 @@ class Profile:
             self._counts: dict[tuple[int, str], dict[str, Any]] = {}
             return
         long = pl.concat(stacked).with_columns(clean(pl.col("value")).alias("value")).collect()
-        distinct = long.get_column("value").unique()
-        long = long.with_columns(
-            long.get_column("value")
-            .replace_strict(distinct, dates(distinct).is_not_null(), default=False, return_dtype=pl.Boolean)
-            .alias("is_date")
-        )  # fmt: skip
+        distinct = long.select(pl.col("value").unique())
         value = pl.col("value")
         present = ~is_null_word(value)
         kind = pl.any_horizontal(*(value.str.contains(pattern) for pattern in KIND_PATTERNS))
         slash = value.str.extract_groups(r"^(\d{1,2})[-/.](\d{1,2})[-/.]\d{2,4}\b")
+        features = distinct.select(
+            value,
+            present.alias("present"),
+            (present & value.str.contains(r"[A-Za-z]")).alias("text"),
+            (present & count(value).is_not_null()).alias("count"),
+            (present & dates(distinct.get_column("value")).is_not_null()).alias("date"),
+            (present & (value.str.len_chars() <= 40) & kind).alias("kind"),
+            (present & yes_no(value).is_not_null()).alias("yes_no"),
+            (slash.struct.field("1").cast(pl.Int32, strict=False) > 12).fill_null(False).alias("first_over_12"),
+            (slash.struct.field("2").cast(pl.Int32, strict=False) > 12).fill_null(False).alias("second_over_12"),
+        )  # fmt: skip
+        # each value's features are worked out once, however many cells hold it, then counted
+        measures = [name for name in features.columns if name != "value"]
         counts = (
             long.lazy()
+            .join(features.lazy(), on="value", how="left", nulls_equal=True)
             .group_by("source", "column")
-            .agg(
-                present.sum().alias("present"),
-                (present & value.str.contains(r"[A-Za-z]")).sum().alias("text"),
-                (present & count(value).is_not_null()).sum().alias("count"),
-                (present & pl.col("is_date")).sum().alias("date"),
-                (present & (value.str.len_chars() <= 40) & kind).sum().alias("kind"),
-                (present & yes_no(value).is_not_null()).sum().alias("yes_no"),
-                (slash.struct.field("1").cast(pl.Int32, strict=False) > 12).sum().alias("first_over_12"),
-                (slash.struct.field("2").cast(pl.Int32, strict=False) > 12).sum().alias("second_over_12"),
-            )
+            .agg(pl.col(name).sum() for name in measures)
             .collect()
-        )  # fmt: skip
+        )
         self._counts = {(row["source"], row["column"]): row for row in counts.iter_rows(named=True)}
 
     def of(self, source: int) -> SourceProfile:

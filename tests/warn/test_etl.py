@@ -269,6 +269,24 @@ def test_plan_buckets_cuts_even_key_ranges(tmp_path: Path) -> None:
     assert etl.plan_buckets(parts, merge_rows=1_000) == [(None, None)]
 
 
+def test_plan_buckets_cuts_one_per_transform_when_each_is_large_enough() -> None:
+    """Where one bucket would do, one per transform (to run at once), none under the minimum."""
+    rows = 3 * etl.MIN_BUCKET_ROWS
+    parts = [
+        etl.PartResult(
+            0,
+            0,
+            rows_kept=rows,
+            keys=tuple(f"k{i:04d}" for i in range(64)),
+            key_weight=rows / 64,
+        )
+    ]
+    assert len(etl.plan_buckets(parts, merge_rows=10 * rows, at_least=2)) == 2
+    assert len(etl.plan_buckets(parts, merge_rows=10 * rows, at_least=8)) == 3
+    assert etl.plan_buckets(parts, merge_rows=rows, at_least=1) == [(None, None)]
+    assert len(etl.plan_buckets(parts, merge_rows=rows // 2, at_least=8)) == 2
+
+
 def test_plan_batches_groups_small_sources_and_keeps_order(tmp_path: Path) -> None:
     """Partitions are batched by size, in source order, so small sources share a task."""
     sources = [
