@@ -394,12 +394,13 @@ def run_real(folder: Path, output: Path, env: dict[str, str]) -> Measurement | s
     return Measurement("e", seconds, rows, 0.0, f"{len(sources)} {VARIANTS['e']}")
 
 
-def _start_cluster(
+def start_cluster(
     workers: int, log: Path, env: dict[str, str] | None = None
 ) -> tuple[str, list[subprocess.Popen[bytes]]]:
     """Start a real Dask scheduler and worker processes on loopback; return its address.
 
-    The scheduler and workers preload `pyflow.preload`, as every cluster pyflow starts does.
+    The scheduler and workers preload `pyflow.preload`, as every cluster pyflow starts does. The
+    processes come back scheduler first; the Dask tests start their cluster with this too.
     """
     from distributed import Client
 
@@ -579,7 +580,7 @@ def compare(args: argparse.Namespace, inputs: Path) -> int:
                 continue
             address, cluster = "", list[subprocess.Popen[bytes]]()
             if variant == "d":
-                address, cluster = _start_cluster(args.workers, log, env)
+                address, cluster = start_cluster(args.workers, log, env)
             shares = range(min(args.workers, args.files)) if variant == "p" else [None]
             try:
                 processes = [_variant_process(args, variant, env, address, s) for s in shares]

@@ -671,10 +671,10 @@ def plan_buckets(
         range when everything fits in one bucket.
     """
     total = sum(part.rows_kept for part in parts)
-    count = max(1, math.ceil(total / merge_rows))
-    if count == 1:
-        count = max(1, min(at_least, total // MIN_BUCKET_ROWS))
-    if count == 1:
+    count = math.ceil(total / merge_rows)
+    if count <= 1:
+        count = min(at_least, total // MIN_BUCKET_ROWS)
+    if count <= 1:
         return [(None, None)]
     samples = sorted((key, part.key_weight) for part in parts for key in part.keys)
     cuts: list[str] = []

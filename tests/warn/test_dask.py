@@ -17,13 +17,10 @@ from prefect_dask import DaskTaskRunner
 
 from conftest import SAMPLE, HttpSources
 from pyflow.flow import warn_notices
-from pyflow.local import port_is_free
-from pyflow.runners import PRELOAD, build_task_runner
+from pyflow.runners import build_task_runner
 from pyflow.warn import bench, etl
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
-
-BIN = Path(sys.executable).parent
 
 
 @dataclass
@@ -46,25 +43,6 @@ def worker_env() -> dict[str, str]:
     }
 
 
-def start_worker(address: str) -> subprocess.Popen[bytes]:
-    """Start one `dask worker` process (one thread) for the scheduler at ``address``."""
-    return subprocess.Popen(
-        [
-            BIN / "dask",
-            "worker",
-            address,
-            "--nthreads",
-            "1",
-            "--no-dashboard",
-            "--preload",
-            PRELOAD,
-        ],
-        env=worker_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
 def stop(process: subprocess.Popen[bytes]) -> None:
     """Kill a process and its children at once (SIGKILL), as a lost machine would go."""
     try:
@@ -80,35 +58,12 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture
-def dask_cluster() -> Iterator[DaskCluster]:
+def dask_cluster(tmp_path: Path) -> Iterator[DaskCluster]:
     """Start `dask scheduler` and two `dask worker` processes on loopback; stop them after."""
-    from distributed import Client
-
-    port = next(p for p in range(18786, 19786) if port_is_free(p))
-    address = f"tcp://127.0.0.1:{port}"
-    scheduler = subprocess.Popen(
-        [
-            BIN / "dask",
-            "scheduler",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--dashboard-address",
-            ":0",
-            "--preload",
-            PRELOAD,
-        ],
-        env=worker_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    workers = [start_worker(address) for _ in range(2)]
-    with Client(address, timeout=60) as client:
-        client.wait_for_workers(2, timeout=120)
-    cluster = DaskCluster(address, scheduler, workers)
+    address, processes = bench.start_cluster(2, tmp_path / "dask.log", worker_env())
+    cluster = DaskCluster(address, processes[0], processes[1:])
     yield cluster
-    for process in [*cluster.workers, scheduler]:
+    for process in [*cluster.workers, cluster.scheduler]:
         stop(process)
 
 
