@@ -272,7 +272,7 @@ def gcp_setup(c: Context, dry_run: bool = False) -> None:
         "rows": "rows of synthetic input to generate (default: 1,000,000)",
         "files": "files to spread the rows over (default: 20)",
         "workers": "Dask worker processes for the Dask variants (default: 2)",
-        "variants": "comma-separated, of 0 (csv module), a (plain), b (threads), a1 (plain, one engine thread), c (temporary Dask), d (running Dask), e (the real state files) (default: all)",
+        "variants": "comma-separated, of 0 (csv module), a (plain), b (threads), a1 (plain, one engine thread), p (a plain process per worker), c (temporary Dask), d (running Dask), d1 (running Dask, one worker), e (the real state files) (default: all)",
     }
 )
 def bench(

@@ -6,12 +6,14 @@ kubernetes-validate), and the RBAC and NetworkPolicy in deploy/ the same way.
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
 import yaml
+from pytest_mock import MockerFixture
 
 from conftest import ROOT
 from pyflow import runners
@@ -211,3 +213,33 @@ def test_cluster_spec_follows_the_pods_settings(monkeypatch: pytest.MonkeyPatch)
     worker = spec["spec"]["worker"]["spec"]
     assert worker["serviceAccountName"] == "etl"
     assert worker["containers"][0]["resources"]["limits"]["cpu"] == "8"
+
+
+def test_preload_shares_one_tls_context_per_ca_file(
+    monkeypatch: pytest.MonkeyPatch, mocker: MockerFixture
+) -> None:
+    """Prefect's clients load their CA file once in all, not once each, once the preload applies."""
+    import prefect.client.orchestration
+    from prefect.client.orchestration import SyncPrefectClient
+
+    from pyflow import preload
+
+    monkeypatch.setattr(prefect.client.orchestration, "ssl", ssl)
+    preload._verified_context.cache_clear()
+    made = mocker.spy(ssl, "create_default_context")
+    SyncPrefectClient("http://127.0.0.1:9/api")
+    assert made.call_count == 1
+    assert preload.share_tls_contexts()
+    clients = [SyncPrefectClient("http://127.0.0.1:9/api") for _ in range(3)]
+    assert made.call_count == 2
+    assert made.call_args.kwargs["cafile"] is not None
+    assert len({id(client._client._transport._pool._ssl_context) for client in clients}) == 1
+
+
+def test_preload_keeps_a_profiler_the_configuration_sets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A DASK_ variable (or YAML file) that sets the profiler wins over the preload's default."""
+    from pyflow import preload
+
+    assert not preload.profiler_configured()
+    monkeypatch.setenv("DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED", "true")
+    assert preload.profiler_configured()

@@ -16,6 +16,8 @@ The variants:
   plain-Python pipeline cannot beat.
 - (a) The ETL steps in one process, no Prefect (`pyflow.warn.etl.run_local`).
 - (b), (c), (d) The flow on the thread runner, a temporary local Dask cluster, and a running one.
+- (d1) As (d), on a running cluster of one worker: against (a1), what the orchestration itself
+  costs (creating the run, each task's engine, the scheduler) with no two workers sharing cores.
 - (p) As (a1), in one process per Dask worker at once, each on its share of the files, with no
   Prefect and no Dask: the most that many processes can give on this machine, so the floor of
   (d)'s ratio here.
@@ -96,6 +98,7 @@ VARIANTS = {
     "p": "plain Python, a process per worker, files shared out",
     "c": "flow, temporary local Dask cluster",
     "d": "flow, running Dask cluster",
+    "d1": "flow, running Dask cluster of one worker",
     "e": "real state files, python -m pyflow",
 }
 TARGETS = {"a": ("0", 1.00), "b": ("a", 1.10), "d": ("a1", 0.60)}
@@ -104,11 +107,14 @@ TARGETS = {"a": ("0", 1.00), "b": ("a", 1.10), "d": ("a1", 0.60)}
 The Dask lines compare like with like: the engine runs one thread per process in (a1) and in
 each Dask worker, so their ratio shows what more processes give, as more machines would."""
 
-ONE_THREAD = frozenset({"a1", "p", "c", "d"})
+ONE_THREAD = frozenset({"a1", "p", "c", "d", "d1"})
 """Variants whose processes (and Dask workers) run the engine on one thread."""
 
-FLOW_VARIANTS = ("a", "b", "a1", "c", "d")
+FLOW_VARIANTS = ("a", "b", "a1", "c", "d", "d1")
 """The variants whose outputs must be byte-identical."""
+
+RUNNING_CLUSTER = frozenset({"d", "d1"})
+"""Variants that run on a Dask cluster the bench starts before their clock does."""
 
 REAL_DATA = ROOT.parent / "shared" / "warn-data" / "raw"
 """Where the real state files are, beside the project's checkout."""
@@ -364,7 +370,7 @@ def run_variant(
     runner_settings = get_settings(
         task_runner="threads" if variant == "b" else "dask",
         dask_workers=workers,
-        dask_address=address if variant == "d" else None,
+        dask_address=address if variant in RUNNING_CLUSTER else None,
     )
     flow = warn_notices.with_options(task_runner=build_task_runner(runner_settings))
     with without_heartbeats():
@@ -372,7 +378,7 @@ def run_variant(
         summary = cast("Summary", flow(sources=sources, output=str(output)))
         seconds = time.perf_counter() - started
     peak = memory.stop()
-    if variant == "d":
+    if variant in RUNNING_CLUSTER:
         peak = max(peak, _worker_peak_mb(address))
     return Measurement(variant, seconds, summary.rows_in, peak)
 
@@ -579,8 +585,9 @@ def compare(args: argparse.Namespace, inputs: Path) -> int:
                 print(f"bench: (e) {measured.label}: {measured.seconds:.1f} s", flush=True)
                 continue
             address, cluster = "", list[subprocess.Popen[bytes]]()
-            if variant == "d":
-                address, cluster = start_cluster(args.workers, log, env)
+            if variant in RUNNING_CLUSTER:
+                workers = 1 if variant == "d1" else args.workers
+                address, cluster = start_cluster(workers, log, env)
             shares = range(min(args.workers, args.files)) if variant == "p" else [None]
             try:
                 processes = [_variant_process(args, variant, env, address, s) for s in shares]
@@ -655,6 +662,9 @@ def report(results: dict[str, Measurement], identical: bool) -> str:
         if variant == "p" and "a1" in results:
             ratio = measured.seconds / results["a1"].seconds
             verdict = f"the floor of (d) here: {ratio:.2f}x (a1)"
+        if variant == "d1" and "a1" in results:
+            extra = measured.seconds - results["a1"].seconds
+            verdict = f"the orchestration's own cost: {extra:+.1f} s over (a1)"
         if variant in TARGETS and TARGETS[variant][0] in results:
             other, target = TARGETS[variant]
             ratio = measured.seconds / results[other].seconds

@@ -45,6 +45,7 @@ def test_report_gives_ratios_and_verdicts_against_each_target() -> None:
         "a1": bench.Measurement("a1", 3.0, 1_000_000, 380.0),
         "p": bench.Measurement("p", 1.8, 1_000_000, 350.0),
         "d": bench.Measurement("d", 2.1, 1_000_000, 300.0),
+        "d1": bench.Measurement("d1", 3.4, 1_000_000, 310.0),
     }
     table = bench.report(results, identical=True)
     assert (
@@ -60,12 +61,13 @@ def test_report_gives_ratios_and_verdicts_against_each_target() -> None:
         in table
     )
     assert "| 1.00x | 0.88x | the floor of (d) here: 0.60x (a1) |" in table
+    assert "| 1.89x | 0.78x | the orchestration's own cost: +0.4 s over (a1) |" in table
     assert table.endswith("Outputs identical across the flow variants: yes")
 
 
 @pytest.mark.slow
 def test_bench_runs_every_variant_and_checks_their_outputs(tmp_path: Path) -> None:
-    """`python -m pyflow.warn.bench` runs 0, a, b, a1, p, c, d and e, prints the table, outputs agree."""
+    """`python -m pyflow.warn.bench` runs 0, a, b, a1, p, c, d, d1 and e, prints the table, outputs agree."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "PYFLOW_"))}
     result = subprocess.run(
         [sys.executable, "-m", "pyflow.warn.bench", "--rows", "3000", "--files", "2",
@@ -75,7 +77,7 @@ def test_bench_runs_every_variant_and_checks_their_outputs(tmp_path: Path) -> No
     assert result.returncode == 0, result.stderr[-3000:]
     table = [line for line in result.stdout.splitlines() if line.startswith("| (")]
     assert [line.split(")")[0] for line in table] == [
-        "| (0", "| (a", "| (b", "| (a1", "| (p", "| (c", "| (d", "| (e",
+        "| (0", "| (a", "| (b", "| (a1", "| (p", "| (c", "| (d", "| (d1", "| (e",
     ]  # fmt: skip
     assert "| (e) 9 real state files, python -m pyflow |" in result.stdout
     assert "Outputs identical across the flow variants: yes" in result.stdout
@@ -92,7 +94,9 @@ def test_bench_refuses_unknown_variants(capsys: pytest.CaptureFixture[str]) -> N
     with pytest.raises(SystemExit) as raised:
         bench.main(["--variants", "ax"])
     assert raised.value.code == 2
-    assert "'ax' is not a list of the variants 0, a, b, a1, p, c, d, e" in capsys.readouterr().err
+    assert (
+        "'ax' is not a list of the variants 0, a, b, a1, p, c, d, d1, e" in capsys.readouterr().err
+    )
 
 
 def test_bench_refuses_zero_files(capsys: pytest.CaptureFixture[str]) -> None:

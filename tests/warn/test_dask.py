@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -84,6 +85,24 @@ def test_scheduler_and_workers_are_warm_before_the_first_task(dask_cluster: Dask
     with Client(dask_cluster.address) as client:
         assert list(client.run(warm).values()) == [(True, True), (True, True)]
         assert client.run_on_scheduler(warm) == (True, True)
+
+
+def test_preload_cuts_each_tasks_costs_on_the_workers(dask_cluster: DaskCluster) -> None:
+    """Workers share one TLS context per CA file and run no profiler; their heartbeat still runs."""
+    from distributed import Client
+
+    def costs(dask_worker: Any) -> tuple[str, list[str]]:
+        import prefect.client.orchestration
+
+        return type(prefect.client.orchestration.ssl).__name__, sorted(
+            dask_worker.periodic_callbacks
+        )
+
+    with Client(dask_cluster.address) as client:
+        for tls, running in client.run(costs).values():
+            assert tls == "SharedTLS"
+            assert "heartbeat" in running
+            assert "profile" not in running
 
 
 def test_flow_on_a_running_cluster_matches_the_thread_runner(
