@@ -151,7 +151,7 @@ def transform_and_stage(
         unmapped(labels),
         unmapped(work_dir),
     )
-    # as_is: the task starts at once, and writes each bucket's chunk as its merge finishes
+    # as_is: the task starts at once, and writes the rejects while the merges run
     return stage_outputs(plans, as_is(parts), as_is(list(merged)), run_folder, started_at)
 
 

@@ -757,9 +757,7 @@ def write_outputs(
 def write_notices(buckets: Iterable[BucketResult], run_folder: str) -> list[BucketResult]:
     """Write ``notices.csv``: the header, then each bucket's chunk, in the order given.
 
-    The buckets are read one at a time, so a caller can hand each over as its merge finishes,
-    and the file is written while the later merges still run. They go to the run's own
-    folder, which readers see only once it is published.
+    The chunks go to the run's own folder, which readers see only once it is published.
 
     Returns:
         The buckets, in the order written.
