@@ -35,9 +35,10 @@ import pyflow.flow  # noqa: F401  (the flows, their tasks and everything they im
 class SharedTLS(types.ModuleType):
     """The `ssl` module as Prefect's client module sees it, with one TLS context per CA file.
 
-    A context made for a CA file is verified and never changed after it is made (Prefect hands
-    it to httpx as it is), so one serves every client; a call without a CA file (Prefect's
-    insecure option, which changes its context) still gets a new one.
+    Prefect hands a context made for a CA file to httpx as it is, and httpx sets only its ALPN
+    protocols on it, the same for every Prefect client of a process (one
+    ``PREFECT_API_ENABLE_HTTP2`` setting): so one context serves every client. A call without a
+    CA file (Prefect's insecure option, which changes its context) still gets a new one.
     """
 
     def __init__(self) -> None:
