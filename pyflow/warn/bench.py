@@ -16,11 +16,11 @@ The variants:
   plain-Python pipeline cannot beat.
 - (a) The ETL steps in one process, no Prefect (`pyflow.warn.etl.run_local`).
 - (b), (c), (d) The flow on the thread runner, a temporary local Dask cluster, and a running one.
-- (d1) As (d), on a running cluster of one worker: against (a1), what the orchestration itself
-  costs (creating the run, each task's engine, the scheduler) with no two workers sharing cores.
 - (p) As (a1), in one process per Dask worker at once, each on its share of the files, with no
   Prefect and no Dask: the most that many processes can give on this machine, so the floor of
   (d)'s ratio here.
+- (d1) As (d), on a running cluster of one worker: against (a1), what the orchestration itself
+  costs (creating the run, each task's engine, the scheduler) with no two workers sharing cores.
 - (e) ``python -m pyflow`` over the 44 real state files in ``../shared/warn-data/raw`` (when
   present), end to end: a new process, against this project's running Prefect server.
 """

@@ -425,8 +425,8 @@ def _runs(
     """Group partitions, in order, into runs of at most ``limit`` bytes.
 
     With ``target``, a run also ends where the runs so far come nearest a whole multiple of it
-    (before a partition whose larger half would pass it), so runs come out of about that size. A partition larger than ``limit`` is a run of its own; 0 makes
-    every partition one.
+    (before a partition whose larger half would pass it), so runs come out of about that size.
+    A partition larger than ``limit`` is a run of its own; 0 makes every partition one.
     """
     runs: list[list[Partition]] = []
     size = done = 0
