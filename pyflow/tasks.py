@@ -195,7 +195,10 @@ def summary_markdown(summary: etl.Summary) -> str:
         constants = "; ".join(
             f"{field} = {value}" for field, value in mapping.get("constants", {}).items()
         )
-        shown = "; ".join(filter(None, (columns, constants)))
+        layout = [f"cells split at '{mapping['delimiter']}'"] if "delimiter" in mapping else []
+        above = mapping.get("lines_above_header", [])
+        layout += [f"{len(above)} title line(s) above the header skipped"] if above else []
+        shown = "; ".join(filter(None, (columns, constants, *layout)))
         ignored = mapping.get("ignored", [])
         more = f" and {len(ignored) - 5} more" if len(ignored) > 5 else ""
         lines.append(

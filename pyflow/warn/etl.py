@@ -96,8 +96,11 @@ class SourcePlan:
         return self.source.label
 
     def report(self) -> dict[str, Any] | None:
-        """The column mapping, for ``summary.json``."""
-        return self.columns.report(self.source.constants) if self.columns else None
+        """The column mapping, and what is unusual in the layout, for ``summary.json``."""
+        if not self.columns:
+            return None
+        assert self.layout is not None
+        return {**self.columns.report(self.source.constants), **self.layout.report()}
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,32 @@ def blank_rows(frame: pl.DataFrame, width: int) -> pl.Series:
     return blank
 
 
+def note_rows(frame: pl.DataFrame, width: int, company: int) -> pl.Series:
+    """Which rows hold one value, in the company column, and nothing else: notes, not notices.
+
+    A footnote, a "Source: ..." line or a title within the rows fills one cell. Only rows with
+    no cells beyond the header and an empty first other column can be one, so the other cells
+    are looked at for them alone.
+    """
+    if width < 2:
+        return pl.Series(values=[False] * frame.height, dtype=pl.Boolean)
+    first_other = frame.get_column("c1" if company == 0 else "c0").fill_null("") == ""
+    notes = first_other & frame.get_column(reading.EXTRA).is_null()
+    if notes.any():
+        rows = notes.arg_true()
+        rest = (
+            frame[rows]
+            .select(
+                pl.col(f"c{company}").str.strip_chars().fill_null("") != "",
+                *(pl.col(f"c{i}").str.strip_chars().fill_null("") == "" for i in range(width) if i != company),
+            )
+            .select(pl.all_horizontal(pl.all()))
+            .to_series()
+        )  # fmt: skip
+        notes = notes.scatter(rows, rest)
+    return notes
+
+
 def raw_fields(
     frame: pl.DataFrame,
     columns: ColumnMap,
@@ -74,7 +100,8 @@ def raw_fields(
 
     Returns:
         One row per record: `IDS`, whether it is blank, each raw field, the notice-kind text,
-        the yes/no columns, the cells beyond the header, and whether it repeats the header.
+        the yes/no columns, the cells beyond the header, whether it repeats the header, and
+        whether it is a note line (`note_rows`).
     """
 
     def raw(name: str) -> pl.Expr:
@@ -106,6 +133,11 @@ def raw_fields(
             if company_header
             else pl.lit(value=False)
         ).alias("repeats_header"),
+        (
+            note_rows(frame, len(columns.header), columns.fields["company"])
+            if "company" in columns.fields and "company" not in constants
+            else pl.lit(value=False)
+        ).alias("note_line"),
     )  # fmt: skip
 
 
@@ -172,6 +204,7 @@ def normalise(raw: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, values.Reading
         *IDS,
         pl.col(reading.EXTRA),
         pl.col("repeats_header"),
+        pl.col("note_line"),
         pl.col("state").alias("raw_state"),
     ).with_columns(
         company.alias("company"),
@@ -190,17 +223,23 @@ def normalise(raw: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, values.Reading
     return frame, readings
 
 
+TOTAL = r"(?i)^(grand\s+|sub[\s-]?)?totals?\s*:?$"
+"""A company cell that marks a total line ("Total", "Grand total", "Subtotal:")."""
+
 RULES = {
     "values beyond the header": pl.col(reading.EXTRA).is_not_null(),
     "company blank": pl.col("company").is_null(),
     "header repeated": pl.col("repeats_header"),
+    "total line": pl.col("company").str.contains(TOTAL),
+    "note line": pl.col("note_line"),
     "state blank": pl.col("raw_state").str.strip_chars().fill_null("") == "",
     "state unknown": pl.col("state").is_null(),
 }
 """Why a row is rejected, in the order checked: only when it cannot be a notice.
 
 Cells beyond the header (the row does not line up with it), a blank company, a repeat of the
-header row, or no readable US state. A value that is there but cannot be read (a date such as
+header row, a total line (a company of "Total"), a note line (a footnote or title: the company
+cell is the row's one value), or no readable US state. A value that is there but cannot be read (a date such as
 ``31/31/2024``, a count such as ``see letter``) is left empty and counted, not rejected: the
 notice is still a notice.
 """
@@ -225,6 +264,10 @@ def reject_reason(width: int, company: str, state: str) -> pl.Expr:
         .then(pl.lit(f"company: the '{company}' cell is blank"))
         .when(pl.col("rule") == "header repeated")
         .then(pl.lit("the row repeats the header"))
+        .when(pl.col("rule") == "total line")
+        .then(pl.format(f"company: '{{}}' in '{company}' marks a total line, not a notice", pl.col("company")))
+        .when(pl.col("rule") == "note line")
+        .then(pl.format(f"the row's one value is '{{}}', in '{company}': a note or title line, not a notice", pl.col("company").str.slice(0, 200)))
         .when(pl.col("rule") == "state blank")
         .then(pl.lit(f"state: the '{state}' cell is blank"))
         .otherwise(pl.format(f"state: '{{}}' in '{state}' is not a US state or territory", values.clean(pl.col("raw_state"))))

@@ -1,4 +1,7 @@
-"""Reading a CSV source as its states write it: header, line ends, encoding, record-safe splits.
+"""Reading a CSV source as its states write it: header, delimiter, line ends, encoding, splits.
+
+A source's header is found past any title lines above it, and its delimiter (a comma, else a
+semicolon, tab or bar) from its first records.
 
 A source is read in byte ranges that always start and end at a record boundary, found by quote
 parity, so a quoted field with line breaks is never cut. Each range is parsed by Polars, every
@@ -14,6 +17,7 @@ import csv
 import io
 import itertools
 import sys
+from collections import Counter
 from dataclasses import dataclass
 
 import fsspec
@@ -31,6 +35,12 @@ SAMPLE_BYTES = 1 << 17
 
 SCAN_BYTES = 1 << 23
 """Bytes read at a time while scanning a source for record boundaries."""
+
+DELIMITERS = (",", ";", "\t", "|")
+"""The cell separators a source may use: a comma, or another its first records show."""
+
+HEADER_SEARCH = 20
+"""Records at a source's start among which its header is looked for, past any title lines."""
 
 EXTRA_COLUMNS = 8
 """Columns read beyond the header's, at first, to find cells a row has beyond it."""
@@ -62,13 +72,19 @@ csv.field_size_limit(sys.maxsize)
 
 @dataclass(frozen=True)
 class Layout:
-    """How a source's bytes are laid out: its header, where its records start, its line ends."""
+    """How a source's bytes are laid out: its header, where its records start, its line ends.
+
+    ``above_header`` holds the lines found before the header (a title, a date), which are not
+    records; ``delimiter`` the cell separator.
+    """
 
     header: tuple[str, ...]
     data_start: int
     size: int
     newline: str
     encoding: str
+    delimiter: str = ","
+    above_header: tuple[str, ...] = ()
 
     @property
     def width(self) -> int:
@@ -81,9 +97,22 @@ class Layout:
             return data.decode("utf-8", errors="pyflow-cp1252")
         return data.decode(self.encoding)
 
+    def report(self) -> dict[str, object]:
+        """What a reader of ``summary.json`` needs to know of the layout: only what is unusual."""
+        found: dict[str, object] = {}
+        if self.delimiter != ",":
+            found["delimiter"] = self.delimiter
+        if self.above_header:
+            found["lines_above_header"] = list(self.above_header)
+        return found
+
 
 def read_layout(location: str, encoding: str, label: str) -> Layout:
     """Find a source's header, the byte where its first record starts, and its line ends.
+
+    Its cells are split at commas, or at the semicolons, tabs or bars its first records show
+    (`_split_records`). Title lines above the header are skipped and reported in the layout,
+    not taken for the header (`_header_position`).
 
     Args:
         location: Where to read the source (a local path or fsspec URL).
@@ -105,33 +134,93 @@ def read_layout(location: str, encoding: str, label: str) -> Layout:
             end = _record_end(head, start, newline)
     if end is None:
         end = len(head)
-    raw = head[start:end]
-    if not raw.strip():
+    if not head[start:].strip():
         raise SourceError(f"source '{label}' is empty: it needs a header row of column names")
-    if b"\x00" in raw:
+    if b"\x00" in head[start:end]:
         raise SourceError(
             f"source '{label}' is not a CSV file (it holds binary data): export it as CSV, "
             "or check the URL or path"
         )
     layout = Layout((), end, size, newline, encoding)
-    try:
-        text = layout.decode(raw)
-    except UnicodeDecodeError as error:
-        raise SourceError(
-            f"source '{label}' is not valid {encoding} ({error.reason} at byte {error.start:,}): "
-            "name its encoding, for example '#encoding=cp1252', or leave it out to read UTF-8"
-        ) from None
-    cells = next(csv.reader(io.StringIO(text, newline="")), [])
-    if text.lstrip().lower().startswith(("<!doctype", "<html", "<?xml")):
+    bounds = [start, end]
+    while len(bounds) <= HEADER_SEARCH and bounds[-1] < len(head):
+        following = _record_end(head, bounds[-1], newline)
+        if following is None:
+            break
+        bounds.append(following)
+    texts = [_lenient(layout, head[a:b]) for a, b in itertools.pairwise(bounds)]
+    if texts[0].lstrip().lower().startswith(("<!doctype", "<html", "<?xml")):
         raise SourceError(
             f"source '{label}' is an HTML or XML page, not CSV: check the URL gives the file itself"
         )
+    if newline == "\n":  # a carriage return is then part of a line end, or a stray in a cell
+        texts = [text.replace("\r", "") for text in texts]
+    delimiter, rows = _split_records(texts)
+    position = _header_position(rows)
+    try:
+        layout.decode(head[bounds[position] : bounds[position + 1]])
+    except UnicodeDecodeError as error:
+        raise SourceError(
+            f"source '{label}' is not valid {encoding} ({error.reason} at byte "
+            f"{bounds[position] + error.start:,}): name its encoding, for example "
+            "'#encoding=cp1252', or leave it out to read UTF-8"
+        ) from None
+    cells = list(rows[position])
     while cells and not cells[-1].strip():
         cells.pop()
     header = tuple(name.strip() or f"column {i + 1}" for i, name in enumerate(cells))
     if not header:
         raise SourceError(f"source '{label}' is empty: it needs a header row of column names")
-    return Layout(header, end, size, newline, encoding)
+    above = tuple(
+        texts[i].strip()[:200] for i in range(position) if any(cell.strip() for cell in rows[i])
+    )
+    return Layout(header, bounds[position + 1], size, newline, encoding, delimiter, above)
+
+
+def _lenient(layout: Layout, data: bytes) -> str:
+    """Decode bytes as the source's encoding would, undecodable ones replaced: to look, not keep."""
+    try:
+        return layout.decode(data)
+    except UnicodeDecodeError:
+        return data.decode(layout.encoding, errors="replace")
+
+
+def _split_records(texts: list[str]) -> tuple[str, list[list[str]]]:
+    """Split a source's first records into cells with the delimiter that suits them best.
+
+    The best splits most of them into the same number of cells, more than one: the delimiter a
+    file uses gives its records one width, and another, found in some cells, gives many. A
+    comma wins a tie.
+    """
+    best: tuple[tuple[int, int], str, list[list[str]]] | None = None
+    for delimiter in DELIMITERS:
+        rows = [
+            next(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter), [])
+            for text in texts
+        ]
+        widths = Counter(len(row) for row in rows if any(cell.strip() for cell in row))
+        width, times = max(widths.items(), key=lambda item: (item[1], item[0]), default=(0, 0))
+        score = (times, width) if width > 1 else (0, 0)
+        if best is None or score > best[0]:
+            best = (score, delimiter, rows)
+    assert best is not None
+    return best[1], best[2]
+
+
+def _header_position(rows: list[list[str]]) -> int:
+    """Return which of a source's first records is its header, past any title lines.
+
+    A title line (a name, "Updated: 1/2/2024") fills one or two cells; the header is the first
+    record that fills more: at least three, or two when the records after it fill fewer than
+    four. With none, it is the first record that is not blank.
+    """
+    filled = [sum(1 for cell in row if cell.strip()) for row in rows]
+    for position, count in enumerate(filled):
+        after = sorted(filled[position + 1 :])
+        typical = after[len(after) // 2] if after else 0
+        if count >= (3 if typical >= 4 else 2):
+            return position
+    return next((position for position, count in enumerate(filled) if count), 0)
 
 
 def _record_end(data: bytes, start: int, newline: str) -> int | None:
@@ -263,6 +352,7 @@ def _polars_read(data: bytes, layout: Layout) -> pl.DataFrame:
                 data,
                 has_header=False,
                 schema=dict.fromkeys(names, pl.String),
+                separator=layout.delimiter,
                 eol_char=layout.newline,
                 quote_char='"',
                 empty_string_is_null=False,
@@ -307,7 +397,7 @@ def _csv_read(text: str, layout: Layout) -> pl.DataFrame:
     width = layout.width
     columns: list[list[str | None]] = [[] for _ in range(width)]
     extras: list[str | None] = []
-    for row in csv.reader(io.StringIO(text, newline="")):
+    for row in csv.reader(io.StringIO(text, newline=""), delimiter=layout.delimiter):
         for index in range(width):
             columns[index].append(row[index] if index < len(row) else None)
         beyond = [cell for cell in row[width:] if cell.strip()]

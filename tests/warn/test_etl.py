@@ -112,6 +112,36 @@ def test_run_reads_values_and_kinds_into_the_schema(wa_source: Source, tmp_path:
     )
 
 
+def test_run_rejects_total_and_note_lines_but_keeps_companies_named_total(
+    write_csv: Callable[[str, str], Path], tmp_path: Path
+) -> None:
+    """A "Total" row and a footnote are not notices; "Total Airport Services" is one."""
+    text = (
+        "State of Alaska,,,\n"
+        "Company,Location,Notice Date,Employees Affected\n"
+        "Total Airport Services,Anchorage,1/2/2024,34\n"
+        "Acme,Juneau,,\n"
+        "Grand Total,,,34\n"
+        "* Rehired by the buyer,,,\n"
+    )
+    source = Source(location=str(write_csv("ak.csv", text)), constants={"state": "AK"})
+    summary = run([source], tmp_path / "out")
+    rejects = read_rows(tmp_path / "out" / "rejects.csv")
+    assert [(r["record"], r["reason"], r["raw"]) for r in rejects] == [
+        ("3", "company: 'Grand Total' in 'Company' marks a total line, not a notice", "Grand Total,,,34"),
+        (
+            "4",
+            "the row's one value is '* Rehired by the buyer', in 'Company': a note or title line, not a notice",
+            "* Rehired by the buyer",
+        ),
+    ]  # fmt: skip
+    notices = read_rows(tmp_path / "out" / "notices.csv")
+    assert sorted(row["company"] for row in notices) == ["Acme", "Total Airport Services"]
+    [entry] = summary.sources
+    assert entry["rejected_by"] == {"note line": 1, "total line": 1}
+    assert entry["mapping"]["lines_above_header"] == ["State of Alaska,,,"]
+
+
 def test_run_keeps_the_first_of_duplicates_across_sources_in_key_order(
     write_csv: Callable[[str, str], Path], tmp_path: Path
 ) -> None:

@@ -83,6 +83,58 @@ def test_read_layout_trims_a_header_padded_with_empty_cells(tmp_path: Path) -> N
     assert layout_of(path).header == ("NOTICE_DATE", "JOB_SITE_NAME")
 
 
+def test_read_layout_skips_title_lines_above_the_header_and_reports_them(tmp_path: Path) -> None:
+    """A spreadsheet's title, date and blank lines above the header are not taken for it."""
+    path = tmp_path / "ak.csv"
+    path.write_text(
+        "Alaska WARN Notices,,,\n\nLast updated:,11/29/2026,,\n"
+        "Company,Location,Notice Date,Employees Affected\n"
+        "Acme,Juneau,1/2/2024,5\nBeta,Nome,2/3/2024,\n"
+    )
+    layout = layout_of(path)
+    assert layout.header == ("Company", "Location", "Notice Date", "Employees Affected")
+    assert layout.above_header == ("Alaska WARN Notices,,,", "Last updated:,11/29/2026,,")
+    assert layout.report() == {"lines_above_header": list(layout.above_header)}
+    assert rows_of(path, layout, layout.data_start, layout.size) == [
+        ["Acme", "Juneau", "1/2/2024", "5"],
+        ["Beta", "Nome", "2/3/2024", ""],
+    ]
+
+
+def test_read_layout_takes_a_two_column_header_when_the_rows_fill_two(tmp_path: Path) -> None:
+    """Two named columns over rows of two are a header, not a title line."""
+    path = tmp_path / "two.csv"
+    path.write_text("Company,Date\nAcme,1/2/2024\nBeta,\n")
+    layout = layout_of(path)
+    assert (layout.header, layout.above_header) == (("Company", "Date"), ())
+
+
+@pytest.mark.parametrize("delimiter", [";", "\t", "|"])
+def test_read_layout_finds_the_delimiter_the_rows_use(tmp_path: Path, delimiter: str) -> None:
+    """Semicolons, tabs or bars split a source that uses them; rows read as the csv module does."""
+    path = tmp_path / "x.csv"
+    lines = [["Company", "City", "Notes", "Jobs"], ["Acme, Inc.", "Salem", "a, b; c", "5"]]
+    lines += [["Beta", "Bristol", "multi\nline", "1,234"], ["Gamma", "", "", ""]]
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle, delimiter=delimiter, lineterminator="\r\n").writerows(lines)
+    layout = layout_of(path)
+    assert (layout.delimiter, layout.header) == (delimiter, tuple(lines[0]))
+    assert layout.report() == {"delimiter": delimiter}
+    assert rows_of(path, layout, layout.data_start, layout.size) == lines[1:]
+
+
+def test_read_layout_keeps_commas_when_some_cells_hold_semicolons(tmp_path: Path) -> None:
+    """A comma file whose notes are full of semicolons is still split at its commas."""
+    path = tmp_path / "x.csv"
+    path.write_text('Company,Notes,Jobs\nAcme,"a; b; c; d; e",5\nBeta,x;y;z;w,2\nGamma,,3\n')
+    layout = layout_of(path)
+    assert (layout.delimiter, layout.header, layout.report()) == (
+        ",",
+        ("Company", "Notes", "Jobs"),
+        {},
+    )
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [

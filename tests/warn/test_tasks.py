@@ -80,3 +80,14 @@ def test_summary_markdown_shows_the_totals_then_each_source() -> None:
     ):
         assert row in markdown
     assert "| | |" not in markdown
+
+
+def test_summary_markdown_shows_a_sources_delimiter_and_title_lines() -> None:
+    """A source split at semicolons, under two title lines, says so in its Columns cell."""
+    entry = summary().sources[0]
+    mapping = {**entry["mapping"], "delimiter": ";", "lines_above_header": ["CA WARN", "Updated"]}
+    markdown = tasks.summary_markdown(summary(sources=[{**entry, "mapping": mapping}]))
+    assert (
+        "| company ← Company; jobs ← No. Of Employees; state = CA; cells split at ';'; "
+        "2 title line(s) above the header skipped |"
+    ) in markdown
