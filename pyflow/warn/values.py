@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
 import polars as pl
@@ -21,6 +22,9 @@ EARLIEST_YEAR = 1988
 
 LATEST_YEAR = 2100
 """A date after this year is a typing error."""
+
+SPREADSHEET_EPOCH = date(1899, 12, 30)
+"""Day 0 of a spreadsheet's date numbers (Excel's, LibreOffice's): a date exported as a number."""
 
 NULL_WORDS = (
     "", "-", "--", "?", "n/a", "na", "n.a.", "none", "null", "nil", "tbd", "tba", "tbc",
@@ -207,7 +211,9 @@ def dates(column: pl.Series, *, day_first: bool = False) -> pl.Series:
     """Read the first date in each value; null if there is none, or it cannot be a real date.
 
     Values in the commonest forms (``2020-01-02``, ``1/2/2020``, ``2020-01-02 00:00:00``) are
-    parsed directly; the others go through `_DATE`, which finds a date anywhere in the text.
+    parsed directly, and so are five-digit numbers, a spreadsheet's day numbers (``43832`` is
+    2020-01-02, as Excel and LibreOffice count); the others go through `_DATE`, which finds a
+    date anywhere in the text.
 
     Args:
         column: Cleaned text.
@@ -215,10 +221,12 @@ def dates(column: pl.Series, *, day_first: bool = False) -> pl.Series:
     """
     slash = "%d/%m/%Y" if day_first else "%m/%d/%Y"
     text = pl.col("value")
+    serial = text.str.extract(r"^(\d{5})(?:\.0+)?$").cast(pl.Int64)
     parsed = pl.coalesce(
         text.str.to_date("%Y-%m-%d", strict=False),
         text.str.to_date(slash, strict=False),
         text.str.to_datetime("%Y-%m-%d %H:%M:%S", strict=False).dt.date(),
+        pl.lit(SPREADSHEET_EPOCH) + pl.duration(days=serial),
     )
     fast = (
         column.to_frame("value")

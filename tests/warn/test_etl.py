@@ -142,6 +142,21 @@ def test_run_rejects_total_and_note_lines_but_keeps_companies_named_total(
     assert entry["mapping"]["lines_above_header"] == ["State of Alaska,,,"]
 
 
+def test_run_maps_and_reads_dates_a_spreadsheet_exported_as_day_numbers(
+    write_csv: Callable[[str, str], Path], tmp_path: Path
+) -> None:
+    """A Notice Date column of day numbers (43832) is still the notice date, read as dates."""
+    text = "Company,Notice Date,Jobs\nAcme,43832,5\nBeta,45292,7\n"
+    source = Source(location=str(write_csv("x.csv", text)), constants={"state": "OH"})
+    summary = run([source], tmp_path / "out")
+    assert summary.sources[0]["mapping"]["fields"]["notice_date"] == "Notice Date"
+    notices = read_rows(tmp_path / "out" / "notices.csv")
+    assert [(row["company"], row["notice_date"]) for row in notices] == [
+        ("Acme", "2020-01-02"),
+        ("Beta", "2024-01-01"),
+    ]
+
+
 def test_run_keeps_the_first_of_duplicates_across_sources_in_key_order(
     write_csv: Callable[[str, str], Path], tmp_path: Path
 ) -> None:

@@ -64,6 +64,12 @@ def test_dates_leave_missing_or_impossible_dates_empty(text: str) -> None:
     assert values.dates(pl.Series([text])).to_list() == [None]
 
 
+def test_dates_read_a_spreadsheets_day_numbers() -> None:
+    """A date exported from a spreadsheet as its day number reads as that day; others do not."""
+    read_ = values.dates(pl.Series(["43832", "45292.0", "12345", "99999", "4383", "438320"]))
+    assert read_.to_list() == [date(2020, 1, 2), date(2024, 1, 1), None, None, None, None]
+
+
 def test_dates_read_days_first_when_the_source_writes_them_so() -> None:
     """With day_first, 1/2/2020 is 1 February; ISO dates are not affected."""
     read_ = values.dates(pl.Series(["1/2/2020", "25/12/2020", "2020-01-02"]), day_first=True)
