@@ -239,9 +239,9 @@ RULES = {
 
 Cells beyond the header (the row does not line up with it), a blank company, a repeat of the
 header row, a total line (a company of "Total"), a note line (a footnote or title: the company
-cell is the row's one value), or no readable US state. A value that is there but cannot be read (a date such as
-``31/31/2024``, a count such as ``see letter``) is left empty and counted, not rejected: the
-notice is still a notice.
+cell is the row's one value), or no readable US state. A value that is there but cannot be
+read (a date such as ``31/31/2024``, a count such as ``see letter``) is left empty and counted,
+not rejected: the notice is still a notice.
 """
 
 

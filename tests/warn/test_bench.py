@@ -105,3 +105,13 @@ def test_bench_refuses_zero_files(capsys: pytest.CaptureFixture[str]) -> None:
         bench.main(["--files", "0"])
     assert raised.value.code == 2
     assert "'0' is not a whole number of at least 1" in capsys.readouterr().err
+
+
+def test_output_digest_tells_outputs_apart_by_every_byte(tmp_path: Path) -> None:
+    """Two variants' outputs digest alike only when notices.csv and rejects.csv are the same."""
+    for name, rejects in (("one", "r\n1\n"), ("two", "r\n1\n"), ("three", "r\n2\n")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "notices.csv").write_text("n\n1\n")
+        (tmp_path / name / "rejects.csv").write_text(rejects)
+    one, two, three = (bench.output_digest(tmp_path / n) for n in ("one", "two", "three"))
+    assert one == two != three
