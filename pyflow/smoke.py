@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,16 @@ TIMEOUT = 900
 
 OUTPUT_LINES = 15
 """How many of the container's last output lines a failed smoke run shows."""
+
+START_RACE = "sealing memfd"
+"""What buildah prints when its start of a container loses a race in the kernel (``Close_Fd
+sealing memfd copy: Device or resource busy``): nothing has run, and a new attempt starts."""
+
+START_ATTEMPTS = 3
+"""Attempts at a container start that loses that race."""
+
+START_DELAY = 1.0
+"""Seconds between those attempts."""
 
 
 def free_port() -> int:
@@ -72,6 +83,16 @@ def container_command(
     )
 
 
+def run_container(command: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run a container's command; start it again while buildah loses its start race (`START_RACE`)."""
+    for _ in range(START_ATTEMPTS - 1):
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        if result.returncode == 0 or START_RACE not in result.stderr:
+            return result
+        time.sleep(START_DELAY)
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
 def run_in_image(
     engine: str, tag: str, env: dict[str, str], command: list[str], isolation: str = ""
 ) -> subprocess.CompletedProcess[str]:
@@ -95,11 +116,8 @@ def run_in_image(
             raise ReleaseError(f"the image {tag} cannot be started: {created.stderr.strip()}")
         container = created.stdout.strip().splitlines()[-1]
     try:
-        return subprocess.run(
-            [part.replace("{container}", container) for part in run],
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT,
+        return run_container(
+            [part.replace("{container}", container) for part in run], timeout=TIMEOUT
         )
     except subprocess.TimeoutExpired:
         raise ReleaseError(

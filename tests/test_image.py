@@ -52,10 +52,19 @@ def require(*tools: str) -> None:
 
 
 def run(*command: str, timeout: float = 900, **kwargs: object) -> subprocess.CompletedProcess[str]:
-    """Run a command, capture its output, and fail the test with that output if it fails."""
-    result = subprocess.run(
-        command, capture_output=True, text=True, timeout=timeout, check=False, **kwargs
-    )
+    """Run a command, capture its output, and fail the test with that output if it fails.
+
+    ``buildah run`` goes through `smoke.run_container`, as the smoke run does: it starts the
+    container again when buildah loses its start race.
+    """
+    from pyflow import smoke
+
+    if command[:2] == ("buildah", "run") and not kwargs:
+        result = smoke.run_container(list(command), timeout=timeout)
+    else:
+        result = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, check=False, **kwargs
+        )
     if result.returncode != 0:
         pytest.fail(
             f"{' '.join(command)} exited {result.returncode}\n"
@@ -169,7 +178,9 @@ def run_in(
     full = ["buildah", "run", *options, name, "--", *command]
     if check:
         return run(*full, timeout=600)
-    return subprocess.run(full, capture_output=True, text=True, timeout=600, check=False)
+    from pyflow import smoke
+
+    return smoke.run_container(full, timeout=600)
 
 
 def image_config(image: str) -> dict:

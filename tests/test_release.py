@@ -20,7 +20,7 @@ from prefect.exceptions import PrefectHTTPStatusError
 from pytest_mock import MockerFixture
 
 from conftest import FakeDocker, git
-from pyflow import history, release
+from pyflow import history, release, smoke
 from pyflow.config import Settings, get_settings
 from pyflow.errors import PyflowError
 from pyflow.release import ImageLocation, ReleaseError
@@ -551,3 +551,38 @@ def test_history_reads_every_record_past_the_servers_page_size() -> None:
     for version in versions:
         history.record(entry(version))
     assert [e.version for e in history.releases()][-len(versions) :] == versions
+
+
+def fake_runtime(path: Path, tries: Path, races: int, status: int = 0) -> list[str]:
+    """A container command that loses buildah's start race ``races`` times, then exits ``status``."""
+    path.write_text(
+        "#!/bin/sh\n"
+        f"echo try >> {tries}\n"
+        f'if [ "$(wc -l < {tries})" -le {races} ]; then\n'
+        '  echo "Close_Fd sealing memfd copy: Device or resource busy" >&2; exit 1\n'
+        "fi\n"
+        f'echo "started"; exit {status}\n'
+    )
+    path.chmod(0o755)
+    return [str(path)]
+
+
+def test_run_container_starts_again_while_buildah_loses_its_start_race(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start that buildah loses to its memfd race is tried again, up to START_ATTEMPTS times."""
+    monkeypatch.setattr(smoke, "START_DELAY", 0.01)
+    once = tmp_path / "once"
+    result = smoke.run_container(fake_runtime(tmp_path / "a", once, races=1), timeout=30)
+    assert (result.returncode, result.stdout, once.read_text().count("try")) == (0, "started\n", 2)
+    always = tmp_path / "always"
+    result = smoke.run_container(fake_runtime(tmp_path / "b", always, races=9), timeout=30)
+    assert result.returncode == 1 and "sealing memfd" in result.stderr
+    assert always.read_text().count("try") == smoke.START_ATTEMPTS
+
+
+def test_run_container_leaves_any_other_failure_to_its_caller(tmp_path: Path) -> None:
+    """A command that starts and fails is run once: its failure is the command's own."""
+    tries = tmp_path / "tries"
+    result = smoke.run_container(fake_runtime(tmp_path / "c", tries, 0, status=3), timeout=30)
+    assert (result.returncode, tries.read_text().count("try")) == (3, 1)
