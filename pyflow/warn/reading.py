@@ -120,7 +120,7 @@ def read_layout(location: str, encoding: str, label: str) -> Layout:
         label: Its name, for messages.
 
     Raises:
-        SourceError: If the file is empty, binary, or its header cannot be decoded.
+        SourceError: If the file is empty, binary or UTF-16, or its header cannot be decoded.
     """
     fs, path = url_to_fs(location)
     size = fs.size(path)
@@ -134,6 +134,11 @@ def read_layout(location: str, encoding: str, label: str) -> Layout:
             end = _record_end(head, start, newline)
     if end is None:
         end = len(head)
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise SourceError(
+            f"source '{label}' is UTF-16 text (such as Excel's 'Unicode Text'), which is not read: "
+            "save it as 'CSV UTF-8', or convert it with iconv -f UTF-16 -t UTF-8"
+        )
     if not head[start:].strip():
         raise SourceError(f"source '{label}' is empty: it needs a header row of column names")
     if b"\x00" in head[start:end]:

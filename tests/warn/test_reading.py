@@ -141,13 +141,17 @@ def test_read_layout_keeps_commas_when_some_cells_hold_semicolons(tmp_path: Path
         (b"", "is empty: it needs a header row"),
         (b"\n\n", "is empty: it needs a header row"),
         (b"PK\x03\x04\x00\x00binary", "is not a CSV file"),
+        (
+            "Company\tCity\nAcme\tSalem\n".encode("utf-16"),
+            "is UTF-16 text .* save it as 'CSV UTF-8'",
+        ),
         (b"<!DOCTYPE html><html><body>Not found</body></html>", "is an HTML or XML page"),
     ],
 )
 def test_read_layout_refuses_what_is_not_a_csv_file(
     tmp_path: Path, data: bytes, message: str
 ) -> None:
-    """An empty file, a binary file or a web page fails with what it is and what to do."""
+    """An empty, binary or UTF-16 file, or a web page, fails with what it is and what to do."""
     path = tmp_path / "x.csv"
     path.write_bytes(data)
     with pytest.raises(SourceError, match=message):
