@@ -85,12 +85,12 @@ def container_command(
 
 def run_container(command: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
     """Run a container's command; start it again while buildah loses its start race (`START_RACE`)."""
-    for _ in range(START_ATTEMPTS - 1):
+    for attempt in range(1, START_ATTEMPTS + 1):
         result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-        if result.returncode == 0 or START_RACE not in result.stderr:
-            return result
+        if result.returncode == 0 or START_RACE not in result.stderr or attempt == START_ATTEMPTS:
+            break
         time.sleep(START_DELAY)
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    return result
 
 
 def run_in_image(

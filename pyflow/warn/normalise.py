@@ -39,21 +39,10 @@ def blank_rows(frame: pl.DataFrame, width: int) -> pl.Series:
 
     Only rows whose first cell is blank can be, so the other cells are looked at for them alone.
     """
-    first = frame.get_column("c0").str.strip_chars().fill_null("") == ""
-    blank = first & frame.get_column(reading.EXTRA).is_null()
-    if width > 1 and blank.any():
-        rows = blank.arg_true()
-        rest = (
-            frame[rows]
-            .select(
-                pl.all_horizontal(
-                    pl.col(f"c{i}").str.strip_chars().fill_null("") == "" for i in range(1, width)
-                )
-            )
-            .to_series()
-        )
-        blank = blank.scatter(rows, rest)
-    return blank
+    candidates = frame.select(_blank("c0")).to_series() & frame.get_column(reading.EXTRA).is_null()
+    if width < 2:
+        return candidates
+    return _where(frame, candidates, pl.all_horizontal(_blank(f"c{i}") for i in range(1, width)))
 
 
 def note_rows(frame: pl.DataFrame, width: int, company: int) -> pl.Series:
@@ -66,20 +55,22 @@ def note_rows(frame: pl.DataFrame, width: int, company: int) -> pl.Series:
     if width < 2:
         return pl.Series(values=[False] * frame.height, dtype=pl.Boolean)
     first_other = frame.get_column("c1" if company == 0 else "c0").fill_null("") == ""
-    notes = first_other & frame.get_column(reading.EXTRA).is_null()
-    if notes.any():
-        rows = notes.arg_true()
-        rest = (
-            frame[rows]
-            .select(
-                pl.col(f"c{company}").str.strip_chars().fill_null("") != "",
-                *(pl.col(f"c{i}").str.strip_chars().fill_null("") == "" for i in range(width) if i != company),
-            )
-            .select(pl.all_horizontal(pl.all()))
-            .to_series()
-        )  # fmt: skip
-        notes = notes.scatter(rows, rest)
-    return notes
+    candidates = first_other & frame.get_column(reading.EXTRA).is_null()
+    others = (_blank(f"c{i}") for i in range(width) if i != company)
+    return _where(frame, candidates, ~_blank(f"c{company}") & pl.all_horizontal(others))
+
+
+def _blank(column: str) -> pl.Expr:
+    """Whether a cell is empty or white space."""
+    return pl.col(column).str.strip_chars().fill_null("") == ""
+
+
+def _where(frame: pl.DataFrame, candidates: pl.Series, condition: pl.Expr) -> pl.Series:
+    """Check ``condition`` on the candidate rows alone; the other rows are False."""
+    if not candidates.any():
+        return candidates
+    rows = candidates.arg_true()
+    return candidates.scatter(rows, frame[rows].select(condition).to_series())
 
 
 def raw_fields(
@@ -232,7 +223,7 @@ RULES = {
     "header repeated": pl.col("repeats_header"),
     "total line": pl.col("company").str.contains(TOTAL),
     "note line": pl.col("note_line"),
-    "state blank": pl.col("raw_state").str.strip_chars().fill_null("") == "",
+    "state blank": _blank("raw_state"),
     "state unknown": pl.col("state").is_null(),
 }
 """Why a row is rejected, in the order checked: only when it cannot be a notice.
