@@ -33,8 +33,8 @@ sys.exit(kept != want)' /src/pyproject.toml pyproject.toml \
 FROM ${BASE_IMAGE} AS build
 
 ARG PIP_INDEX_URL=""
-ARG POETRY_SPEC="poetry>=2.2,<3"
-ARG POETRY_MIRROR_PLUGIN_SPEC="poetry-plugin-pypi-mirror>=0.6"
+ARG POETRY_SPEC="poetry==2.5.1"
+ARG POETRY_MIRROR_PLUGIN_SPEC="poetry-plugin-pypi-mirror==0.6.5"
 
 # The secret, when given, is trusted only inside a RUN that mounts it; an empty PIP_INDEX_URL
 # falls back to pip's default index, which Poetry then reads through the mirror plugin (pip's

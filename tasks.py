@@ -61,7 +61,9 @@ def setup(c: Context, index_url: str = "") -> None:
         c.config.pyflow.poetry = f"{shlex.quote(sys.executable)} -m poetry"
         if shutil.which("pyenv"):
             c.run("pyenv rehash", warn=True)
-    c.run(f"{poetry(c)} install", env=bootstrap.poetry_env(index_url or bootstrap.pip_index_url()))
+    extra = bootstrap.poetry_env(index_url or bootstrap.pip_index_url())
+    c.run(f"{poetry(c)} install", env=bootstrap.install_env(extra), replace_env=True)
+    bootstrap.record_poetry(poetry(c))
     sh(c, bootstrap.COMPILE_BYTECODE)
 
 
@@ -76,6 +78,7 @@ def setup(c: Context, index_url: str = "") -> None:
         "flow": "the flow of FLOWS to run, such as one `invoke new-flow` made (default: the first, warn-notices)",
         "param": "a parameter of --flow, NAME=VALUE with the value as JSON or text; repeat for more (default: the flow's defaults)",
         "temporary-server": "run on a temporary Prefect server that stops with the run (default: this project's server, started in the background if it is not running)",
+        "port": "port of this project's server, started or moved there (default: PYFLOW_SERVER_PORT, else the port it runs on, else 4200)",
     },
 )
 def run(
@@ -88,10 +91,11 @@ def run(
     flow: str = "",
     param: list[str] | None = None,
     temporary_server: bool = False,
+    port: int = 0,
 ) -> None:
     """Run a flow once (the example by default), on this project's Prefect server."""
     flags = options(keep_server=not temporary_server, source=source, output=output, runner=runner)
-    flags += options(workers=workers, strict=strict, flow=flow, param=param)
+    flags += options(workers=workers, strict=strict, flow=flow, param=param, port=port)
     sh(c, f"python -m pyflow{flags}")
 
 
@@ -272,7 +276,7 @@ def gcp_setup(c: Context, dry_run: bool = False) -> None:
         "rows": "rows of synthetic input to generate (default: 1,000,000)",
         "files": "files to spread the rows over (default: 20)",
         "workers": "Dask worker processes for the Dask variants (default: 2)",
-        "variants": "comma-separated, of 0 (csv module), a (plain), b (threads), a1 (plain, one engine thread), p (a plain process per worker), c (temporary Dask), d (running Dask), d1 (running Dask, one worker), e (the real state files) (default: all)",
+        "variants": "comma-separated, of 0 (csv module), a (plain), b (threads), a1 (plain, one engine thread), p (a plain process per worker), c (temporary Dask), d (running Dask), d1 (running Dask, one worker), e (the real state files), r (a second `invoke run`) (default: all)",
     }
 )
 def bench(
@@ -284,9 +288,20 @@ def bench(
 
 
 @task
+def tools(c: Context) -> None:
+    """Install checkov, which the manifest tests run, into .tools/ (its pins clash with .venv's)."""
+    c.run(bootstrap.install_tools_command())
+
+
+@task
 def lint(c: Context) -> None:
-    """Check style and formatting with ruff, types with mypy (strict), and poetry.lock."""
-    for command in ("ruff check .", "ruff format --check .", "mypy"):
+    """Check style and formatting (ruff), types (mypy, strict), the workflows (zizmor), poetry.lock."""
+    for command in (
+        "ruff check .",
+        "ruff format --check .",
+        "mypy",
+        "zizmor --offline .github/workflows",
+    ):
         sh(c, command)
     c.run(f"{poetry(c)} check --lock")
 

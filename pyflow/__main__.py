@@ -95,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="use a running Dask scheduler, such as tcp://127.0.0.1:8786 (default: PYFLOW_DASK_ADDRESS)",
     )
     parser.add_argument(
+        "--port",
+        type=positive,
+        metavar="N",
+        help="with --keep-server: the port of this project's server, which is started (or moved) "
+        "there (default: PYFLOW_SERVER_PORT, else the port it runs on, else 4200)",
+    )
+    parser.add_argument(
         "--keep-server",
         action="store_true",
         help="run on this project's Prefect server, starting it in the background if it is not "
@@ -112,6 +119,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.port and not args.keep_server:
+        parser.error(
+            "--port is the port of this project's server, which only --keep-server uses: add "
+            "--keep-server, or leave out --port (a temporary server takes a free port)"
+        )
     from pyflow import runtime
     from pyflow.config import get_settings
 
@@ -125,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             task_runner=args.runner,
             dask_workers=args.workers,
             dask_address=args.dask_address,
+            server_port=args.port,
         )
     except SettingsError as error:
         print(f"pyflow: invalid settings: {error}", file=sys.stderr)

@@ -20,7 +20,23 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
 """The project's virtual environment (poetry.toml keeps it in the project)."""
 
-POETRY_PACKAGES = ("poetry>=2.2,<3", "poetry-plugin-pypi-mirror>=0.6")
+ACTIVE_ENV_VARIABLES = ("VIRTUAL_ENV", "CONDA_PREFIX", "CONDA_DEFAULT_ENV")
+"""What tells Poetry that an environment is active, which it would then install into."""
+
+POETRY_RECORD = "pyflow-poetry"
+"""The file in .venv where `invoke setup` records the command that ran Poetry, so later tasks
+find it from any shell: an activated .venv, whose base Python may not have Poetry, included."""
+
+TOOLS = ROOT / ".tools"
+"""Test tools whose pinned dependencies clash with poetry.lock's, each kept out of .venv."""
+
+TOOLS_PATH = TOOLS / "path"
+"""The tools' commands alone (not their virtual environment's python): the tests put it on PATH."""
+
+TOOL_PACKAGES = ("checkov==3.3.30",)
+"""What `invoke tools` installs: checkov, which the manifest tests run on every manifest."""
+
+POETRY_PACKAGES = ("poetry==2.5.1", "poetry-plugin-pypi-mirror==0.6.5")
 """What `invoke setup` installs when Poetry is missing: the mirror plugin lets Poetry resolve
 through pip's simple index, which some indexes and proxies serve without Poetry's JSON API."""
 
@@ -32,26 +48,86 @@ COMPILE_BYTECODE = (
 told not to write it (PYTHONDONTWRITEBYTECODE, as in some containers and CI machines)."""
 
 
-def find_poetry() -> str:
-    """Return a command that runs Poetry: on PATH, else through this Python or its base Python.
+def find_poetry(venv: Path = VENV) -> str:
+    """Return a command that runs Poetry: on PATH, else the one `invoke setup` ran, else a Python's.
 
-    From an activated .venv, this Python is the venv's, which has no Poetry; the Python the venv
-    was made from has it when `invoke setup` installed it there without a script on PATH.
+    From an activated .venv, this Python is the venv's, which has no Poetry, and the Python the
+    venv was made from may have none either (Poetry installed in a tools venv that the
+    activation took off PATH): the command `invoke setup` recorded in the .venv still runs it.
     """
     if shutil.which("poetry"):
         return "poetry"
+    recorded = recorded_poetry(venv)
+    if recorded:
+        return recorded
     base = getattr(sys, "_base_executable", sys.executable)
     for python in dict.fromkeys([sys.executable, base]):
-        probe = subprocess.run([python, "-c", "import poetry.console"], capture_output=True)
-        if probe.returncode == 0:
+        if _imports_poetry(python):
             return f"{shlex.quote(python)} -m poetry"
     return ""
+
+
+def _imports_poetry(python: str) -> bool:
+    """Return whether a Python can import Poetry (false for one that is not there)."""
+    try:
+        probe = subprocess.run([python, "-c", "import poetry.console"], capture_output=True)
+    except OSError:
+        return False
+    return probe.returncode == 0
+
+
+def recorded_poetry(venv: Path = VENV) -> str:
+    """Return the Poetry command recorded in the .venv, if it still runs Poetry."""
+    try:
+        parts = shlex.split((venv / POETRY_RECORD).read_text())
+    except (OSError, ValueError):
+        return ""
+    if len(parts) == 3 and parts[1:] == ["-m", "poetry"] and _imports_poetry(parts[0]):
+        return shlex.join(parts)
+    if len(parts) == 1 and Path(parts[0]).is_absolute() and os.access(parts[0], os.X_OK):
+        return shlex.quote(parts[0])
+    return ""
+
+
+def record_poetry(command: str, venv: Path = VENV) -> None:
+    """Record, in the .venv, the command that runs Poetry, by full path (see `find_poetry`)."""
+    if command == "poetry":
+        command = shlex.quote(shutil.which("poetry") or "poetry")
+    if venv.is_dir():
+        (venv / POETRY_RECORD).write_text(command + "\n")
+
+
+def install_env(extra: dict[str, str]) -> dict[str, str]:
+    """Return the environment of `poetry install`: this one with no virtual environment active.
+
+    Poetry installs into an active virtual environment (VIRTUAL_ENV, or a conda environment's
+    CONDA_PREFIX) instead of the project's .venv; one a user activated for invoke and Poetry
+    themselves must not receive the project.
+    """
+    env = {key: value for key, value in os.environ.items() if key not in ACTIVE_ENV_VARIABLES}
+    return {**env, **extra}
 
 
 def install_poetry_command() -> str:
     """Return the command that installs Poetry and its mirror plugin into this Python."""
     packages = " ".join(shlex.quote(package) for package in POETRY_PACKAGES)
     return f"{shlex.quote(sys.executable)} -m pip install --quiet {packages}"
+
+
+def install_tools_command() -> str:
+    """Return the command that installs the test tools into .tools/ and links their commands."""
+    venv = TOOLS / "venv"
+    packages = " ".join(shlex.quote(package) for package in TOOL_PACKAGES)
+    links = " && ".join(
+        f"ln -sf {shlex.quote(str(venv / 'bin' / name))} {shlex.quote(str(TOOLS_PATH / name))}"
+        for name in (package.split("==")[0] for package in TOOL_PACKAGES)
+    )
+    return (
+        f"{shlex.quote(sys.executable)} -m venv {shlex.quote(str(venv))} && "
+        f"{shlex.quote(str(venv / 'bin' / 'python'))} -m pip install --quiet "
+        f"--disable-pip-version-check {packages} && mkdir -p {shlex.quote(str(TOOLS_PATH))} && "
+        f"{links}"
+    )
 
 
 def activate_venv(venv: Path = VENV) -> bool:
@@ -113,6 +189,32 @@ def poetry_env(index_url: str) -> dict[str, str]:
     return {"POETRY_PYPI_MIRROR_URL": index_url} if index_url else {}
 
 
+URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+"""A URL inside a text: a scheme, ``://``, and everything up to white space or a quote."""
+
+
+def redact_url(url: str, mark: str = "***") -> str:
+    """Replace a URL's credentials (``user:pass@``) and query string (a signature) by ``mark``.
+
+    With no ``mark`` they are left out altogether. A fragment (``#state=TX`` in a source) stays.
+    Plain string work, so that a URL ``urllib`` would refuse (a bad IPv6 host) is still redacted.
+
+    Args:
+        url: A URL, or any text without ``://`` (returned as it is).
+        mark: What stands in for each secret part.
+    """
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        return url
+    rest, hashed, fragment = rest.partition("#")
+    address, asked, _ = rest.partition("?")
+    netloc, slash, path = address.partition("/")
+    _, at, host = netloc.rpartition("@")
+    shown = f"{scheme}://{mark + '@' if at and mark else ''}{host}{slash}{path}"
+    shown += f"?{mark}" if asked and mark else ""
+    return shown + (f"#{fragment}" if hashed else "")
+
+
 def masked(text: str) -> str:
-    """Hide the credentials of any URL in a text (``https://user:token@host`` shows ``***``)."""
-    return re.sub(r"(://)[^/@\s]+@", r"\1***@", text)
+    """Hide the credentials and query string of every URL in a text (``https://***@host``)."""
+    return URL.sub(lambda found: redact_url(found.group()), text)

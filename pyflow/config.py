@@ -170,6 +170,18 @@ class Settings(BaseSettings):
         default="pyflow-release",
         description="Google service account the release workflow acts as, for `invoke gcp-setup`.",
     )
+    release_branch: str = Field(
+        default="main",
+        description="The branch releases come from: `invoke release` refuses a tag whose commit is not on `origin/BRANCH`. The release workflow sets it to the repository's default branch.",
+    )
+    preview_service_account: str = Field(
+        default="pyflow-preview",
+        description="Google service account the preview workflow acts as, for `invoke gcp-setup`: it may push to the preview repository only.",
+    )
+    preview_artifact_repository: str = Field(
+        default="pyflow-previews",
+        description="Artifact Registry Docker repository of the preview images (`pr-N`), apart from the releases', for `invoke gcp-setup`.",
+    )
 
     @field_validator("schedule")
     @classmethod
@@ -255,7 +267,8 @@ class Settings(BaseSettings):
         if problems:
             raise SettingsError(
                 "; ".join(problems) + ". Set them in .env (see .env.example) or, in GitHub "
-                "Actions, as repository variables (see the README's release set-up)"
+                "Actions, as variables of the production (or preview) environment (see the "
+                "README's release set-up)"
             )
 
     @property

@@ -86,10 +86,15 @@ def flow_run_env(settings: Settings) -> dict[str, str]:
 
 
 def job_variables(settings: Settings) -> dict[str, object]:
-    """Return the Kubernetes work pool's job variables for the production deployments."""
+    """Return the Kubernetes work pool's job variables for the production deployments.
+
+    The pod gets a service-account token only if its flow run creates its own Dask cluster
+    through the Kubernetes API (``dask-kubernetes``); no other runner calls that API.
+    """
     return {
         "namespace": settings.namespace,
         "service_account_name": settings.service_account,
+        "automount_service_account_token": settings.task_runner == "dask-kubernetes",
         "cpu_request": settings.cpu_request,
         "cpu_limit": settings.cpu_limit,
         "memory_request": settings.memory_request,
@@ -321,6 +326,25 @@ def deploy_production(
     )
 
 
+DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+"""The end of an image reference pinned to its content: ``@sha256:`` and 64 hex digits."""
+
+
+def require_digest(image: str) -> None:
+    """Check that a production image is named by digest, which no push can move.
+
+    Raises:
+        DeployError: If it is named by tag alone, with how to find its digest.
+    """
+    if not DIGEST.search(image):
+        raise DeployError(
+            f"--image {image} names no digest: production deployments run an image by digest, "
+            "REPO:TAG@sha256:DIGEST, so that a tag pushed again never changes what runs. Give "
+            "the digest `invoke push` printed, or leave --image out to deploy the image pushed "
+            "from here"
+        )
+
+
 def released_settings(settings: Settings, image: str) -> Settings:
     """Return the settings of a release's flow runs: their Dask clusters run its image too."""
     return settings.model_copy(update={"dask_image": image})
@@ -389,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 pushed = image.image_for(settings)
                 chosen = args.image or image.pushed_image(args.home, pushed)
+                require_digest(chosen)
                 registered = deploy_production(settings, chosen, args.version or pushed.version)
     except PrefectHTTPStatusError as error:
         status = error.response.status_code

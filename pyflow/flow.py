@@ -21,6 +21,7 @@ from pyflow import publish
 from pyflow.config import get_settings
 from pyflow.runners import build_task_runner
 from pyflow.tasks import (
+    check_row_counts,
     clean_up,
     fetch_source,
     merge_bucket,
@@ -55,6 +56,7 @@ def warn_notices(
     sources: Sources | None = None,
     output: str | None = None,
     strict: bool = False,
+    allow_empty: bool = False,
     partition_bytes: Bytes = PARTITION_BYTES,
     aliases_file: Path | None = None,
     fetch_timeout: Seconds = FETCH_TIMEOUT,
@@ -63,8 +65,9 @@ def warn_notices(
 ) -> etl.Summary | State:
     """Consolidate WARN Act layoff notices from many sources into one clean dataset.
 
-    A source that cannot be read or mapped does not stop the others: they are published, and
-    the run then ends Failed, its message naming each failed source.
+    A source that cannot be read or mapped, or that gives no rows where the published run read
+    some, does not stop the others: they are published, and the run then ends Failed, its
+    message naming each failed source.
 
     Args:
         sources: Files or URLs to read, each `LOCATION[#key=value,...]` (such as
@@ -73,6 +76,9 @@ def warn_notices(
             default: PYFLOW_OUTPUT.
         strict: All or nothing: a source that cannot be read or mapped fails the run, and
             nothing is written; default: the other sources are published and the run still fails.
+        allow_empty: Publish a source that gives no rows where the run latest.json names read
+            rows from it; default: such a source fails (a truncated download, an export of one
+            line), the others are published, and the run fails naming it.
         partition_bytes: Sources larger than this many bytes are split, at record boundaries,
             into partitions of about this size, read in parallel; 0: never split.
         aliases_file: A TOML file of column names per field (the shape of
@@ -84,7 +90,14 @@ def warn_notices(
     """
     settings = get_settings(output=output)
     options = run_options(
-        sources, strict, partition_bytes, aliases_file, fetch_timeout, fetch_retries, fetch_backoff
+        sources,
+        strict,
+        partition_bytes,
+        aliases_file,
+        fetch_timeout,
+        fetch_retries,
+        fetch_backoff,
+        allow_empty,
     )
     started_at = etl.utc_now()
     location = prepare_output(settings.require_output())
@@ -94,7 +107,7 @@ def warn_notices(
     published = False
     with publish.leased(run_folder, settings.run_lease_seconds):
         try:
-            summary = transform_and_stage(options, run_folder, work_dir, started_at)
+            summary = transform_and_stage(options, location, run, work_dir, started_at)
             publish_outputs(location, run, summary.rows_out)
             published = True
             publish_summary(summary)
@@ -106,13 +119,14 @@ def warn_notices(
 
 
 def transform_and_stage(
-    options: RunOptions, run_folder: str, work_dir: str, started_at: str
+    options: RunOptions, location: str, run: str, work_dir: str, started_at: str
 ) -> etl.Summary:
     """Fetch, read, merge and write a run's files into its folder: the flow's tasks, in order.
 
     Raises:
         SourceError: If a source fails in strict mode, or every source fails.
     """
+    run_folder = publish.run_dir(location, run)
     fetch = fetch_source.with_options(
         retries=options.fetch_retries, retry_delay_seconds=options.retry_delays
     )
@@ -140,6 +154,7 @@ def transform_and_stage(
     )
     wait(batches)
     parts = [part for batch in batches.result() for part in batch]
+    plans = check_row_counts(plans, parts, location, options.allow_empty)
     etl.raise_failures(plans, parts, strict=options.strict)
     usable = etl.usable_parts(parts)
     ranges = etl.plan_buckets(usable, at_least=len(batches))

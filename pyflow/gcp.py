@@ -1,10 +1,15 @@
-"""The one-time Google Cloud set-up for releases: account, repository, Workload Identity, IAM.
+"""The one-time Google Cloud set-up for releases and previews: accounts, repositories, trust, IAM.
 
 Run it as ``python -m pyflow.gcp [--dry-run]`` (``invoke gcp-setup`` runs it). It reads the
-project, region, repository, GitHub repository and service account from the settings (``.env``),
-then with ``gcloud`` creates what is missing and skips what exists, so it can be re-run safely.
-At the end it prints the GitHub repository variables the release workflow reads. ``--dry-run``
-prints every command instead and runs none (it needs no ``gcloud``).
+project, region, repositories, GitHub repository and service accounts from the settings
+(``.env``), then with ``gcloud`` creates what is missing and skips what exists, so it can be
+re-run safely. Releases and previews get a service account and an Artifact Registry repository
+each; Workload Identity lets only the GitHub repository's ``production`` environment act as the
+release account, and only its ``preview`` environment as the preview account. A re-run removes
+the trust an earlier set-up gave every workflow of the repository, right after it binds the
+environments, so a later step that fails cannot leave that trust behind. At the end it prints
+the GitHub variables the workflows read. ``--dry-run`` prints every command instead and runs none
+(it needs no ``gcloud``).
 """
 
 from __future__ import annotations
@@ -29,10 +34,18 @@ GCP_APIS = (
 )
 WORKLOAD_IDENTITY_POOL = "github-actions"
 WORKLOAD_IDENTITY_PROVIDER = "pyflow"
+WORKLOAD_IDENTITY_USER = "roles/iam.workloadIdentityUser"
+ARTIFACT_WRITER = "roles/artifactregistry.writer"
 ATTRIBUTE_MAPPING = (
     "google.subject=assertion.sub,attribute.repository=assertion.repository,"
     "attribute.repository_owner=assertion.repository_owner,attribute.ref=assertion.ref"
 )
+"""GitHub's OIDC claims as Google attributes; ``google.subject`` is the token's ``sub``, which
+for a job in an environment is ``repo:OWNER/REPO:environment:NAME``."""
+RELEASE_ENVIRONMENT = "production"
+"""The GitHub environment of the release workflow's job: only it may act as the release account."""
+PREVIEW_ENVIRONMENT = "preview"
+"""The GitHub environment of the preview workflow's job: only it may act as the preview account."""
 GITHUB_REPOSITORY = re.compile(r"[A-Za-z0-9-]+/[A-Za-z0-9._-]+")
 """What PYFLOW_GITHUB_REPOSITORY must look like: OWNER/REPO."""
 PROJECT_NUMBER_PLACEHOLDER = "PROJECT_NUMBER"
@@ -56,31 +69,54 @@ class GcpValues:
     repository: str
     github: str
     account: str
+    preview_repository: str
+    preview_account: str
 
     @property
     def email(self) -> str:
         """The release service account's e-mail address."""
         return f"{self.account}@{self.project}.iam.gserviceaccount.com"
 
-    def principal_set(self, project_number: str) -> str:
-        """The Workload Identity principal set of the GitHub repository's workflows."""
+    @property
+    def preview_email(self) -> str:
+        """The preview service account's e-mail address."""
+        return f"{self.preview_account}@{self.project}.iam.gserviceaccount.com"
+
+    def pool_name(self, project_number: str) -> str:
+        """The Workload Identity pool's resource name, as IAM principals spell it."""
         return (
-            f"principalSet://iam.googleapis.com/projects/{project_number}/locations/global/"
-            f"workloadIdentityPools/{WORKLOAD_IDENTITY_POOL}/attribute.repository/{self.github}"
+            f"iam.googleapis.com/projects/{project_number}/locations/global/"
+            f"workloadIdentityPools/{WORKLOAD_IDENTITY_POOL}"
         )
+
+    def environment_principal(self, project_number: str, environment: str) -> str:
+        """The one Workload Identity principal of the GitHub repository's jobs in an environment.
+
+        GitHub's OIDC token for a job that names an environment has the subject
+        ``repo:OWNER/REPO:environment:NAME``, whatever branch, tag or event started it.
+        """
+        subject = f"repo:{self.github}:environment:{environment}"
+        return f"principal://{self.pool_name(project_number)}/subject/{subject}"
+
+    def repository_principal_set(self, project_number: str) -> str:
+        """Every workflow of the GitHub repository: the trust an earlier set-up gave, now removed."""
+        return f"principalSet://{self.pool_name(project_number)}/attribute.repository/{self.github}"
 
 
 @dataclass(frozen=True)
 class GcpStep:
-    """One resource of the set-up: the command that finds it, and the one that makes it.
+    """One resource or grant of the set-up: the command that makes it, and the one that finds it.
 
     A step without ``describe`` (enabling APIs, adding an IAM binding) is safe to repeat, so
-    it always runs.
+    it always runs; with one, it is skipped when ``describe`` succeeds. A step that ``revokes``
+    a member removes a grant instead: its command runs only when ``describe`` prints that
+    member on a line of its own.
     """
 
     what: str
-    create: list[str]
+    command: list[str]
     describe: list[str] | None = None
+    revokes: str | None = None
 
 
 def gcp_values(settings: Settings) -> GcpValues:
@@ -90,7 +126,7 @@ def gcp_values(settings: Settings) -> GcpValues:
         settings: pyflow's settings.
 
     Returns:
-        The project, region, repository, GitHub repository and service account to set up.
+        The project, region, repositories, GitHub repository and service accounts to set up.
 
     Raises:
         GcpError: Naming every setting that is still a placeholder or malformed, and the fix.
@@ -104,6 +140,16 @@ def gcp_values(settings: Settings) -> GcpValues:
             f"PYFLOW_GITHUB_REPOSITORY='{github}' is not this project's GitHub repository, "
             "OWNER/REPO"
         )
+    if settings.preview_artifact_repository == settings.artifact_repository:
+        problems.append(
+            "PYFLOW_PREVIEW_ARTIFACT_REPOSITORY is PYFLOW_ARTIFACT_REPOSITORY "
+            f"('{settings.artifact_repository}'): previews need a repository of their own"
+        )
+    if settings.preview_service_account == settings.release_service_account:
+        problems.append(
+            "PYFLOW_PREVIEW_SERVICE_ACCOUNT is PYFLOW_RELEASE_SERVICE_ACCOUNT "
+            f"('{settings.release_service_account}'): previews need an account of their own"
+        )
     if problems:
         raise GcpError(
             "; ".join(problems) + ": set them in .env (see .env.example) or the environment"
@@ -114,6 +160,8 @@ def gcp_values(settings: Settings) -> GcpValues:
         repository=settings.artifact_repository,
         github=github,
         account=settings.release_service_account,
+        preview_repository=settings.preview_artifact_repository,
+        preview_account=settings.preview_service_account,
     )
 
 
@@ -122,15 +170,91 @@ def project_number_command(project: str) -> list[str]:
     return [GCLOUD, "projects", "describe", project, "--format=value(projectNumber)"]
 
 
+def _account_step(values: GcpValues, account: str, email: str, purpose: str) -> GcpStep:
+    """Return the step that creates one service account."""
+    project = f"--project={values.project}"
+    return GcpStep(
+        f"service account {email}",
+        [
+            *(GCLOUD, "iam", "service-accounts", "create", account, project),
+            f"--display-name=pyflow {purpose} (GitHub Actions)",
+        ],
+        [GCLOUD, "iam", "service-accounts", "describe", email, project],
+    )
+
+
+def _repository_step(values: GcpValues, repository: str, description: str) -> GcpStep:
+    """Return the step that creates one Artifact Registry Docker repository."""
+    where = [repository, f"--project={values.project}", f"--location={values.region}"]
+    return GcpStep(
+        f"Artifact Registry Docker repository {repository} in {values.region}",
+        [
+            *(GCLOUD, "artifacts", "repositories", "create", *where),
+            "--repository-format=docker",
+            f"--description={description}",
+        ],
+        [GCLOUD, "artifacts", "repositories", "describe", *where],
+    )
+
+
+def _trust_step(values: GcpValues, email: str, environment: str, number: str) -> GcpStep:
+    """Return the step that lets one GitHub environment's jobs act as a service account."""
+    return GcpStep(
+        f"{values.github}'s {environment} environment may act as {email}",
+        [
+            *(GCLOUD, "iam", "service-accounts", "add-iam-policy-binding", email),
+            f"--project={values.project}",
+            f"--role={WORKLOAD_IDENTITY_USER}",
+            f"--member={values.environment_principal(number, environment)}",
+        ],
+    )
+
+
+def _writer_step(values: GcpValues, email: str, repository: str) -> GcpStep:
+    """Return the step that lets a service account push to one repository."""
+    return GcpStep(
+        f"{email} may push to {repository} (and nothing else)",
+        [
+            *(GCLOUD, "artifacts", "repositories", "add-iam-policy-binding", repository),
+            f"--project={values.project}",
+            f"--location={values.region}",
+            f"--role={ARTIFACT_WRITER}",
+            f"--member=serviceAccount:{email}",
+        ],
+    )
+
+
+def _revoke_repository_trust(values: GcpValues, number: str) -> GcpStep:
+    """Return the step that removes the earlier set-up's trust of every workflow of the repository."""
+    project = f"--project={values.project}"
+    member = values.repository_principal_set(number)
+    return GcpStep(
+        f"the trust of every {values.github} workflow in {values.email}, from an earlier set-up",
+        [
+            *(GCLOUD, "iam", "service-accounts", "remove-iam-policy-binding", values.email),
+            project,
+            f"--role={WORKLOAD_IDENTITY_USER}",
+            f"--member={member}",
+        ],
+        [
+            *(GCLOUD, "iam", "service-accounts", "get-iam-policy", values.email, project),
+            "--flatten=bindings[].members",
+            f"--filter=bindings.role:{WORKLOAD_IDENTITY_USER}",
+            "--format=value(bindings.members)",
+        ],
+        revokes=member,
+    )
+
+
 def gcp_plan(values: GcpValues, project_number: str) -> list[GcpStep]:
-    """Return the set-up's steps in order: each `describe` is skipped-if-exists for its `create`.
+    """Return the set-up's steps in order: each `describe` is skipped-if-exists for its command.
 
     Args:
         values: The names to set up.
         project_number: The project's number (or a placeholder, for a dry run).
 
     Returns:
-        The steps, each a resource with the commands that find and create it.
+        The steps, each a resource or grant with the commands that find and make it.
     """
     project = f"--project={values.project}"
     pool = [WORKLOAD_IDENTITY_POOL, project, "--location=global"]
@@ -140,25 +264,13 @@ def gcp_plan(values: GcpValues, project_number: str) -> list[GcpStep]:
         "--location=global",
         f"--workload-identity-pool={WORKLOAD_IDENTITY_POOL}",
     ]
-    repository = [values.repository, project, f"--location={values.region}"]
     return [
         GcpStep("the APIs it needs", [GCLOUD, "services", "enable", *GCP_APIS, project]),
-        GcpStep(
-            f"service account {values.email}",
-            [
-                *(GCLOUD, "iam", "service-accounts", "create", values.account, project),
-                "--display-name=pyflow releases (GitHub Actions)",
-            ],
-            [GCLOUD, "iam", "service-accounts", "describe", values.email, project],
-        ),
-        GcpStep(
-            f"Artifact Registry Docker repository {values.repository} in {values.region}",
-            [
-                *(GCLOUD, "artifacts", "repositories", "create", *repository),
-                "--repository-format=docker",
-                "--description=pyflow images, one tag per release",
-            ],
-            [GCLOUD, "artifacts", "repositories", "describe", *repository],
+        _account_step(values, values.account, values.email, "releases"),
+        _account_step(values, values.preview_account, values.preview_email, "previews"),
+        _repository_step(values, values.repository, "pyflow images, one tag per release"),
+        _repository_step(
+            values, values.preview_repository, "pyflow preview images, one tag per pull request"
         ),
         GcpStep(
             f"Workload Identity pool {WORKLOAD_IDENTITY_POOL}",
@@ -178,37 +290,64 @@ def gcp_plan(values: GcpValues, project_number: str) -> list[GcpStep]:
             ],
             [GCLOUD, "iam", "workload-identity-pools", "providers", "describe", *provider],
         ),
-        GcpStep(
-            f"{values.github}'s workflows may act as the service account",
-            [
-                *(GCLOUD, "iam", "service-accounts", "add-iam-policy-binding", values.email),
-                project,
-                "--role=roles/iam.workloadIdentityUser",
-                f"--member={values.principal_set(project_number)}",
-            ],
-        ),
-        GcpStep(
-            f"the service account may push to {values.repository} (and nothing else)",
-            [
-                *(GCLOUD, "artifacts", "repositories", "add-iam-policy-binding", *repository),
-                "--role=roles/artifactregistry.writer",
-                f"--member=serviceAccount:{values.email}",
-            ],
-        ),
+        _trust_step(values, values.email, RELEASE_ENVIRONMENT, project_number),
+        _trust_step(values, values.preview_email, PREVIEW_ENVIRONMENT, project_number),
+        # As soon as the environments' trust replaces it, so no later failure can keep it.
+        _revoke_repository_trust(values, project_number),
+        _writer_step(values, values.email, values.repository),
+        _writer_step(values, values.preview_email, values.preview_repository),
     ]
 
 
-def github_variables(values: GcpValues, project_number: str) -> dict[str, str]:
-    """Return the GitHub repository variables the release workflow reads, by name."""
+GITHUB_PLACES = {
+    "repository": "the repository (Settings, Secrets and variables, Actions), for both jobs",
+    RELEASE_ENVIRONMENT: f"the {RELEASE_ENVIRONMENT} environment (Settings, Environments)",
+    PREVIEW_ENVIRONMENT: f"the {PREVIEW_ENVIRONMENT} environment (Settings, Environments)",
+}
+"""Where GitHub keeps each group of the workflows' variables, by key."""
+GITHUB_OTHER_VARIABLES = {
+    "repository": {"PYFLOW_IMAGE_NAME": "as in .env"},
+    RELEASE_ENVIRONMENT: {
+        "PYFLOW_OUTPUT": "the production bucket and folder, gs://BUCKET/PATH, as in .env",
+        "PREFECT_API_URL": "production's Prefect workspace or server, as in .env",
+    },
+    PREVIEW_ENVIRONMENT: {
+        "PREVIEW_OUTPUT": "a bucket and folder apart from production's, gs://BUCKET/PATH",
+        "PREVIEW_PREFECT_API_URL": "a Prefect workspace or server apart from production's",
+        "PREVIEW_NAMESPACE": "the Kubernetes namespace of the previews' worker and flow runs",
+    },
+}
+"""The variables each place also holds, which the set-up cannot know: what to set them to."""
+GITHUB_SECRETS = {
+    RELEASE_ENVIRONMENT: {
+        "PREFECT_API_KEY": "a Prefect Cloud API key of a service account (none without auth)"
+    },
+    PREVIEW_ENVIRONMENT: {
+        "PREVIEW_PREFECT_API_KEY": "an API key of the previews' workspace (none without auth)"
+    },
+}
+"""The secrets each environment holds (the repository holds none): what to set them to."""
+
+
+def github_variables(values: GcpValues, project_number: str) -> dict[str, dict[str, str]]:
+    """Return the GitHub variables the workflows read, by place (`GITHUB_PLACES`), then name."""
     return {
-        "GCP_WORKLOAD_IDENTITY_PROVIDER": (
-            f"projects/{project_number}/locations/global/workloadIdentityPools/"
-            f"{WORKLOAD_IDENTITY_POOL}/providers/{WORKLOAD_IDENTITY_PROVIDER}"
-        ),
-        "GCP_SERVICE_ACCOUNT": values.email,
-        "PYFLOW_GCP_PROJECT": values.project,
-        "PYFLOW_GCP_REGION": values.region,
-        "PYFLOW_ARTIFACT_REPOSITORY": values.repository,
+        "repository": {
+            "GCP_WORKLOAD_IDENTITY_PROVIDER": (
+                f"projects/{project_number}/locations/global/workloadIdentityPools/"
+                f"{WORKLOAD_IDENTITY_POOL}/providers/{WORKLOAD_IDENTITY_PROVIDER}"
+            ),
+            "PYFLOW_GCP_PROJECT": values.project,
+            "PYFLOW_GCP_REGION": values.region,
+        },
+        RELEASE_ENVIRONMENT: {
+            "GCP_SERVICE_ACCOUNT": values.email,
+            "PYFLOW_ARTIFACT_REPOSITORY": values.repository,
+        },
+        PREVIEW_ENVIRONMENT: {
+            "PREVIEW_GCP_SERVICE_ACCOUNT": values.preview_email,
+            "PREVIEW_ARTIFACT_REPOSITORY": values.preview_repository,
+        },
     }
 
 
@@ -224,13 +363,20 @@ def shown(command: list[str]) -> str:
     return " ".join(_quoted(arg) for arg in command)
 
 
+def shown_step(step: GcpStep) -> str:
+    """Return a step as one shell line that does what `apply` does with it."""
+    command = shown(step.command)
+    if step.describe is None:
+        return command
+    if step.revokes is not None:
+        return f"{shown(step.describe)} | grep -qxF {_quoted(step.revokes)} && {command}"
+    return f"{shown(step.describe)} || {command}"
+
+
 def dry_run_lines(values: GcpValues) -> list[str]:
     """Return every command of the set-up, with ``PROJECT_NUMBER`` for the project's number."""
-    lines = [shown(project_number_command(values.project))]
-    for step in gcp_plan(values, PROJECT_NUMBER_PLACEHOLDER):
-        create = shown(step.create)
-        lines.append(f"{shown(step.describe)} || {create}" if step.describe else create)
-    return lines
+    steps = gcp_plan(values, PROJECT_NUMBER_PLACEHOLDER)
+    return [shown(project_number_command(values.project)), *map(shown_step, steps)]
 
 
 def _gcloud(command: list[str]) -> subprocess.CompletedProcess[str]:
@@ -288,22 +434,48 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
-def apply(steps: list[GcpStep]) -> None:
-    """Run the steps in order: skip each resource that exists, create the others.
+def _needed(step: GcpStep) -> bool:
+    """Return whether a step's command must run: what it makes is missing, or what it removes is there.
 
     Raises:
-        GcpError: At the first create that fails, naming the step and gcloud's error; the
+        GcpError: If the policy a removal reads cannot be read.
+    """
+    if step.describe is None:
+        return True
+    found = _gcloud(step.describe)
+    if step.revokes is None:
+        if found.returncode == 0:
+            _say(f"exists, skipped: {step.what}")
+            return False
+        return True
+    if found.returncode != 0:
+        raise GcpError(
+            f"reading the IAM policy for {step.what} failed (gcloud exit status "
+            f"{found.returncode}): {_last_lines(found.stderr)}. Fix the cause and run the set-up "
+            "again: it is safe to re-run, and skips what already exists"
+        )
+    if step.revokes in {line.strip() for line in found.stdout.splitlines()}:
+        return True
+    _say(f"absent, skipped: {step.what}")
+    return False
+
+
+def apply(steps: list[GcpStep]) -> None:
+    """Run the steps in order: skip each resource that exists or grant that is gone, do the others.
+
+    Raises:
+        GcpError: At the first command that fails, naming the step and gcloud's error; the
             steps after it are not run.
     """
     for step in steps:
-        if step.describe and _gcloud(step.describe).returncode == 0:
-            _say(f"exists, skipped: {step.what}")
+        if not _needed(step):
             continue
-        _say(f"creating: {step.what}: {shown(step.create)}")
-        result = _gcloud(step.create)
+        doing = "removing" if step.revokes else "creating"
+        _say(f"{doing}: {step.what}: {shown(step.command)}")
+        result = _gcloud(step.command)
         if result.returncode != 0:
             raise GcpError(
-                f"creating {step.what} failed (gcloud exit status {result.returncode}): "
+                f"{doing} {step.what} failed (gcloud exit status {result.returncode}): "
                 f"{_last_lines(result.stderr)}. Fix the cause and run the set-up again: it is "
                 "safe to re-run, and skips what already exists"
             )
@@ -311,18 +483,20 @@ def apply(steps: list[GcpStep]) -> None:
 
 
 def print_github_variables(values: GcpValues, number: str) -> None:
-    """Print the GitHub repository variables and secret the release workflow reads."""
-    _say("\nSet these in GitHub (Settings, Secrets and variables, Actions), as variables:")
-    for name, value in github_variables(values, number).items():
-        _say(f"  {name}={value}")
-    _say(
-        "  PYFLOW_IMAGE_NAME, PYFLOW_OUTPUT (gs://BUCKET/PATH) and PREFECT_API_URL, as in .env\n"
-        "and as a secret:\n  PREFECT_API_KEY (a Prefect Cloud API key; none for a server without auth)"
-    )
+    """Print the GitHub variables and secrets the workflows read, and where each one is set."""
+    _say("\nSet these in GitHub, each in its place; the repository itself holds no secret.")
+    for place, variables in github_variables(values, number).items():
+        _say(f"In {GITHUB_PLACES[place]}:")
+        for name, value in variables.items():
+            _say(f"  variable {name}={value}")
+        for name, hint in GITHUB_OTHER_VARIABLES[place].items():
+            _say(f"  variable {name}: {hint}")
+        for name, hint in GITHUB_SECRETS.get(place, {}).items():
+            _say(f"  secret {name}: {hint}")
 
 
 def set_up(settings: Settings, dry_run: bool = False) -> None:
-    """Set up Google Cloud once for releases, or with ``dry_run`` print the commands only.
+    """Set up Google Cloud once for releases and previews, or with ``dry_run`` print the commands.
 
     Args:
         settings: pyflow's settings, which name the project and the GitHub repository.

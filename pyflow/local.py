@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -22,11 +23,9 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import httpx
 import psutil
 
 from pyflow.config import Settings, get_settings
@@ -36,6 +35,7 @@ from pyflow.server import (
     STATE_FILE,
     ServerState,
     api_url_for,
+    guarded_env,
     is_healthy,
     read_state,
     running_server,
@@ -43,6 +43,9 @@ from pyflow.server import (
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.objects import Worker
+
+logger = logging.getLogger(__name__)
 
 SERVER_LOG = "server.log"
 WORKER_LOG = "worker.log"
@@ -50,6 +53,14 @@ STARTUP_TIMEOUT = 90.0
 LOG_TAIL_LINES = 20
 LAST_RUNS = 5
 """How many of the latest flow runs `invoke status` lists."""
+
+
+def free_port() -> int:
+    """Return a loopback TCP port that is free now."""
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as probe:
+        probe.bind((HOST, 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def port_is_free(port: int) -> bool:
@@ -91,6 +102,7 @@ def server_env(home: Path, port: int) -> dict[str, str]:
     api_url = ServerState(0, port).api_url
     return {
         **child_env(home, None),
+        **guarded_env(port),
         "PREFECT_SERVER_API_HOST": HOST,
         "PREFECT_SERVER_API_PORT": str(port),
         "PREFECT_UI_API_URL": api_url,
@@ -135,8 +147,11 @@ def stop_tree(pid: int, first: signal.Signals = signal.SIGTERM, timeout: float =
     psutil.wait_procs(alive, timeout=timeout)
 
 
-def start_server(home: Path, port: int) -> tuple[ServerState, bool]:
-    """Start this project's server, or reuse it if it already runs on that port.
+def start_server(home: Path, port: int, move: bool = True) -> tuple[ServerState, bool]:
+    """Start this project's server on ``port``, or reuse it if it already runs.
+
+    A server already running on another port is reused when ``move`` is false (the port was
+    only the default), else stopped and started again on ``port`` (the port was asked for).
 
     Returns:
         The server, and whether this call started it.
@@ -147,18 +162,23 @@ def start_server(home: Path, port: int) -> tuple[ServerState, bool]:
     home.mkdir(parents=True, exist_ok=True)
     running = read_state(home)
     if running and is_healthy(running.api_url):
-        if running.port != port:
+        if running.port == port or not move:
+            return running, False
+        attached = attached_workers(running.api_url)
+        if attached:
             raise LocalError(
-                f"this project's server already runs on port {running.port}: use --port "
-                f"{running.port}, or stop it first with `invoke server --stop`"
+                f"this project's server runs on port {running.port}, and a worker on this machine "
+                f"uses it ({', '.join(attached)}, as `invoke dev` starts): stop it first (Ctrl-C "
+                f"in its terminal), or leave out --port (and PYFLOW_SERVER_PORT) to use the "
+                f"server on port {running.port}"
             )
-        return running, False
+        logger.info("Moving this project's Prefect server from port %s to %s", running.port, port)
     if running:
         stop_tree(running.pid)
     if not port_is_free(port):
         raise LocalError(
             f"port {port} on {HOST} is taken by another program: stop it, or choose a free "
-            "port with --port (or PYFLOW_SERVER_PORT)"
+            "port with --port (or PYFLOW_SERVER_PORT in .env)"
         )
     log_path = home / SERVER_LOG
     with log_path.open("w") as log:
@@ -181,21 +201,29 @@ def start_server(home: Path, port: int) -> tuple[ServerState, bool]:
     return state, True
 
 
+def port_asked(settings: Settings) -> bool:
+    """Return whether the server's port was asked for (--port, PYFLOW_SERVER_PORT), not defaulted."""
+    return "server_port" in settings.model_fields_set
+
+
 def wait_until_healthy(
-    state: ServerState, process: subprocess.Popen[bytes], log_path: Path
+    state: ServerState,
+    process: subprocess.Popen[bytes],
+    log_path: Path,
+    timeout: float = STARTUP_TIMEOUT,
 ) -> None:
     """Wait for a starting server's health check to pass.
 
     Raises:
         LocalError: If it exits or does not answer in time, with the end of its log.
     """
-    deadline = time.monotonic() + STARTUP_TIMEOUT
+    deadline = time.monotonic() + timeout
     while not is_healthy(state.api_url, timeout=1.0):
         if process.poll() is not None or time.monotonic() > deadline:
             reason = (
                 f"exited with status {process.returncode}"
                 if process.poll() is not None
-                else f"did not answer within {STARTUP_TIMEOUT:.0f} s"
+                else f"did not answer within {timeout:.0f} s"
             )
             raise LocalError(
                 f"the Prefect server {reason}. The end of its log ({log_path}):\n"
@@ -222,19 +250,24 @@ def wait_for_worker(
     Raises:
         LocalError: If the worker exits or does not poll within the startup timeout.
     """
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     deadline = time.monotonic() + STARTUP_TIMEOUT
-    url = f"{api_url}/work_pools/{pool}/workers/filter"
-    while time.monotonic() < deadline:
-        if worker.poll() is not None:
-            raise LocalError(
-                f"the worker exited with status {worker.returncode}; see its log above"
-            )
-        with contextlib.suppress(httpx.HTTPError, ValueError):
-            for found in httpx.post(url, json={}, timeout=2.0).json():
-                heartbeat = datetime.fromisoformat(found["last_heartbeat_time"]).timestamp()
-                if found["name"] == name and heartbeat >= since:
+    with (
+        temporary_settings(updates={PREFECT_API_URL: api_url}),
+        get_client(sync_client=True) as client,
+    ):
+        while time.monotonic() < deadline:
+            if worker.poll() is not None:
+                raise LocalError(
+                    f"the worker exited with status {worker.returncode}; see its log above"
+                )
+            for found in pool_workers(client, pool):
+                heartbeat = found.last_heartbeat_time
+                if found.name == name and heartbeat and heartbeat.timestamp() >= since:
                     return
-        time.sleep(0.2)
+            time.sleep(0.2)
     raise LocalError(f"the worker did not poll work pool '{pool}' within {STARTUP_TIMEOUT:.0f} s")
 
 
@@ -258,7 +291,7 @@ def interrupt_on_stop_signals() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def dev(settings: Settings, home: Path, port: int) -> int:
+def dev(settings: Settings, home: Path) -> int:
     """Start (or reuse) the server, register the deployments, and run a worker until stopped.
 
     Returns:
@@ -276,7 +309,7 @@ def dev(settings: Settings, home: Path, port: int) -> int:
     worker: subprocess.Popen[bytes] | None = None
     with interrupt_on_stop_signals():
         try:
-            server, started_server = start_server(home, port)
+            server, started_server = start_server(home, settings.server_port, port_asked(settings))
             print(
                 f"pyflow dev: {'started' if started_server else 'reusing'} the Prefect server at {server.url}",
                 flush=True,
@@ -366,13 +399,40 @@ def ui_link(api_url: str, path: str) -> str:
 
 def online_workers(client: SyncPrefectClient, pool: str) -> list[str]:
     """Return the names of the workers polling a work pool now."""
+    return sorted(
+        worker.name
+        for worker in pool_workers(client, pool)
+        if str(worker.status).upper().endswith("ONLINE")
+    )
+
+
+def attached_workers(api_url: str) -> list[str]:
+    """Return the worker processes on this machine that poll a server now, as ``pid N``.
+
+    The server's own record of its workers is no guide: it shows one as online for a while
+    after it stopped. A worker `invoke dev` starts has the server's API in its environment.
+    """
+    found = []
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        command = process.info["cmdline"] or []
+        if "worker" not in command or "start" not in command:
+            continue
+        try:
+            if process.environ().get("PREFECT_API_URL") == api_url:
+                found.append(f"pid {process.pid}")
+        except psutil.Error:
+            continue
+    return found
+
+
+def pool_workers(client: SyncPrefectClient, pool: str) -> list[Worker]:
+    """Return the workers a work pool has seen (none if there is no such pool yet)."""
     from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
     try:
-        workers = client.read_workers_for_work_pool(pool)
+        return client.read_workers_for_work_pool(pool)
     except (ObjectNotFound, PrefectHTTPStatusError):
-        return []  # no such pool yet
-    return sorted(w.name for w in workers if str(w.status).upper().endswith("ONLINE"))
+        return []
 
 
 def trigger(api_url: str, deployment: str, pool: str, wait: bool) -> int:
@@ -594,14 +654,25 @@ def default_flow() -> str:
     return FLOWS[0].name
 
 
+def show_own_logs() -> None:
+    """Print what this module logs (such as a server moved to another port) as its own lines."""
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("pyflow: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one of the local loop's commands for this project."""
     args = build_parser().parse_args(argv)
     home = args.home.resolve()
+    show_own_logs()
     try:
         settings = get_settings(server_port=args.port)
         if args.command == "server":
-            server, started = start_server(home, settings.server_port)
+            server, started = start_server(home, settings.server_port, port_asked(settings))
             print(
                 f"pyflow: {'started' if started else 'already running:'} the Prefect server at {server.url} (log: {home / SERVER_LOG})"
             )
@@ -623,7 +694,7 @@ def main(argv: list[str] | None = None) -> int:
             with interrupt_on_stop_signals(), contextlib.suppress(KeyboardInterrupt):
                 show_logs(home, args.lines, args.follow)
         else:
-            return dev(settings, home, settings.server_port)
+            return dev(settings, home)
     except PyflowError as error:
         print(f"pyflow {args.command}: {error}", file=sys.stderr)
         return 1

@@ -1,11 +1,14 @@
-"""Preview deployments: a pull request's code, deployed next to production, and removed after.
+"""Preview deployments: a pull request's code, deployed apart from production, and removed after.
 
 ``python -m pyflow.preview --pr N`` (what `invoke preview` and the preview workflow run) builds
 the image tagged ``pr-N`` and the commit, pushes it, and registers every flow as ``FLOW/pr-N``
-on the production work pool, on that image by digest, with its schedule paused and its outputs
-under ``OUTPUT/previews/pr-N``: a run started by hand shows what the change does, and nothing
-runs on its own. ``--remove`` deletes those deployments when the pull request closes (the image
-stays in the registry, as every pushed image does).
+on that image by digest, with its schedule paused and its outputs under
+``OUTPUT/previews/pr-N``: a run started by hand shows what the change does, and nothing runs on
+its own. A preview runs the pull request's code, so it goes to a Prefect workspace or server of
+its own, never production's: it refuses an unset Prefect API, or one that holds production
+deployments (the preview workflow also gives it its own service account, image repository and
+bucket). ``--remove`` deletes those deployments when the pull request closes (the image stays
+in the registry, as every pushed image does).
 """
 
 from __future__ import annotations
@@ -32,14 +35,56 @@ def preview_name(pr: int) -> str:
 
 
 def preview_settings(settings: Settings, pr: int) -> Settings:
-    """Return production's settings with the outputs under ``previews/pr-N``.
+    """Return the preview's settings, with the outputs under ``previews/pr-N``.
 
     Raises:
-        SettingsError: If a production setting is missing (as for a release).
+        SettingsError: If a setting a production-like deployment needs is missing.
     """
     settings.require_release()
     output = f"{settings.require_output().rstrip('/')}/previews/{preview_name(pr)}"
     return settings.model_copy(update={"output": output})
+
+
+PRODUCTION_DEPLOYMENT = "production"
+"""The name of every production deployment (`pyflow.deploy.deployment_name` in production)."""
+
+
+def check_preview_api() -> None:
+    """Refuse an unset Prefect API, or one holding production deployments: never a preview's.
+
+    Raises:
+        ReleaseError: If PREFECT_API_URL is unset, or naming the production deployments found;
+            either with the settings to fix.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterName,
+        FlowFilter,
+        FlowFilterId,
+    )
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        raise ReleaseError(
+            "PREFECT_API_URL is not set: a preview registers in a Prefect workspace or server of "
+            "its own: set PREFECT_API_URL and PREFECT_API_KEY to the preview's (in GitHub, the "
+            "preview environment's PREVIEW_PREFECT_API_URL and PREVIEW_PREFECT_API_KEY)"
+        )
+    production = DeploymentFilter(name=DeploymentFilterName(any_=[PRODUCTION_DEPLOYMENT]))
+    with get_client(sync_client=True) as client:
+        found = client.read_deployments(deployment_filter=production, limit=3)
+        if not found:
+            return
+        ids = FlowFilter(id=FlowFilterId(any_=[item.flow_id for item in found]))
+        flows = {flow.id: flow.name for flow in client.read_flows(flow_filter=ids)}
+    names = ", ".join(f"{flows.get(item.flow_id, '?')}/{item.name}" for item in found)
+    raise ReleaseError(
+        f"the Prefect API at {PREFECT_API_URL.value()} holds production deployments ({names}): "
+        "a preview runs a pull request's code, so it goes to a Prefect workspace or server of "
+        "its own: set PREFECT_API_URL and PREFECT_API_KEY to the preview's (in GitHub, the "
+        "preview environment's PREVIEW_PREFECT_API_URL and PREVIEW_PREFECT_API_KEY)"
+    )
 
 
 def deploy_preview(
@@ -61,6 +106,7 @@ def deploy_preview(
 
     name = preview_name(pr)
     previewed = preview_settings(settings, pr)
+    check_preview_api()
     check_job_variables(previewed)
     built = image.image_for(previewed, registry, name)
     image.build(engine, built, options)
@@ -125,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     def act() -> None:
         if args.remove:
             preview_name(args.pr)
+            check_preview_api()
             remove_preview(args.pr)
             return
         settings = get_settings()

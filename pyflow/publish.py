@@ -17,16 +17,25 @@ whole file, and ``summary.json`` names the run's own ``notices.csv`` under ``run
 
 A running run renews its ``lease.json``; a folder whose lease has run out belongs to a run that
 crashed, and the next run to end removes its leftovers. Only the last ``keep`` complete runs
-are kept.
+are kept. A run's folder of intermediate files on this machine (``work_dir``) records the
+process that owns it; the next run removes those whose process is gone.
+
+On a local disk, a run's files and folder are flushed to the disk (fsync) before the pointer
+names them, and the pointer and the copies at the top are flushed once in place. An error of
+the disk (full, read-only, no permission) stops the run with one `OutputError` naming the file
+and the fix, and leaves the previous outputs as they were.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
 import os
+import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -38,6 +47,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import psutil
 from fsspec import AbstractFileSystem
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
@@ -51,6 +61,18 @@ POINTER_FILE = "latest.json"
 LEASE_FILE = "lease.json"
 WORK_DIR = "work"
 LOCK_FILE = ".latest.lock"
+SAME_TIME = 1.0
+"""Seconds within which two readings of a boot or process start time are the same moment."""
+OWNER_FILE = "owner.json"
+"""In a local work folder: the process that owns it (host, boot, process id and start time)."""
+WORK_PREFIX = "pyflow-"
+"""Name prefix of local work folders, in the system's temporary folder."""
+OUTPUT_FIX = "choose another location with --output or PYFLOW_OUTPUT"
+"""What to do when the output location cannot be written, whatever the cause."""
+TEMP_FIX = "point TMPDIR at a folder on a larger disk"
+"""What to do when a run's folder of intermediate files (in TMPDIR) cannot be written."""
+UNTOUCHED = "the previous outputs are as they were"
+"""What a run that fails before its pointer is written leaves: the published run, whole."""
 OUTPUT_FILES = ("notices.csv", "rejects.csv", "summary.json")
 """A run's files, in the order they are copied to the top: data first, the summary last."""
 PUBLISH_ATTEMPTS = 20
@@ -81,11 +103,142 @@ def work_dir(run_folder: str, shared: bool) -> str:
 
     They stay on this machine's disk, where the engine reads them fastest, unless the run's
     tasks run on other machines (a Dask cluster of its own): then they must be ``shared``, and
-    go in the run's folder in the output location.
+    go in the run's folder in the output location. A local folder records the process that
+    owns it, and the folders of processes that are gone (killed runs) are removed first.
+
+    Raises:
+        OutputError: If the system's temporary folder cannot be written.
     """
     if shared:
         return join(run_folder, WORK_DIR)
-    return tempfile.mkdtemp(prefix=f"pyflow-{run_folder.rstrip('/').rsplit('/', 1)[-1]}-")
+    removed = remove_stale_work_dirs()
+    if removed:
+        logger.info(
+            "Removed %s work folder(s) of runs that ended without removing them: %s",
+            len(removed),
+            ", ".join(removed),
+        )
+    name = run_folder.rstrip("/").rsplit("/", 1)[-1]
+    temporary = tempfile.gettempdir()
+    with writing(temporary, TEMP_FIX):
+        folder = tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{name}-")
+        try:
+            Path(folder, OWNER_FILE).write_text(json.dumps(process_identity()))
+        except OSError:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+    return folder
+
+
+def process_identity(pid: int | None = None) -> dict[str, Any]:
+    """Return what tells a process apart from any other, even one given its id later."""
+    pid = os.getpid() if pid is None else pid
+    return {
+        "host": socket.gethostname(),
+        "boot": psutil.boot_time(),
+        "pid": pid,
+        "started": psutil.Process(pid).create_time(),
+    }
+
+
+def is_gone(owner: dict[str, Any]) -> bool:
+    """Whether the process an owner record names has ended (False when it cannot be told).
+
+    A process of another host is never judged; one of an earlier boot is gone; a process id
+    now held by a process that started at another time was reused, so its owner is gone.
+    """
+    if owner.get("host") != socket.gethostname():
+        return False
+    boot, pid, started = owner.get("boot"), owner.get("pid"), owner.get("started")
+    if isinstance(boot, int | float) and abs(boot - psutil.boot_time()) > SAME_TIME:
+        return True
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        now = psutil.Process(pid).create_time()
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
+        return False  # another user's process, which cannot be looked at: alive
+    return isinstance(started, int | float) and abs(now - started) > SAME_TIME
+
+
+def remove_stale_work_dirs(root: str | None = None) -> list[str]:
+    """Remove the local work folders whose owning process is gone; return their names.
+
+    A folder without an owner record is left alone (it may be a moment old, its record not yet
+    written), as is any folder whose owner is alive or on another host.
+    """
+    base = Path(root or tempfile.gettempdir())
+    removed = []
+    for folder in sorted(base.glob(f"{WORK_PREFIX}*")):
+        try:
+            owner = json.loads((folder / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(owner, dict) and is_gone(owner):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder.name)
+    return removed
+
+
+def storage_error(
+    error: OSError, path: str, fix: str = OUTPUT_FIX, outcome: str = UNTOUCHED
+) -> OutputError:
+    """Describe an error of the disk while writing ``path`` in one line, with the fix.
+
+    Args:
+        error: The operating system's error.
+        path: The file or folder being written.
+        fix: What to do besides the cause's own remedy.
+        outcome: What the outputs are now.
+    """
+    causes = {
+        errno.ENOSPC: "no space is left on its disk: free some space, or ",
+        errno.EDQUOT: "its disk quota is used up: free some space, or ",
+        errno.EROFS: "its file system is read-only: ",
+        errno.EACCES: "permission denied: fix its permissions, or ",
+        errno.EPERM: "the operation is not permitted: fix its permissions, or ",
+    }
+    cause = causes.get(error.errno or 0, f"{error.strerror or error}: ")
+    return OutputError(f"cannot write {path}: {cause}{fix}; {outcome}")
+
+
+def work_fix(path: str) -> str:
+    """Return what to do when a run's intermediate file cannot be written where ``path`` is.
+
+    They are in TMPDIR, unless the run's tasks run on other machines: then in the output.
+    """
+    return TEMP_FIX if Store.of(path).is_local else OUTPUT_FIX
+
+
+@contextlib.contextmanager
+def writing(path: str, fix: str = OUTPUT_FIX) -> Iterator[None]:
+    """Turn an error of the disk while the block writes ``path`` into one `OutputError`.
+
+    Raises:
+        OutputError: Naming the path, the cause (a full disk, no permission) and the fix.
+    """
+    try:
+        yield
+    except OSError as error:
+        raise storage_error(error, path, fix) from None
+
+
+def fsync(path: str, directory: bool = False) -> None:
+    """Flush a local file, or a folder's entries, to the disk.
+
+    A file system that cannot flush a folder (some network ones) is let be.
+    """
+    flags = os.O_RDONLY | (os.O_DIRECTORY if directory else 0)
+    descriptor = os.open(path, flags)
+    try:
+        os.fsync(descriptor)
+    except OSError as error:
+        if not directory or error.errno not in {errno.EINVAL, errno.ENOTSUP, errno.EBADF}:
+            raise
+    finally:
+        os.close(descriptor)
 
 
 @dataclass(frozen=True)
@@ -166,27 +319,55 @@ class Store:
                 raise PointerMoved from None
         elif self.is_local:
             temporary = f"{path}.{uuid.uuid4().hex}.tmp"
-            with Path(temporary).open("wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            Path(temporary).replace(path)
+            try:
+                with Path(temporary).open("wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                Path(temporary).replace(path)
+            except BaseException:
+                Path(temporary).unlink(missing_ok=True)
+                raise
+            fsync(self.root, directory=True)
         else:
             self.fs.pipe_file(path, data)
         self.fs.invalidate_cache(path)
 
     def copy_to_top(self, source: str, name: str) -> None:
-        """Replace the top-level copy of one file in one step (a hard link or rename locally)."""
+        """Replace the top-level copy of one file in one step (a hard link or rename locally).
+
+        Locally, a copy that fails (a full disk) leaves the previous copy whole and no
+        temporary file behind; one that lands is flushed to the disk with its folder.
+        """
         target = self.path(name)
         if self.is_local:
             temporary = f"{target}.{uuid.uuid4().hex}.tmp"
             try:
-                os.link(source, temporary)
-            except OSError:
-                self.fs.cp_file(source, temporary)
-            Path(temporary).replace(target)
+                try:
+                    os.link(source, temporary)
+                except OSError:  # no hard links here (another file system, or none at all)
+                    shutil.copyfile(source, temporary)
+                    fsync(temporary)
+                Path(temporary).replace(target)
+            except BaseException:
+                Path(temporary).unlink(missing_ok=True)
+                raise
+            fsync(self.root, directory=True)
         else:
             self.fs.cp_file(source, target)
+
+    def sync_run(self, run_id: str) -> None:
+        """Flush a run's files, its folder's entries and its folder's own entry (local disks).
+
+        So after a power cut, the pointer never names a run whose files did not reach the disk.
+        """
+        if not self.is_local:
+            return
+        folder = self.path(RUNS_DIR, run_id)
+        for name in OUTPUT_FILES:
+            fsync(join(folder, name))
+        fsync(folder, directory=True)
+        fsync(self.path(RUNS_DIR), directory=True)
 
 
 def _gcs_conditional_write(fs: Any, path: str, data: bytes, generation: int) -> None:
@@ -263,7 +444,9 @@ def publish(output: str, run_id: str, rows_out: int) -> Published:
     """
     store = Store.of(output)
     record = None
-    with store.pointer_lock():
+    pointer = store.path(POINTER_FILE)
+    with writing(pointer), store.pointer_lock():
+        store.sync_run(run_id)
         for _ in range(PUBLISH_ATTEMPTS):
             current, generation = store.read_pointer()
             if current and current["run"] > run_id:
@@ -278,11 +461,20 @@ def publish(output: str, run_id: str, rows_out: int) -> Published:
             break
         else:
             raise OutputError(
-                f"the pointer {store.path(POINTER_FILE)} kept changing under {PUBLISH_ATTEMPTS} "
+                f"the pointer {pointer} kept changing under {PUBLISH_ATTEMPTS} "
                 "other runs' publishes: this run's files are kept in its folder; run it again"
             )
         if latest == run_id:
-            copy_latest_to_top(store, run_id)
+            try:
+                copy_latest_to_top(store, run_id)
+            except OSError as error:
+                raise storage_error(
+                    error,
+                    store.root,
+                    outcome=f"latest.json names this run ({run_id}), whose files are whole in "
+                    f"{RUNS_DIR}/{run_id}/; the copies at the top that did not fit are still the "
+                    "previous run's, whole",
+                ) from None
     return Published(run_id, latest)
 
 
@@ -306,8 +498,12 @@ def leased(run_folder: str, seconds: float) -> Iterator[None]:
     """Hold a run's lease while the block runs, renewing it in the background; drop it after."""
     store = Store.of(run_folder)
     folder = store.root
-    store.fs.makedirs(folder, exist_ok=True)
-    write_lease(store, folder, seconds)
+    try:
+        store.fs.makedirs(folder, exist_ok=True)
+        write_lease(store, folder, seconds)
+    except OSError as error:
+        _remove(store, folder)
+        raise storage_error(error, run_folder) from None
     stop = threading.Event()
 
     def renew() -> None:
@@ -327,14 +523,15 @@ def leased(run_folder: str, seconds: float) -> Iterator[None]:
 def finish_run(output: str, run_id: str, work: str, published: bool, keep: int) -> list[str]:
     """End a run: remove its intermediate files and its lease, then tidy the output's runs.
 
-    A run that did not publish is removed whole. Tidying comes after the lease is gone, so of
-    two runs ending together, the one that tidies last counts both. Returns the folders removed.
+    A run that did not publish is removed whole, unless the pointer names it all the same (its
+    copies to the top failed). Tidying comes after the lease is gone, so of two runs ending
+    together, the one that tidies last counts both. Returns the folders removed.
     """
     work_store = Store.of(work)
     _remove(work_store, work_store.root)
     store = Store.of(output)
     folder = store.path(RUNS_DIR, run_id)
-    if not published:
+    if not published and (store.read_pointer()[0] or {}).get("run") != run_id:
         _remove(store, folder)
         return []
     _remove(store, join(folder, LEASE_FILE))

@@ -6,6 +6,8 @@ checks, in order, before it builds anything:
 - every production setting is set and real;
 - the git working tree is clean, untracked files included (they would ship in the image);
 - HEAD is tagged with a semantic version equal to pyproject.toml's;
+- the tagged commit is on the release branch (``PYFLOW_RELEASE_BRANCH``, the repository's
+  default branch in CI) as the remote ``origin`` has it: nothing unmerged is released;
 - the Artifact Registry repository exists and the version's tag is not there yet (or, when a
   release is re-run after a later step failed, points at the image of this very commit: then
   the image is not built again);
@@ -22,6 +24,7 @@ nothing. Each problem is one message naming it and the fix, with exit status 1.
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,8 +198,8 @@ def check_prefect() -> dict[str, str]:
     api_url = PREFECT_API_URL.value()
     if not api_url:
         raise ReleaseError(
-            "PREFECT_API_URL is not set: set it (and PREFECT_API_KEY for Prefect Cloud) in .env "
-            "or as GitHub repository variables and secrets"
+            "PREFECT_API_URL is not set: set it (and PREFECT_API_KEY for Prefect Cloud) in .env, "
+            "or as a variable (and a secret) of the repository's production environment on GitHub"
         )
     try:
         with get_client(sync_client=True) as client:
@@ -214,7 +217,8 @@ def check_prefect() -> dict[str, str]:
             )
             raise ReleaseError(
                 f"{key} by the Prefect API at {api_url} (HTTP {status}): create a key in Prefect "
-                "Cloud (profile, API keys) and set it as the PREFECT_API_KEY secret"
+                "Cloud (profile, API keys) and set it as the PREFECT_API_KEY secret of the "
+                "repository's production environment"
             ) from None
         raise ReleaseError(
             f"the Prefect API at {api_url} answered HTTP {status}: check PREFECT_API_URL (for "
@@ -304,6 +308,57 @@ def plan_version(root: Path, dry_run: bool) -> str:
     return str(version)
 
 
+def _git_status(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run a git command whose exit status is its answer, and return how it ended."""
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
+
+
+def check_on_branch(root: Path, branch: str, tag: str | None) -> None:
+    """Refuse to release a commit that is not on the release branch, as ``origin`` has it.
+
+    A tag can point at any commit, on any branch: this stops a release, by mistake, of what
+    was not merged into ``branch``. It runs in the tagged commit's own code, so it is no guard
+    against a malicious tag: the tag ruleset and the production environment's reviewers are.
+
+    Args:
+        root: The project's git repository, checked out at the release.
+        branch: The release branch, such as ``main``.
+        tag: HEAD's tag, to name in the message (None when HEAD has none).
+
+    Raises:
+        ReleaseError: If ``origin/BRANCH`` is unknown here, or does not contain HEAD.
+    """
+    remote = f"origin/{branch}"
+    known = _git_status(
+        root, "rev-parse", "--verify", "--quiet", f"refs/remotes/{remote}^{{commit}}"
+    )
+    if known.returncode != 0:
+        raise ReleaseError(
+            f"{remote} is not known in {root}, so nothing shows that the release is on {branch} "
+            f"(PYFLOW_RELEASE_BRANCH): fetch it (`git fetch origin {branch}`; the release "
+            "workflow checks out with fetch-depth: 0), or set PYFLOW_RELEASE_BRANCH to the "
+            "repository's default branch"
+        )
+    contained = _git_status(root, "merge-base", "--is-ancestor", "HEAD", f"refs/remotes/{remote}")
+    if contained.returncode == 0:
+        return
+    shallow = image.git(root, "rev-parse", "--is-shallow-repository").strip() == "true"
+    if contained.returncode != 1 or shallow:
+        said = contained.stderr.strip() or "its history is cut short (a shallow clone)"
+        raise ReleaseError(
+            f"cannot tell whether HEAD is on {remote} in {root}: {said}: fetch the full "
+            "history (`git fetch --unshallow origin`; the release workflow checks out with "
+            "fetch-depth: 0) and release again"
+        )
+    commit = image.git(root, "rev-parse", "--short=7", "HEAD").strip()
+    what = f"the tag '{tag}' points at commit {commit}" if tag else f"HEAD ({commit})"
+    raise ReleaseError(
+        f"{what}, which is not on {branch} ({remote}): a release ships only what was merged "
+        f"into {branch}: merge the change into {branch}, then delete this tag and publish the "
+        f"release again on a commit of {branch}"
+    )
+
+
 def registry_plan(location: ImageLocation, version: str, commit: str, dry_run: bool) -> ImagePlan:
     """Return what to do with the image; a dry run without Google credentials plans a build."""
     try:
@@ -344,6 +399,13 @@ def release(settings: Settings, options: Options) -> str:
     check_clean(options.root)
     print("check: HEAD is tagged with the version in pyproject.toml")
     version = plan_version(options.root, dry_run)
+    print(f"check: the tagged commit is on {settings.release_branch} (origin)")
+    try:
+        check_on_branch(options.root, settings.release_branch, head_tag(options.root))
+    except ReleaseError as error:
+        if not dry_run:
+            raise
+        print(f"dry run: a release would stop here: {error}")
     engine = image.container_engine(options.engine, settings, required=not dry_run)
     release_image = image.image_for(settings, options.registry, version, options.root)
     if options.registry:

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 from pyflow.config import Settings
-from pyflow.errors import PyflowError, SettingsError
+from pyflow.errors import LocalError, PyflowError, SettingsError
 from pyflow.runners import build_task_runner
+from pyflow.server import ServerState
 
 if TYPE_CHECKING:
     from prefect import Flow
     from prefect.client.schemas.objects import State
-
-    from pyflow.server import ServerState
 
 logger = logging.getLogger("pyflow")
 
@@ -68,24 +66,6 @@ def quiet_logging() -> None:
 
 
 @contextmanager
-def _output_to(log_path: Path) -> Iterator[None]:
-    """Point this process's stdout and stderr at a file, for the processes it starts meanwhile."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    with log_path.open("ab") as log:
-        try:
-            os.dup2(log.fileno(), 1)
-            os.dup2(log.fileno(), 2)
-            yield
-        finally:
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for descriptor in saved:
-                os.close(descriptor)
-
-
-@contextmanager
 def _using_api(api_url: str) -> Iterator[str]:
     """Point this process, and every process it starts meanwhile, at one Prefect API."""
     from prefect.logging.handlers import APILogWorker
@@ -104,24 +84,24 @@ def _using_api(api_url: str) -> Iterator[str]:
             os.environ["PREFECT_API_URL"] = previous
 
 
-def _project_server(home: Path, keep_port: int | None) -> ServerState | None:
+def _project_server(home: Path, keep_port: int | None, move: bool) -> ServerState | None:
     """Return this project's running server; with ``keep_port``, start it there if it is not running.
 
-    A server that cannot start (its port is taken by another program) is reported as a warning
-    and the run falls back to a temporary server.
+    With ``move`` (the port was asked for), a server running on another port is started again
+    on ``keep_port``. A server that cannot start (its port is taken by another program) is
+    reported as a warning and the run falls back to a temporary server.
     """
-    from pyflow.errors import LocalError
     from pyflow.local import start_server
     from pyflow.server import running_server
 
     running = running_server(home)
-    if running:
+    if running and (keep_port is None or running.port == keep_port or not move):
         logger.info("Using this project's Prefect server at %s", running.url)
         return running
     if keep_port is None:
         return None
     try:
-        started, _ = start_server(home, keep_port)
+        started, _ = start_server(home, keep_port, move)
     except LocalError as error:
         logger.warning(
             "This project's Prefect server cannot start (%s), so this run uses a temporary one, "
@@ -138,16 +118,18 @@ def _project_server(home: Path, keep_port: int | None) -> ServerState | None:
 
 
 @contextmanager
-def prefect_api(keep_port: int | None = None) -> Iterator[str]:
+def prefect_api(keep_port: int | None = None, move: bool = False) -> Iterator[str]:
     """Use the configured Prefect API, this project's server, or a temporary one.
 
     Prefect would start a temporary server by itself, but one per process: every Dask worker
     process would start its own. This starts one, gives its URL to every process started inside
     the block, and stops it only after the run's logs have been sent to it. The server's own
-    output (including the tracebacks its background services print when they are stopped
-    mid-batch) goes to ``temporary-server.log`` in Prefect's home, not to the console. When
-    this project's server runs (`invoke server`, `invoke dev`), the run uses it, and shows in
-    its UI; with ``keep_port``, it is started on that port if it does not run (`invoke run`).
+    output goes to ``temporary-server.log`` in Prefect's home, not to the console, and it stops
+    by itself if this process dies without stopping it (killed, say). When this project's
+    server runs (`invoke server`, `invoke dev`), the run uses it, and shows in its UI; with
+    ``keep_port``, it is started on that port if it does not run (`invoke run`), and with
+    ``move`` too, moved there if it runs on another port (`invoke run --port`). Nothing of
+    Prefect's server is imported here: a run on a running server does not pay for it.
 
     Yields:
         The API URL in use.
@@ -155,7 +137,6 @@ def prefect_api(keep_port: int | None = None) -> Iterator[str]:
     Raises:
         PyflowError: If the temporary server does not start, with the end of its log.
     """
-    from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import PREFECT_API_URL, PREFECT_HOME
 
     configured = PREFECT_API_URL.value()
@@ -163,28 +144,52 @@ def prefect_api(keep_port: int | None = None) -> Iterator[str]:
         yield configured
         return
     home = Path(PREFECT_HOME.value()).expanduser().resolve()
-    project = _project_server(home, keep_port)
+    project = _project_server(home, keep_port, move)
     if project:
         with _using_api(project.api_url) as api_url:
             yield api_url
         return
+    with _temporary_server(home) as server, _using_api(server.api_url) as api_url:
+        yield api_url
+
+
+@contextmanager
+def _temporary_server(home: Path) -> Iterator[ServerState]:
+    """Run a temporary server on a free loopback port for the block; its log goes to ``home``.
+
+    Raises:
+        PyflowError: If it does not start in time (Prefect's ephemeral startup timeout).
+    """
+    import subprocess
+
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+
+    from pyflow.local import free_port, stop_tree, wait_until_healthy
+    from pyflow.server import ServerState, temporary_server_command, temporary_server_env
+
     home.mkdir(parents=True, exist_ok=True)
     log_path = home / "temporary-server.log"
-    server = SubprocessASGIServer()
+    port = free_port()
     logger.info("Starting a temporary Prefect server (its log: %s)", log_path)
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            temporary_server_command(port),
+            env=temporary_server_env(port),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
-        with _output_to(log_path):
-            server.start()
-    except RuntimeError as error:
-        server.stop()
-        raise PyflowError(
-            f"Prefect's temporary server did not start ({error}); see {log_path}"
-        ) from None
-    try:
-        with _using_api(server.api_url) as api_url:
-            yield api_url
+        state = ServerState(process.pid, port)
+        timeout = float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
+        try:
+            wait_until_healthy(state, process, log_path, timeout)
+        except LocalError as error:
+            raise PyflowError(f"Prefect's temporary server did not start: {error}") from None
+        yield state
     finally:
-        server.stop()
+        stop_tree(process.pid, timeout=5.0)
 
 
 @contextmanager
@@ -286,9 +291,11 @@ def run_flow(
             some sources failed and the others were published).
         PyflowError: The run's own error if it failed on bad input, else one naming its state.
     """
+    from pyflow.local import port_asked
+
     chosen = flow.with_options(task_runner=build_task_runner(settings))
     keep_port = settings.server_port if keep_server else None
-    with prefect_api(keep_port), without_heartbeats():
+    with prefect_api(keep_port, port_asked(settings)), without_heartbeats():
         state = cast("State[Any]", chosen(**parameters, return_state=True))
     if state.is_completed():
         return state.result()

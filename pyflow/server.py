@@ -2,11 +2,21 @@
 
 `invoke server` and `invoke dev` start it (`pyflow.local`); runs, registrations and the other
 commands find it here, through the ``server.json`` it leaves in the project's Prefect home.
+Every server pyflow starts on loopback refuses writes from other web origins
+(`guarded_env`). ``python -m pyflow.server --port N --parent PID`` is a temporary server that
+stops when the process that started it dies (`pyflow.runtime` starts one for a run).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +27,10 @@ from pyflow.errors import LocalError
 
 HOST = "127.0.0.1"
 STATE_FILE = "server.json"
+ORPHAN_POLL_SECONDS = 0.5
+"""How often a temporary server checks that the process that started it is alive."""
+ORPHAN_GRACE_SECONDS = 10.0
+"""How long an orphaned temporary server may take to shut down in order before it just exits."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +51,26 @@ class ServerState:
     def api_url(self) -> str:
         """The server's API address, for ``PREFECT_API_URL``."""
         return f"{self.url}/api"
+
+
+def guarded_env(port: int) -> dict[str, str]:
+    """Return the settings that make a server on ``port`` refuse writes from other web origins.
+
+    A Prefect server on loopback answers any web page the developer opens: with Prefect's
+    defaults (CORS ``*``, no CSRF protection) a page's script could create deployments that the
+    local worker then runs. With these, a write needs a CSRF token that only a client which can
+    read the server's answers obtains (Prefect's client and UI do it by themselves), and browsers
+    let only the server's own origins read them (the UI opened as ``localhost`` included).
+    """
+    return {
+        "PREFECT_SERVER_CSRF_PROTECTION_ENABLED": "true",
+        "PREFECT_SERVER_CORS_ALLOWED_ORIGINS": ",".join(own_origins(port)),
+    }
+
+
+def own_origins(port: int) -> tuple[str, ...]:
+    """Return the web origins of a server on ``port``: its address, and ``localhost``'s."""
+    return (ServerState(0, port).url, f"http://localhost:{port}")
 
 
 def is_healthy(api_url: str, timeout: float = 2.0) -> bool:
@@ -87,3 +121,76 @@ def api_url_for(home: Path) -> str:
             "or set PREFECT_API_URL in .env"
         )
     return server.api_url
+
+
+def exit_when_orphaned(parent: int, poll: float = ORPHAN_POLL_SECONDS) -> threading.Thread:
+    """Stop this process (SIGTERM to itself) once ``parent`` is no longer its parent.
+
+    A killed parent cannot stop its children; its orphans are adopted by another process, which
+    is how this notices. SIGTERM lets the server shut down in order; if that hangs, the process
+    exits anyway after ``ORPHAN_GRACE_SECONDS``.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(ORPHAN_GRACE_SECONDS)
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, name="pyflow-orphan-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+def serve(port: int, parent: int) -> None:
+    """Serve Prefect's API (no UI) on loopback until stopped, or until ``parent`` dies."""
+    import uvicorn
+
+    exit_when_orphaned(parent)
+    uvicorn.run(
+        "prefect.server.api.server:create_app",
+        factory=True,
+        host=HOST,
+        port=port,
+        log_level="error",
+        lifespan="on",
+    )
+
+
+def temporary_server_command(port: int) -> list[str]:
+    """Return the command line of a temporary server that stops when this process dies."""
+    return [
+        sys.executable,
+        "-m",
+        "pyflow.server",
+        "--port",
+        str(port),
+        "--parent",
+        str(os.getpid()),
+    ]
+
+
+def temporary_server_env(port: int) -> dict[str, str]:
+    """Return a temporary server's environment: no UI, guarded, marked temporary as Prefect's own."""
+    return {
+        **os.environ,
+        **guarded_env(port),
+        "PREFECT_UI_ENABLED": "false",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT__SERVER_EPHEMERAL": "1",
+        "PREFECT__SERVER_FINAL": "1",
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run a temporary server: ``python -m pyflow.server --port N --parent PID``."""
+    parser = argparse.ArgumentParser(prog="python -m pyflow.server", description=__doc__)
+    parser.add_argument("--port", type=int, required=True, help="the loopback port to serve on")
+    parser.add_argument("--parent", type=int, required=True, help="stop when this process is gone")
+    args = parser.parse_args(argv)
+    serve(args.port, args.parent)
+
+
+if __name__ == "__main__":
+    main()

@@ -3,8 +3,10 @@
 A throwaway Prefect server starts on loopback; the first flow of `FLOWS` is registered there
 with the image, as production registers it; a flow run is created; and the image runs the
 worker's own command (``prefect flow-run execute``) with the deployment's environment, as the
-Job's container would. Only a run that ends Completed lets the release push. The outputs go to
-a folder inside the container, not to production's bucket.
+Job's container would, and locked down as its pod is: the image read-only but for empty
+``/tmp`` and home folders, as the image's user, with no capabilities and no way to gain
+privileges. Only a run that ends Completed lets the release push. The outputs go to a folder
+inside the container, not to production's bucket.
 
 ``python -m pyflow.smoke IMAGE`` runs it alone, on an image built before (`invoke build`).
 """
@@ -12,8 +14,8 @@ a folder inside the container, not to production's bucket.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,7 +24,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from pyflow import deploy, image
+from pyflow import deploy, image, runners
 from pyflow.config import Settings, get_settings
 from pyflow.errors import ReleaseError, run_command
 
@@ -48,13 +50,17 @@ START_ATTEMPTS = 3
 START_DELAY = 1.0
 """Seconds between those attempts."""
 
+USER = f"{runners.IMAGE_USER}:{runners.IMAGE_USER}"
+"""The user and group the container runs as: the pods' (``runAsUser``), the image's own."""
 
-def free_port() -> int:
-    """Return a loopback TCP port that is free now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+WRITABLE = sorted(runners.WRITABLE_FOLDERS.values())
+"""The only folders the container may write, each empty and in memory: the pods' emptyDirs."""
+
+RUNTIME_FOLDERS = {"dev", "proc", "sys"}
+"""Folders of an image's root that the container runtime mounts its own file systems on."""
+
+BUILDAH_MOUNTPOINTS = ("etc/hostname", "etc/hosts", "etc/resolv.conf", "run/.containerenv")
+"""Files ``buildah run`` binds into a container: they must exist before their folder is read-only."""
 
 
 def worker_command(template: dict[str, Any]) -> list[str]:
@@ -63,24 +69,84 @@ def worker_command(template: dict[str, Any]) -> list[str]:
     return (default or "prefect flow-run execute").split()
 
 
+def image_folders(root: Path) -> list[str]:
+    """Return the folders at the top of an image's root that ``buildah run`` must bind read-only.
+
+    Symbolic links (``bin -> usr/bin``) are left out, since their targets are bound; so are the
+    runtime's own file systems and the writable folders that are whole top-level folders
+    (``/tmp``). A writable folder deeper down (``/home/pyflow``) is mounted over its bound parent.
+    """
+    writable = {Path(folder).name for folder in WRITABLE if Path(folder).parent == Path("/")}
+    return sorted(
+        entry.name
+        for entry in root.iterdir()
+        if entry.is_dir() and not entry.is_symlink()
+        if entry.name not in RUNTIME_FOLDERS | writable
+    )
+
+
 def container_command(
-    engine: str, tag: str, env: dict[str, str], command: list[str], isolation: str = ""
+    engine: str,
+    tag: str,
+    env: dict[str, str],
+    command: list[str],
+    isolation: str = "",
+    root: Path | None = None,
 ) -> tuple[list[str], list[str]]:
     """Return the commands that run ``command`` in the image with ``env``, then clean up.
 
     Docker runs the image directly. Podman's images are run with buildah, which also works where
     `podman run` cannot (no container runtime limits): ``buildah from``, then ``buildah run``.
-    Both share the host's network, so the container reaches the server on loopback.
+    Both share the host's network, so the container reaches the server on loopback. Both lock
+    the container down as the pods are (deploy/kubernetes-job-template.json): a read-only image
+    but for empty ``WRITABLE`` folders in memory, the user ``USER``, no capabilities, no
+    privilege gained through setuid files. buildah has no ``--read-only`` and no
+    ``no-new-privileges``: each folder of the image's root (``root``, where ``buildah mount``
+    put it) is bound read-only onto itself, and ``setpriv --no-new-privs`` starts buildah, whose
+    container inherits the flag.
     """
     variables = [f"--env={name}={value}" for name, value in env.items()]
+    locked = [f"--user={USER}", "--cap-drop=ALL"]
     if engine == "docker":
-        run = ["docker", "run", "--rm", "--name={container}", "--network=host", *variables, tag]
-        return [*run, *command], ["docker", "rm", "--force", "{container}"]
+        locked += ["--read-only", *(f"--tmpfs={folder}" for folder in WRITABLE)]
+        locked += ["--security-opt=no-new-privileges"]
+        run = ["docker", "run", "--rm", "--name={container}", "--network=host", *locked]
+        return [*run, *variables, tag, *command], ["docker", "rm", "--force", "{container}"]
+    if root is None:
+        raise ValueError("buildah needs the image's root, mounted by `buildah mount`")
+    locked += [f"--mount=type=tmpfs,destination={folder}" for folder in WRITABLE]
+    locked += [
+        f"--mount=type=bind,source={root / name},destination=/{name},ro"
+        for name in image_folders(root)
+    ]
     options = [f"--isolation={isolation}"] if isolation else []
-    return (
-        ["buildah", "run", *options, "--network=host", *variables, "{container}", "--", *command],
-        ["buildah", "rm", "{container}"],
-    )
+    run = ["setpriv", "--no-new-privs", "buildah", "run", *options, "--network=host", *locked]
+    return [*run, *variables, "{container}", "--", *command], ["buildah", "rm", "{container}"]
+
+
+def mount_root(container: str) -> Path:
+    """Mount a buildah container's root; return where, with buildah's mountpoints in it.
+
+    The files buildah binds into the container at each run are created (empty) where the image
+    lacks them: once their folders are bound read-only, buildah could not create them.
+
+    Raises:
+        ReleaseError: If buildah cannot mount it (rootless, outside `buildah unshare`).
+    """
+    mounted = subprocess.run(["buildah", "mount", container], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        raise ReleaseError(
+            "the smoke run of a podman image runs it read-only, as its pods do, which needs "
+            f"`buildah mount`, and that failed: {mounted.stderr.strip()}. Run it as root or "
+            "inside `buildah unshare` (`buildah unshare python -m pyflow.smoke IMAGE`), or "
+            "release with --engine docker"
+        )
+    root = Path(mounted.stdout.strip().splitlines()[-1])
+    for name in BUILDAH_MOUNTPOINTS:
+        path = root / name
+        if path.parent.is_dir() and not path.parent.is_symlink() and not os.path.lexists(path):
+            path.touch()
+    return root
 
 
 def run_container(command: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
@@ -96,18 +162,19 @@ def run_container(command: list[str], timeout: float) -> subprocess.CompletedPro
 def run_in_image(
     engine: str, tag: str, env: dict[str, str], command: list[str], isolation: str = ""
 ) -> subprocess.CompletedProcess[str]:
-    """Run a command in the image, as the Job's container would; return its result.
+    """Run a command in the image as the Job's locked-down container would; return its result.
 
     Raises:
         ReleaseError: If the image cannot be started at all.
     """
-    run, remove = container_command(engine, tag, env, command, isolation)
     container = f"pyflow-smoke-{uuid.uuid4().hex[:8]}"
     if engine == "podman":
-        if shutil.which("buildah") is None:
+        missing = [tool for tool in ("buildah", "setpriv") if shutil.which(tool) is None]
+        if missing:
             raise ReleaseError(
-                "the smoke run of a podman image needs buildah, which is not installed: install "
-                "it (Debian: apt-get install buildah), or release with --engine docker"
+                f"the smoke run of a podman image needs {' and '.join(missing)}, not installed: "
+                "install them (Debian: apt-get install buildah util-linux), or release with "
+                "--engine docker"
             )
         created = subprocess.run(
             ["buildah", "from", "--pull-never", tag], capture_output=True, text=True
@@ -115,7 +182,10 @@ def run_in_image(
         if created.returncode != 0:
             raise ReleaseError(f"the image {tag} cannot be started: {created.stderr.strip()}")
         container = created.stdout.strip().splitlines()[-1]
+    remove = ["buildah", "rm", "{container}"] if engine == "podman" else []
     try:
+        root = mount_root(container) if engine == "podman" else None
+        run, remove = container_command(engine, tag, env, command, isolation, root)
         return run_container(
             [part.replace("{container}", container) for part in run], timeout=TIMEOUT
         )
@@ -142,7 +212,7 @@ def smoke_run(engine: str, tag: str, settings: Settings, isolation: str = "") ->
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from pyflow.flow import FLOWS
-    from pyflow.local import interrupt_on_stop_signals, start_server, stop_server
+    from pyflow.local import free_port, interrupt_on_stop_signals, start_server, stop_server
 
     flow = FLOWS[0]
     with interrupt_on_stop_signals(), tempfile.TemporaryDirectory(prefix="pyflow-smoke-") as folder:

@@ -48,7 +48,7 @@ def prepare_output(output: str) -> str:
 def fetch_source(source: Source, work_dir: str, timeout: float) -> str:
     """Download an HTTP(S) source into the run's folder; return where it was saved."""
     location = etl.fetch_source(source, work_dir, timeout)
-    get_run_logger().info("Fetched %s", source.location)
+    get_run_logger().info("Fetched %s", source.shown_location)
     return location
 
 
@@ -95,6 +95,19 @@ def transform_batch(
         f"{sum(part.rows_rejected for part in parts):,}",
     )
     return parts
+
+
+@task(name="check-row-counts", cache_policy=NO_CACHE)
+def check_row_counts(
+    plans: list[etl.SourcePlan], parts: list[etl.PartResult], output: str, allow_empty: bool
+) -> list[etl.SourcePlan]:
+    """Fail each source that gave no rows where the published run read rows from it."""
+    checked = etl.fail_emptied(plans, parts, output, allow_empty)
+    logger = get_run_logger()
+    for before, after in zip(plans, checked, strict=True):
+        if after.error and not before.error:
+            logger.warning("%s", after.error)
+    return checked
 
 
 @task(name="merge-notices", cache_policy=NO_CACHE)
@@ -165,7 +178,11 @@ def publish_summary(summary: etl.Summary) -> None:
 
 
 def summary_markdown(summary: etl.Summary) -> str:
-    """Render a summary as markdown: the totals, one row per source, and each failure."""
+    """Render a summary as markdown: the totals, a narrow table of sources, then each one's details.
+
+    The table holds only short cells (the label, counts, whether it failed), so it fits a
+    laptop's screen; each source's mapping and failure, which can be long, follow as a list.
+    """
     totals = [
         ("Sources", f"{len(summary.sources):,}"),
         ("Sources failed", f"{summary.sources_failed:,}"),
@@ -184,34 +201,50 @@ def summary_markdown(summary: etl.Summary) -> str:
         "",
         "## Sources",
         "",
-        "| Source | Rows read | Kept | Rejected | Columns | Ignored | Lacks | Failed |",
-        "|---|---|---|---|---|---|---|---|",
+        "| Source | Rows read | Kept | Rejected | Status |",
+        "|---|---:|---:|---:|---|",
     ]
+    details = ["", "## Each source", ""]
     for entry in summary.sources:
-        mapping = entry["mapping"] or {}
-        columns = "; ".join(
-            f"{field} ← {header}" for field, header in mapping.get("fields", {}).items()
-        )
-        constants = "; ".join(
-            f"{field} = {value}" for field, value in mapping.get("constants", {}).items()
-        )
-        layout = [f"cells split at '{mapping['delimiter']}'"] if "delimiter" in mapping else []
-        above = mapping.get("lines_above_header", [])
-        layout += [f"{len(above)} title line(s) above the header skipped"] if above else []
-        shown = "; ".join(filter(None, (columns, constants, *layout)))
-        ignored = mapping.get("ignored", [])
-        more = f" and {len(ignored) - 5} more" if len(ignored) > 5 else ""
         lines.append(
             f"| {_cell(entry['source'])} | {entry['rows_in']:,} | {entry['rows_kept']:,} | "
-            f"{entry['rows_rejected']:,} | {_cell(shown)} | {_cell(', '.join(ignored[:5]) + more)} | "
-            f"{_cell(', '.join(mapping.get('missing', [])))} | {_cell(entry['error'] or '')} |"
+            f"{entry['rows_rejected']:,} | {'**failed**' if entry['error'] else 'read'} |"
         )
-    return "\n".join(lines) + "\n"
+        details.append(f"- **{_text(entry['source'])}**")
+        details += [f"  - {name}: {_text(text)}" for name, text in _details(entry) if text]
+    return "\n".join(lines + details) + "\n"
+
+
+def _details(entry: dict[str, Any]) -> list[tuple[str, str]]:
+    """Return a source's details for the artifact: its failure, mapping, and what it lacks."""
+    mapping = entry["mapping"] or {}
+    columns = "; ".join(
+        f"{field} ← {header}" for field, header in mapping.get("fields", {}).items()
+    )
+    constants = "; ".join(
+        f"{field} = {value}" for field, value in mapping.get("constants", {}).items()
+    )
+    layout = [f"cells split at '{mapping['delimiter']}'"] if "delimiter" in mapping else []
+    above = mapping.get("lines_above_header", [])
+    layout += [f"{len(above)} title line(s) above the header skipped"] if above else []
+    ignored = mapping.get("ignored", [])
+    more = f" and {len(ignored) - 5} more" if len(ignored) > 5 else ""
+    return [
+        ("Failed", entry["error"] or ""),
+        ("Columns", "; ".join(filter(None, (columns, constants, *layout)))),
+        ("Ignored", ", ".join(ignored[:5]) + more),
+        ("Lacks", ", ".join(mapping.get("missing", []))),
+    ]
 
 
 def _cell(text: str) -> str:
     """Make text safe for one markdown table cell."""
     return " ".join(text.replace("|", "\\|").split())
+
+
+def _text(text: str) -> str:
+    """Make text safe for one markdown list item: one line, no emphasis of its own."""
+    return " ".join(text.replace("\\", "\\\\").replace("*", "\\*").split())
 
 
 @task(name="clean-up", cache_policy=NO_CACHE)

@@ -1,17 +1,27 @@
-"""Shared fixtures: isolated settings, one Prefect test server per session, a local HTTP server."""
+"""Shared fixtures: isolated settings, Prefect test servers, a local HTTP server, tmpfs mounts.
+
+The tmpfs mounts are real: a full disk, and files on two file systems at once. The suite never talks to a Prefect server it did not start: at import, before Prefect reads its
+settings, every ``PREFECT_`` variable of the shell (``PREFECT_API_URL`` and ``PREFECT_API_KEY``
+among them) is dropped, the API URL and key are set empty (so a ``.env`` beside the project
+cannot point a test at a workspace), and Prefect's home moves to a folder of this session's
+own, so this project's running server (`invoke dev`) is never found or used.
+"""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -28,6 +38,34 @@ WARN_DATA = ROOT.parent / "shared" / "warn-data"
 
 VENV_BIN = Path(sys.executable).parent
 """The scripts of the environment the tests run in (the project's .venv)."""
+
+SESSION_HOME = Path(tempfile.mkdtemp(prefix="pyflow-tests-")) / ".prefect"
+"""Prefect's home for this test session: no server of the developer's is ever found there."""
+
+UNSET_PREFECT = {"PREFECT_API_URL": "", "PREFECT_API_KEY": ""}
+"""Set empty rather than left out: a `.env` in the working folder cannot fill them in then."""
+
+
+def isolated_env(**extra: str) -> dict[str, str]:
+    """Return this environment without the shell's PREFECT_ and PYFLOW_ settings, for a process.
+
+    Prefect's home is this session's (for invoke's tasks too), and no API is configured.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "PYFLOW_"))}
+    home = str(SESSION_HOME)
+    return {**env, **UNSET_PREFECT, "PREFECT_HOME": home, "INVOKE_PYFLOW_HOME": home, **extra}
+
+
+# `invoke tools` links checkov there: its pins clash with .venv's.
+os.environ["PATH"] = os.pathsep.join([str(ROOT / ".tools" / "path"), os.environ["PATH"]])
+for _name in [name for name in os.environ if name.startswith("PREFECT_")]:
+    del os.environ[_name]
+os.environ.update(UNSET_PREFECT, PREFECT_HOME=str(SESSION_HOME))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Remove this session's Prefect home once every test is done."""
+    shutil.rmtree(SESSION_HOME.parent, ignore_errors=True)
 
 
 def in_ci() -> bool:
@@ -56,10 +94,22 @@ def activated_venv_env(**extra: str) -> dict[str, str]:
         for folder in os.environ.get("PATH", "").split(os.pathsep)
         if folder and not (Path(folder) / "poetry").exists() and Path(folder) != VENV_BIN
     ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "PYFLOW_"))}
+    env = isolated_env(**extra)
     env.update(PATH=os.pathsep.join([str(VENV_BIN), *folders]), VIRTUAL_ENV=str(VENV_BIN.parent))
     assert shutil.which("poetry", path=env["PATH"]) is None
-    return {**env, **extra}
+    return env
+
+
+def free_ports(count: int) -> list[int]:
+    """Return ``count`` different loopback ports that are free now (held together while chosen)."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
 
 
 def tree_bytes(folder: Path) -> dict[str, bytes]:
@@ -91,11 +141,8 @@ def run_invoke(
 def run_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """Run ``python -m pyflow`` in ``cwd`` with the project's prefect.toml and a fresh Prefect home."""
     shutil.copy(ROOT / "prefect.toml", cwd / "prefect.toml")
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("PREFECT_", "PYFLOW_"))
-    }
+    env = isolated_env()
+    del env["PREFECT_HOME"]  # prefect.toml's, in ``cwd``
     return subprocess.run(
         [sys.executable, "-m", "pyflow", *args],
         cwd=cwd,
@@ -305,6 +352,9 @@ class Route:
     failures: int = 0
     status: int = 503
     hits: int = 0
+    auth: str | None = None
+    """``user:password`` a request must send (HTTP basic authentication), or anyone may read."""
+    content_type: str = "text/csv"
 
 
 @dataclass
@@ -314,10 +364,26 @@ class HttpSources:
     base_url: str
     routes: dict[str, Route] = field(default_factory=dict)
 
-    def add(self, path: str, body: str = "", failures: int = 0, status: int = 503) -> str:
-        """Serve ``body`` at ``path`` after ``failures`` answers of ``status``; return its URL."""
-        self.routes[path] = Route(body.encode(), failures, status)
+    def add(
+        self,
+        path: str,
+        body: str = "",
+        failures: int = 0,
+        status: int = 503,
+        auth: str | None = None,
+        content_type: str = "text/csv",
+    ) -> str:
+        """Serve ``body`` at ``path`` after ``failures`` answers of ``status``; return its URL.
+
+        With ``auth`` (``user:password``), only to requests that send it, others get 401.
+        """
+        self.routes[path] = Route(body.encode(), failures, status, 0, auth, content_type)
         return f"{self.base_url}{path}"
+
+
+def basic_auth(credentials: str) -> str:
+    """Return the Authorization header of HTTP basic authentication for ``user:password``."""
+    return "Basic " + base64.b64encode(credentials.encode()).decode()
 
 
 @pytest.fixture
@@ -331,12 +397,15 @@ def http_sources() -> Iterator[HttpSources]:
             if route is None:
                 self.send_error(404)
                 return
+            if route.auth and self.headers.get("Authorization") != basic_auth(route.auth):
+                self.send_error(401)
+                return
             route.hits += 1
             if route.hits <= route.failures:
                 self.send_error(route.status)
                 return
             self.send_response(200)
-            self.send_header("Content-Type", "text/csv")
+            self.send_header("Content-Type", route.content_type)
             self.send_header("Content-Length", str(len(route.body)))
             self.end_headers()
             self.wfile.write(route.body)
@@ -363,3 +432,56 @@ def write_csv(tmp_path: Path) -> Callable[[str, str], Path]:
         return path
 
     return write
+
+
+def _privileged() -> list[str]:
+    """Return the prefix that runs mount and umount as root here; skip (fail in CI) if none."""
+    if os.geteuid() == 0:
+        return []
+    if shutil.which("sudo") and (
+        subprocess.run(["sudo", "-n", "true"], capture_output=True, check=False).returncode == 0
+    ):
+        return ["sudo", "-n"]
+    message = (
+        "mounting a tmpfs needs root or passwordless sudo, and this test runs as another user "
+        "without it: run the tests as root (as CI does) to include it"
+    )
+    if in_ci():
+        pytest.fail(f"CI is set, so this is an error: {message}")
+    pytest.skip(message)
+
+
+@contextmanager
+def tmpfs(folder: Path, size: str) -> Iterator[Path]:
+    """Mount a tmpfs of ``size`` (such as ``1m``) on ``folder`` for the block; unmount after."""
+    prefix = _privileged()
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        [*prefix, "mount", "-t", "tmpfs", "-o", f"size={size},mode=1777", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        message = f"a tmpfs cannot be mounted here ({mounted.stderr.strip()}): this test needs one"
+        if in_ci():
+            pytest.fail(f"CI is set, so this is an error: {message}")
+        pytest.skip(message)
+    try:
+        yield folder
+    finally:
+        if subprocess.run([*prefix, "umount", str(folder)], check=False).returncode != 0:
+            subprocess.run([*prefix, "umount", "-l", str(folder)], check=False)
+
+
+def fill(folder: Path) -> Path:
+    """Fill the file system of ``folder`` until it has no space left; return the filler file."""
+    filler = folder / "filler"
+    with filler.open("wb", buffering=0) as handle:
+        for size in (1 << 16, 1 << 12, 1):
+            try:
+                while True:
+                    handle.write(b"\0" * size)
+            except OSError:
+                pass
+    return filler

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from subprocess import CompletedProcess
 
 import pytest
 
+from conftest import require_tools
 from pyflow import bootstrap
 
 
@@ -46,6 +48,83 @@ def test_find_poetry_finds_it_through_the_base_python(monkeypatch: pytest.Monkey
         bootstrap.subprocess, "run", lambda command, **kwargs: CompletedProcess(command, 1)
     )
     assert bootstrap.find_poetry() == ""
+
+
+def real_poetry() -> str:
+    """Return the command that runs the Poetry `invoke setup` used; skip (fail in CI) without one."""
+    command = bootstrap.find_poetry()
+    if not command:
+        require_tools("poetry", hint="run `invoke setup`, which installs Poetry")
+    return command
+
+
+def test_find_poetry_runs_the_poetry_setup_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From an activated .venv whose base Python has no Poetry, the recorded command is found.
+
+    That is a user's shell after `. .venv/bin/activate`, when Poetry lives in a tools venv the
+    activation took off PATH: `invoke lint` and the tests of a new flow failed there.
+    """
+    venv = tmp_path / ".venv"
+    venv.mkdir()
+    bootstrap.record_poetry(real_poetry(), venv)
+    recorded = (venv / bootstrap.POETRY_RECORD).read_text().strip()
+    assert Path(shlex.split(recorded)[0]).is_absolute(), "recorded by its full path"
+    version = subprocess.run(
+        [*shlex.split(recorded), "--version"],
+        env={**os.environ, "PATH": os.defpath},
+        capture_output=True,
+        text=True,
+    )
+    assert version.returncode == 0 and "Poetry" in version.stdout
+    monkeypatch.setenv("PATH", "")
+    monkeypatch.setattr(bootstrap.sys, "executable", "/nonexistent/python")
+    monkeypatch.setattr(bootstrap.sys, "_base_executable", "/nonexistent/python", raising=False)
+    assert bootstrap.find_poetry(venv) == recorded
+    (venv / bootstrap.POETRY_RECORD).write_text("/nonexistent/python -m poetry\n")
+    assert bootstrap.find_poetry(venv) == "", "a record whose Python is gone is not used"
+
+
+PROJECT = """[project]
+name = "probe"
+version = "0.1.0"
+requires-python = ">=3.11"
+"""
+"""The smallest Poetry project: enough for Poetry to say which environment it would use."""
+
+
+def test_install_env_makes_poetry_install_into_the_projects_venv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With another venv (or conda env) active, Poetry picks it; with `install_env`, .venv."""
+    poetry = shlex.split(real_poetry())
+    project, other = tmp_path / "project", tmp_path / "tools"
+    project.mkdir()
+    (project / "pyproject.toml").write_text(PROJECT)
+    (project / "poetry.toml").write_text((bootstrap.ROOT / "poetry.toml").read_text())
+    for venv in (project / ".venv", other):
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    monkeypatch.setenv("VIRTUAL_ENV", str(other))
+
+    def env_path(env: dict[str, str]) -> str:
+        found = subprocess.run(
+            [*poetry, "env", "info", "--path"],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return found.stdout.strip()
+
+    assert env_path(dict(os.environ)) == str(other), "the defect this guards against"
+    assert env_path(bootstrap.install_env({})) == str(project / ".venv")
+    monkeypatch.delenv("VIRTUAL_ENV")
+    monkeypatch.setenv("CONDA_PREFIX", str(other))
+    monkeypatch.setenv("CONDA_DEFAULT_ENV", "tools")
+    assert env_path(dict(os.environ)) == str(other), "an active conda environment, the same"
+    assert env_path(bootstrap.install_env({})) == str(project / ".venv")
 
 
 def test_pip_index_url_prefers_pip_index_url(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import free_ports, run_cli
 from pyflow.flow import FLOWS
 
 FLOW_NAMES = ", ".join(flow.name for flow in FLOWS)
@@ -65,6 +65,16 @@ def test_cli_flow_options_refuse_what_does_not_fit(
     assert "Traceback" not in result.stderr
 
 
+def test_cli_refuses_a_port_without_the_projects_server(isolated_settings: Path) -> None:
+    """--port without --keep-server (a temporary server takes any port) exits 2 and says why."""
+    result = run_cli(isolated_settings, "--port", "4300")
+    assert result.returncode == 2
+    assert result.stderr.endswith(
+        "error: --port is the port of this project's server, which only --keep-server uses: "
+        "add --keep-server, or leave out --port (a temporary server takes a free port)\n"
+    )
+
+
 def test_parse_params_reads_json_else_text() -> None:
     """A parameter's value is JSON when it parses as JSON, else the text itself."""
     from pyflow.__main__ import parse_params
@@ -97,3 +107,27 @@ def test_cli_keep_server_falls_back_to_a_temporary_server_when_the_port_is_taken
     assert "so this run uses a temporary one, whose links stop working when the run ends" in console
     assert "Starting a temporary Prefect server" in console
     assert "Traceback" not in console
+
+
+@pytest.mark.slow
+def test_cli_port_starts_the_projects_server_there_and_moves_it(isolated_settings: Path) -> None:
+    """`--keep-server --port A` starts the server on A; a later `--port B` moves it to B."""
+    from pyflow import local
+
+    first, second = free_ports(2)
+    try:
+        started = run_cli(isolated_settings, "--keep-server", "--port", str(first))
+        assert started.returncode == 0, started.stderr
+        assert f"Started this project's Prefect server at http://127.0.0.1:{first}" in (
+            started.stderr
+        )
+        moved = run_cli(isolated_settings, "--keep-server", "--port", str(second))
+        assert moved.returncode == 0, moved.stderr
+        assert f"Moving this project's Prefect server from port {first} to {second}" in (
+            moved.stderr
+        )
+        server = local.read_state(isolated_settings / ".prefect")
+        assert server is not None and server.port == second
+        assert "Traceback" not in started.stderr + moved.stderr
+    finally:
+        local.stop_server(isolated_settings / ".prefect")

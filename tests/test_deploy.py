@@ -117,6 +117,7 @@ def test_deploy_production_registers_the_image_with_its_job_variables(
         "image": IMAGE,
         "namespace": "prefect",
         "service_account_name": "pyflow",
+        "automount_service_account_token": False,
         "cpu_request": "500m",
         "cpu_limit": "4",
         "memory_request": "1Gi",
@@ -170,6 +171,21 @@ def test_deploy_main_in_production_deploys_the_image_pushed_from_here(
     assert found.job_variables["image"] == pushed.pinned("sha256:" + "cd" * 32)
     assert found.version == pushed.version
     assert "registered warn-notices/production" in capsys.readouterr().out
+
+
+def test_deploy_main_in_production_refuses_an_image_without_a_digest(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--image by tag alone is refused, saying why and where the digest is, and registers nothing."""
+    production_settings(monkeypatch)
+    with get_client(sync_client=True) as client:
+        before = {d.id for d in client.read_deployments()}
+    tag_only = IMAGE.partition("@")[0]
+    assert deploy.main(["--home", str(tmp_path), "--image", tag_only]) == 1
+    assert f"--image {tag_only} names no digest" in capsys.readouterr().err
+    with get_client(sync_client=True) as client:
+        assert {d.id for d in client.read_deployments()} == before
+    assert deploy.main(["--home", str(tmp_path), "--image", IMAGE]) == 0
 
 
 def test_deploy_main_in_production_refuses_an_image_never_pushed(

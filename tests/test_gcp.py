@@ -9,6 +9,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,43 +18,65 @@ from pyflow import gcp
 ROOT = Path(__file__).resolve().parent.parent
 NUMBER = "123456789012"
 EMAIL = "warn-release@acme-data.iam.gserviceaccount.com"
-PRINCIPAL_SET = (
-    f"principalSet://iam.googleapis.com/projects/{NUMBER}/locations/global/"
-    "workloadIdentityPools/github-actions/attribute.repository/acme/pyflow"
-)
+PREVIEW_EMAIL = "warn-preview@acme-data.iam.gserviceaccount.com"
+POOL = f"iam.googleapis.com/projects/{NUMBER}/locations/global/workloadIdentityPools/github-actions"
+PRODUCTION_JOBS = f"principal://{POOL}/subject/repo:acme/pyflow:environment:production"
+"""The one identity that may act as the release account: jobs in the `production` environment."""
+PREVIEW_JOBS = f"principal://{POOL}/subject/repo:acme/pyflow:environment:preview"
+"""The one identity that may act as the preview account: jobs in the `preview` environment."""
+EVERY_WORKFLOW = f"principalSet://{POOL}/attribute.repository/acme/pyflow"
+"""What an earlier set-up trusted: any workflow of the repository, on any branch."""
 PROVIDER = (
     f"projects/{NUMBER}/locations/global/workloadIdentityPools/github-actions/providers/pyflow"
 )
+WORKLOAD_IDENTITY_USER = "roles/iam.workloadIdentityUser"
+WRITER = "roles/artifactregistry.writer"
 SETTINGS = {
     "PYFLOW_GCP_PROJECT": "acme-data",
     "PYFLOW_GITHUB_REPOSITORY": "acme/pyflow",
     "PYFLOW_GCP_REGION": "europe-west1",
     "PYFLOW_ARTIFACT_REPOSITORY": "warn-images",
     "PYFLOW_RELEASE_SERVICE_ACCOUNT": "warn-release",
+    "PYFLOW_PREVIEW_ARTIFACT_REPOSITORY": "warn-previews",
+    "PYFLOW_PREVIEW_SERVICE_ACCOUNT": "warn-preview",
 }
 """Settings other than the defaults, so the tests show they reach every command."""
 RESOURCES = [
     f"iam service-accounts {EMAIL}",
+    f"iam service-accounts {PREVIEW_EMAIL}",
     "artifacts repositories warn-images",
+    "artifacts repositories warn-previews",
     "iam workload-identity-pools github-actions",
     "iam workload-identity-pools providers pyflow",
 ]
 """What the set-up creates, as the fake gcloud records it, in order."""
+BINDINGS = {
+    f"iam service-accounts {EMAIL}": [[WORKLOAD_IDENTITY_USER, PRODUCTION_JOBS]],
+    f"iam service-accounts {PREVIEW_EMAIL}": [[WORKLOAD_IDENTITY_USER, PREVIEW_JOBS]],
+    "artifacts repositories warn-images": [[WRITER, f"serviceAccount:{EMAIL}"]],
+    "artifacts repositories warn-previews": [[WRITER, f"serviceAccount:{PREVIEW_EMAIL}"]],
+}
+"""Every IAM grant the set-up leaves, by resource: role and member."""
 
 FAKE_GCLOUD = """#!{python}
-\"\"\"A fake gcloud: logs its argv, describes what the state file holds, creates by adding to it.\"\"\"
+\"\"\"A fake gcloud: logs its argv; holds resources and their IAM bindings in a state file.\"\"\"
 import json
 import os
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent.parent
-VERBS = {{"describe", "create", "create-oidc", "enable", "add-iam-policy-binding"}}
+VERBS = {{
+    "describe", "create", "create-oidc", "enable", "add-iam-policy-binding",
+    "remove-iam-policy-binding", "get-iam-policy",
+}}
 args = sys.argv[1:]
 with (HERE / "gcloud.log").open("a") as log:
     log.write(json.dumps(args) + "\\n")
 state_file = HERE / "gcloud-state.json"
-state = json.loads(state_file.read_text()) if state_file.exists() else []
+state = json.loads(state_file.read_text()) if state_file.exists() else {{}}
+resources = state.setdefault("resources", [])
+bindings = state.setdefault("bindings", {{}})
 at = next(i for i, arg in enumerate(args) if arg in VERBS)
 group, verb, rest = args[:at], args[at], args[at + 1 :]
 options = dict(arg[2:].split("=", 1) for arg in rest if arg.startswith("--") and "=" in arg)
@@ -69,27 +92,47 @@ if group == ["projects"]:
         sys.exit(0)
     print(f"ERROR: (gcloud.projects.describe) [{{names[0]}}] not found or permission denied", file=sys.stderr)
     sys.exit(1)
-if verb in {{"enable", "add-iam-policy-binding"}}:
+if verb == "enable":
     sys.exit(0)
 name = names[0]
 if group == ["iam", "service-accounts"] and verb == "create":
     name = f"{{name}}@{{options['project']}}.iam.gserviceaccount.com"
 key = " ".join([*group, name])
-if verb == "describe":
-    if key in state:
+if verb == "get-iam-policy":
+    policy = bindings.get(key, [])
+    if options.get("flatten") != "bindings[].members" or options.get("format") != "value(bindings.members)":
+        print(json.dumps({{"bindings": policy}}))
+        sys.exit(0)
+    role = options["filter"].removeprefix("bindings.role:")
+    print("\\n".join(member for granted, member in policy if granted == role))
+    sys.exit(0)
+if verb.endswith("-iam-policy-binding"):
+    binding = [options["role"], options["member"]]
+    policy = bindings.setdefault(key, [])
+    if verb.startswith("add"):
+        policy.extend([binding] if binding not in policy else [])
+    elif binding in policy:
+        policy.remove(binding)
+    else:
+        print("ERROR: Policy binding with the specified principal, role, and condition not found!", file=sys.stderr)
+        sys.exit(1)
+elif verb == "describe":
+    if key in resources:
         sys.exit(0)
     print(f"ERROR: NOT_FOUND: {{key}}", file=sys.stderr)
     sys.exit(1)
-if key in state:
+elif key in resources:
     print(f"ERROR: ALREADY_EXISTS: {{key}}", file=sys.stderr)
     sys.exit(1)
-state_file.write_text(json.dumps([*state, key]))
+else:
+    resources.append(key)
+state_file.write_text(json.dumps(state))
 """
 
 
 @dataclass(frozen=True)
 class FakeGcloud:
-    """The fake gcloud's record: the commands it ran and the resources it holds."""
+    """The fake gcloud's record: the commands it ran, the resources and grants it holds."""
 
     folder: Path
 
@@ -104,10 +147,34 @@ class FakeGcloud:
         """Return each call's command words up to its verb, such as ``iam service-accounts create``."""
         return [" ".join(argv[: _verb_at(argv) + 1]) for argv in self.calls()]
 
+    def state(self) -> dict[str, Any]:
+        """Return what the fake holds: ``resources`` and ``bindings``."""
+        path = self.folder / "gcloud-state.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
     def resources(self) -> list[str]:
         """Return the resources created so far, in order."""
-        state = self.folder / "gcloud-state.json"
-        return json.loads(state.read_text()) if state.exists() else []
+        return list(self.state().get("resources", []))
+
+    def bindings(self) -> dict[str, list[list[str]]]:
+        """Return the IAM bindings held, by resource, each ``[role, member]``; none left out."""
+        return {key: grants for key, grants in self.state().get("bindings", {}).items() if grants}
+
+    def grant(self, resource: str, role: str, member: str) -> None:
+        """Hold a binding before the set-up runs, as an earlier set-up left it."""
+        state = self.state()
+        state.setdefault("bindings", {}).setdefault(resource, []).append([role, member])
+        (self.folder / "gcloud-state.json").write_text(json.dumps(state))
+
+    def grant_changes(self) -> list[str]:
+        """Return each IAM binding added or removed so far, in order, as ``add|remove MEMBER``."""
+        return [
+            f"{argv[_verb_at(argv)].split('-', 1)[0]} {arg.removeprefix('--member=')}"
+            for argv in self.calls()
+            if argv[_verb_at(argv)].endswith("-iam-policy-binding")
+            for arg in argv
+            if arg.startswith("--member=")
+        ]
 
     def forget_calls(self) -> None:
         """Empty the log, keeping the resources."""
@@ -116,7 +183,10 @@ class FakeGcloud:
 
 def _verb_at(argv: list[str]) -> int:
     """Return where a gcloud command's verb is in its argv."""
-    verbs = {"describe", "create", "create-oidc", "enable", "add-iam-policy-binding"}
+    verbs = {
+        "describe", "create", "create-oidc", "enable", "add-iam-policy-binding",
+        "remove-iam-policy-binding", "get-iam-policy",
+    }  # fmt: skip
     return next(i for i, arg in enumerate(argv) if arg in verbs)
 
 
@@ -149,17 +219,34 @@ def gcp_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         monkeypatch.setenv(name, value)
 
 
+SHELL_OPERATORS = {"||", "&&", "|"}
+
+
 def _printed_commands(out: str) -> list[list[str]]:
-    """Return the commands a dry run printed, each ``describe || create`` as two commands."""
+    """Return the gcloud commands a dry run printed, split at ``||``, ``|`` and ``&&``."""
     commands = []
     for line in out.split("\n\n", 1)[0].splitlines():
-        words = shlex.split(line)
-        while "||" in words:
-            at = words.index("||")
-            commands.append(words[:at])
-            words = words[at + 1 :]
-        commands.append(words)
+        command: list[str] = []
+        for word in [*shlex.split(line), "||"]:
+            if word not in SHELL_OPERATORS:
+                command.append(word)
+                continue
+            if command[0] == "gcloud":
+                commands.append(command)
+            command = []
     return commands
+
+
+def _variables(out: str) -> dict[str, dict[str, str]]:
+    """Return the GitHub variables the set-up printed with values, by place, then by name."""
+    places: dict[str, dict[str, str]] = {}
+    for line in out.split("\nSet these in GitHub", 1)[1].splitlines():
+        if line.startswith("In "):
+            place = places.setdefault(line.removeprefix("In ").split(" (", 1)[0], {})
+        elif line.startswith("  variable ") and "=" in line:
+            name, value = line.removeprefix("  variable ").split("=", 1)
+            place[name] = value
+    return places
 
 
 @pytest.mark.usefixtures("gcp_settings")
@@ -173,6 +260,10 @@ def test_main_creates_everything_in_order_and_prints_the_github_variables(
         "services enable",
         "iam service-accounts describe",
         "iam service-accounts create",
+        "iam service-accounts describe",
+        "iam service-accounts create",
+        "artifacts repositories describe",
+        "artifacts repositories create",
         "artifacts repositories describe",
         "artifacts repositories create",
         "iam workload-identity-pools describe",
@@ -180,6 +271,9 @@ def test_main_creates_everything_in_order_and_prints_the_github_variables(
         "iam workload-identity-pools providers describe",
         "iam workload-identity-pools providers create-oidc",
         "iam service-accounts add-iam-policy-binding",
+        "iam service-accounts add-iam-policy-binding",
+        "iam service-accounts get-iam-policy",
+        "artifacts repositories add-iam-policy-binding",
         "artifacts repositories add-iam-policy-binding",
     ]
     assert fake_gcloud.resources() == RESOURCES
@@ -187,22 +281,38 @@ def test_main_creates_everything_in_order_and_prints_the_github_variables(
     assert [line for line in out.splitlines() if line.startswith("done: ")] == [
         "done: the APIs it needs",
         f"done: service account {EMAIL}",
+        f"done: service account {PREVIEW_EMAIL}",
         "done: Artifact Registry Docker repository warn-images in europe-west1",
+        "done: Artifact Registry Docker repository warn-previews in europe-west1",
         "done: Workload Identity pool github-actions",
         "done: OIDC provider pyflow, for acme/pyflow only",
-        "done: acme/pyflow's workflows may act as the service account",
-        "done: the service account may push to warn-images (and nothing else)",
+        f"done: acme/pyflow's production environment may act as {EMAIL}",
+        f"done: acme/pyflow's preview environment may act as {PREVIEW_EMAIL}",
+        f"done: {EMAIL} may push to warn-images (and nothing else)",
+        f"done: {PREVIEW_EMAIL} may push to warn-previews (and nothing else)",
     ]
     assert "exists, skipped" not in out
-    variables = out.split("as variables:\n", 1)[1].splitlines()[:5]
-    assert variables == [
-        f"  GCP_WORKLOAD_IDENTITY_PROVIDER={PROVIDER}",
-        f"  GCP_SERVICE_ACCOUNT={EMAIL}",
-        "  PYFLOW_GCP_PROJECT=acme-data",
-        "  PYFLOW_GCP_REGION=europe-west1",
-        "  PYFLOW_ARTIFACT_REPOSITORY=warn-images",
-    ]
-    assert "PREFECT_API_KEY" in out
+    assert _variables(out) == {
+        "the repository": {
+            "GCP_WORKLOAD_IDENTITY_PROVIDER": PROVIDER,
+            "PYFLOW_GCP_PROJECT": "acme-data",
+            "PYFLOW_GCP_REGION": "europe-west1",
+        },
+        "the production environment": {
+            "GCP_SERVICE_ACCOUNT": EMAIL,
+            "PYFLOW_ARTIFACT_REPOSITORY": "warn-images",
+        },
+        "the preview environment": {
+            "PREVIEW_GCP_SERVICE_ACCOUNT": PREVIEW_EMAIL,
+            "PREVIEW_ARTIFACT_REPOSITORY": "warn-previews",
+        },
+    }
+    production, preview = out.split("In the production environment", 1)[1].split(
+        "In the preview environment"
+    )
+    assert "\n  secret PREFECT_API_KEY: " in production
+    assert "\n  secret PREVIEW_PREFECT_API_KEY: " in preview
+    assert "secret" not in out.split("In the repository", 1)[1].split("In the production")[0]
 
 
 @pytest.mark.usefixtures("gcp_settings")
@@ -217,9 +327,12 @@ def test_main_run_again_skips_every_existing_resource(
     second = capsys.readouterr().out
     assert not [a for a in fake_gcloud.actions() if a.endswith(("create", "create-oidc"))]
     assert fake_gcloud.resources() == RESOURCES
+    assert fake_gcloud.bindings() == BINDINGS
     assert [line for line in second.splitlines() if line.startswith("exists, skipped: ")] == [
         f"exists, skipped: service account {EMAIL}",
+        f"exists, skipped: service account {PREVIEW_EMAIL}",
         "exists, skipped: Artifact Registry Docker repository warn-images in europe-west1",
+        "exists, skipped: Artifact Registry Docker repository warn-previews in europe-west1",
         "exists, skipped: Workload Identity pool github-actions",
         "exists, skipped: OIDC provider pyflow, for acme/pyflow only",
     ]
@@ -245,31 +358,111 @@ def test_main_restricts_the_provider_to_the_one_github_repository(
 
 
 @pytest.mark.usefixtures("gcp_settings")
-def test_main_grants_only_the_two_roles_it_needs(fake_gcloud: FakeGcloud) -> None:
-    """The repository's workflows may act as the account; it may write to one repository only."""
+def test_main_trusts_each_account_to_one_github_environment_only(fake_gcloud: FakeGcloud) -> None:
+    """Only `production` jobs may be the release account, only `preview` jobs the preview one."""
     assert gcp.main([]) == 0
-    bindings = [argv for argv in fake_gcloud.calls() if "add-iam-policy-binding" in argv]
-    assert bindings == [
-        [
-            "iam", "service-accounts", "add-iam-policy-binding", EMAIL, "--project=acme-data",
-            "--role=roles/iam.workloadIdentityUser", f"--member={PRINCIPAL_SET}",
-        ],
-        [
-            "artifacts", "repositories", "add-iam-policy-binding", "warn-images",
-            "--project=acme-data", "--location=europe-west1",
-            "--role=roles/artifactregistry.writer", f"--member=serviceAccount:{EMAIL}",
-        ],
-    ]  # fmt: skip
-    granted = [arg for argv in fake_gcloud.calls() for arg in argv if arg.startswith("--role=")]
-    assert granted == [
-        "--role=roles/iam.workloadIdentityUser",
-        "--role=roles/artifactregistry.writer",
+    bindings = fake_gcloud.bindings()
+    assert bindings == BINDINGS
+    trusted = {
+        resource: [member for role, member in grants if role == WORKLOAD_IDENTITY_USER]
+        for resource, grants in bindings.items()
+    }
+    assert trusted[f"iam service-accounts {EMAIL}"] == [
+        "principal://iam.googleapis.com/projects/123456789012/locations/global/"
+        "workloadIdentityPools/github-actions/subject/repo:acme/pyflow:environment:production"
     ]
+    assert trusted[f"iam service-accounts {PREVIEW_EMAIL}"] == [
+        "principal://iam.googleapis.com/projects/123456789012/locations/global/"
+        "workloadIdentityPools/github-actions/subject/repo:acme/pyflow:environment:preview"
+    ]
+    members = [member for grants in bindings.values() for _, member in grants]
+    assert not [member for member in members if member.startswith("principalSet://")]
+
+
+@pytest.mark.usefixtures("gcp_settings")
+def test_main_grants_each_account_push_to_its_own_repository_only(
+    fake_gcloud: FakeGcloud,
+) -> None:
+    """Releases push to the release repository, previews to theirs; no project-wide role."""
+    assert gcp.main([]) == 0
+    writers = {
+        resource: members
+        for resource, grants in fake_gcloud.bindings().items()
+        if (members := [member for role, member in grants if role == WRITER])
+    }
+    assert writers == {
+        "artifacts repositories warn-images": [f"serviceAccount:{EMAIL}"],
+        "artifacts repositories warn-previews": [f"serviceAccount:{PREVIEW_EMAIL}"],
+    }
+    granted = {arg for argv in fake_gcloud.calls() for arg in argv if arg.startswith("--role=")}
+    assert granted == {f"--role={WORKLOAD_IDENTITY_USER}", f"--role={WRITER}"}
     assert not [
         argv
         for argv in fake_gcloud.calls()
         if argv[0] == "projects" and "add-iam-policy-binding" in argv
     ]
+
+
+@pytest.mark.usefixtures("gcp_settings")
+def test_main_removes_the_trust_an_earlier_set_up_gave_every_workflow(
+    fake_gcloud: FakeGcloud, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A project set up before keeps no trust of any branch's workflows in the release account."""
+    release_account = f"iam service-accounts {EMAIL}"
+    fake_gcloud.grant(release_account, WORKLOAD_IDENTITY_USER, EVERY_WORKFLOW)
+    fake_gcloud.grant(release_account, "roles/iam.serviceAccountUser", "user:ops@acme.example")
+    assert gcp.main([]) == 0
+    assert fake_gcloud.bindings()[release_account] == [
+        ["roles/iam.serviceAccountUser", "user:ops@acme.example"],
+        [WORKLOAD_IDENTITY_USER, PRODUCTION_JOBS],
+    ]
+    what = f"the trust of every acme/pyflow workflow in {EMAIL}, from an earlier set-up"
+    assert f"done: {what}" in capsys.readouterr().out
+    # The old trust goes right after the environments are bound, before any later step.
+    assert fake_gcloud.grant_changes() == [
+        f"add {PRODUCTION_JOBS}",
+        f"add {PREVIEW_JOBS}",
+        f"remove {EVERY_WORKFLOW}",
+        f"add serviceAccount:{EMAIL}",
+        f"add serviceAccount:{PREVIEW_EMAIL}",
+    ]
+
+    fake_gcloud.forget_calls()
+    assert gcp.main([]) == 0
+    assert f"absent, skipped: {what}" in capsys.readouterr().out
+    assert "iam service-accounts remove-iam-policy-binding" not in fake_gcloud.actions()
+
+
+@pytest.mark.usefixtures("gcp_settings")
+def test_main_that_fails_after_binding_the_environments_leaves_no_repository_wide_trust(
+    fake_gcloud: FakeGcloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step failing after the environments are bound finds the earlier set-up's trust gone."""
+    release_account = f"iam service-accounts {EMAIL}"
+    fake_gcloud.grant(release_account, WORKLOAD_IDENTITY_USER, EVERY_WORKFLOW)
+    monkeypatch.setenv("FAKE_GCLOUD_FAIL", "artifacts repositories add-iam-policy-binding")
+    assert gcp.main([]) == 1
+    assert fake_gcloud.actions()[-1] == "artifacts repositories add-iam-policy-binding"
+    bindings = fake_gcloud.bindings()
+    assert bindings[release_account] == [[WORKLOAD_IDENTITY_USER, PRODUCTION_JOBS]]
+    members = [member for grants in bindings.values() for _, member in grants]
+    assert not [member for member in members if member.startswith("principalSet://")]
+
+
+@pytest.mark.usefixtures("gcp_settings")
+def test_main_stops_when_it_cannot_read_the_policy_it_would_clean(
+    fake_gcloud: FakeGcloud, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unreadable policy stops it with gcloud's error, rather than leaving a trust unchecked."""
+    monkeypatch.setenv("FAKE_GCLOUD_FAIL", "iam service-accounts get-iam-policy")
+    assert gcp.main([]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(
+        "pyflow gcp: reading the IAM policy for the trust of every acme/pyflow workflow in "
+        f"{EMAIL}, from an earlier set-up failed (gcloud exit status 1): ERROR: "
+    )
+    assert "safe to re-run" in err
 
 
 @pytest.mark.usefixtures("gcp_settings")
@@ -282,6 +475,8 @@ def test_main_dry_run_prints_the_commands_a_run_runs_and_runs_none(
     assert fake_gcloud.calls() == []
     assert f"GCP_WORKLOAD_IDENTITY_PROVIDER={PROVIDER.replace(NUMBER, 'PROJECT_NUMBER')}" in out
     printed = _printed_commands(out)
+    # An earlier set-up's trust is held, so the run removes it too: every printed command runs.
+    fake_gcloud.grant(f"iam service-accounts {EMAIL}", WORKLOAD_IDENTITY_USER, EVERY_WORKFLOW)
     assert gcp.main([]) == 0
     ran = [
         ["gcloud", *(arg.replace(NUMBER, "PROJECT_NUMBER") for arg in argv)]
@@ -292,16 +487,50 @@ def test_main_dry_run_prints_the_commands_a_run_runs_and_runs_none(
 
 @pytest.mark.usefixtures("gcp_settings", "no_gcloud")
 def test_main_dry_run_needs_no_gcloud(capsys: pytest.CaptureFixture[str]) -> None:
-    """--dry-run works where gcloud is not installed, and shows the describe || create pairs."""
+    """--dry-run works where gcloud is not installed, and shows each step as a shell line."""
     assert gcp.main(["--dry-run"]) == 0
     out = capsys.readouterr().out
+    lines = out.splitlines()
     assert (
         "gcloud artifacts repositories describe warn-images --project=acme-data "
         "--location=europe-west1 || gcloud artifacts repositories create warn-images "
         "--project=acme-data --location=europe-west1 --repository-format=docker "
         "'--description=pyflow images, one tag per release'"
-    ) in out.splitlines()
+    ) in lines
     assert " \"--attribute-condition=assertion.repository=='acme/pyflow'\"\n" in out
+    every_workflow = EVERY_WORKFLOW.replace(NUMBER, "PROJECT_NUMBER")
+    assert (
+        f"gcloud iam service-accounts get-iam-policy {EMAIL} --project=acme-data "
+        "'--flatten=bindings[].members' --filter=bindings.role:roles/iam.workloadIdentityUser "
+        f"'--format=value(bindings.members)' | grep -qxF {every_workflow} && "
+        f"gcloud iam service-accounts remove-iam-policy-binding {EMAIL} --project=acme-data "
+        f"--role=roles/iam.workloadIdentityUser --member={every_workflow}"
+    ) in lines
+
+
+@pytest.mark.usefixtures("gcp_settings")
+@pytest.mark.parametrize(
+    ("name", "setting"),
+    [
+        ("PYFLOW_PREVIEW_ARTIFACT_REPOSITORY", "PYFLOW_ARTIFACT_REPOSITORY"),
+        ("PYFLOW_PREVIEW_SERVICE_ACCOUNT", "PYFLOW_RELEASE_SERVICE_ACCOUNT"),
+    ],
+)
+def test_main_refuses_previews_sharing_the_releases_account_or_repository(
+    fake_gcloud: FakeGcloud,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+    setting: str,
+) -> None:
+    """Previews that would push as the release account, or to its repository, stop it early."""
+    monkeypatch.setenv(name, SETTINGS[setting])
+    assert gcp.main([]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"pyflow gcp: {name} is {setting} ('{SETTINGS[setting]}'): previews")
+    assert "set them in .env" in err
+    assert fake_gcloud.calls() == []
 
 
 @pytest.mark.parametrize(
@@ -363,7 +592,7 @@ def test_main_stops_at_a_failing_create_and_can_be_run_again(
     )
     assert "safe to re-run" in captured.err
     assert fake_gcloud.actions()[-1] == "artifacts repositories create"
-    assert fake_gcloud.resources() == RESOURCES[:1]
+    assert fake_gcloud.resources() == RESOURCES[:2]
     assert "Set these in GitHub" not in captured.out
 
     monkeypatch.delenv("FAKE_GCLOUD_FAIL")

@@ -33,6 +33,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, GcsEmulator, require_tools
+from pyflow.local import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.container, pytest.mark.timeout(1800)]
 
@@ -151,13 +152,6 @@ def index_url() -> str:
     from pyflow.bootstrap import pip_index_url
 
     return pip_index_url()
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that is free now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @contextmanager
@@ -516,6 +510,61 @@ def test_image_executes_a_deployment_run_as_the_kubernetes_worker_does(built_ima
     assert report["summary"]["rows_out"] > 0
 
 
+WHAT_IT_MAY_DO = r"""
+import json, os
+status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
+writable = []
+for folder, subfolders, _ in os.walk("/"):
+    if folder == "/":
+        subfolders[:] = [name for name in subfolders if name not in {"dev", "proc", "sys"}]
+    if os.access(folder, os.W_OK):
+        writable.append(folder)
+        subfolders.clear()
+print(json.dumps({
+    "user": f"{os.getuid()}:{os.getgid()}",
+    "writable": sorted(writable),
+    "capabilities": int(status["CapEff"], 16),
+    "no_new_privileges": int(status["NoNewPrivs"]),
+}))
+"""
+"""Report what a process in the container may do: its user, the top folders it may write (a
+read-only mount refuses even where permissions allow), its capabilities, and no_new_privs."""
+
+
+def test_smoke_run_locks_the_container_down_as_the_job_template_locks_the_pod(
+    built_image: str,
+) -> None:
+    """The smoke run's container writes only the pod's empty folders, as its user, unprivileged.
+
+    Run as the image is, without the smoke run's lockdown, the same user could write more:
+    the output folder in WORKDIR, /var/tmp, /run/lock.
+    """
+    from pyflow import smoke
+
+    template = json.loads((ROOT / "deploy" / "kubernetes-job-template.json").read_text())
+    pod = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
+    [spec] = pod["containers"]
+    user = f"{pod['securityContext']['runAsUser']}:{pod['securityContext']['runAsGroup']}"
+    probe = ["python", "-c", WHAT_IT_MAY_DO]
+    result = smoke.run_in_image("podman", built_image, {}, probe, isolation="chroot")
+    assert result.returncode == 0, result.stderr[-4000:]
+    locked = json.loads(result.stdout.strip().splitlines()[-1])
+    assert spec["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+    }
+    assert locked == {
+        "user": user,
+        "writable": sorted(mount["mountPath"] for mount in spec["volumeMounts"]),
+        "capabilities": 0,
+        "no_new_privileges": 1,
+    }
+    with container(built_image) as name:
+        unlocked = json.loads(run_in(name, *probe).stdout.strip().splitlines()[-1])
+    assert {f"{WORKDIR}/data", "/var/tmp", "/run/lock"} <= set(unlocked["writable"])
+
+
 def test_image_rebuilds_code_and_tool_settings_without_reinstalling_dependencies(
     built_image: str, base_image: str, ca_secret: Path, tmp_path: Path
 ) -> None:
@@ -698,11 +747,13 @@ def test_release_smoke_run_rollback_and_preview_with_podman_and_a_real_registry(
 
     A good release pushes and registers; a commit whose flow cannot load stops before its push;
     rolling back registers the first release's digest, which a real run (the image pulled from
-    the registry by digest) completes; a preview comes and goes leaving only its image.
+    the registry by digest) completes; a preview is refused on production's server, and on a
+    server of its own comes and goes leaving only its image.
     """
     from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from pyflow import history, preview, release
+    from pyflow import history, local, preview, release
     from pyflow.config import get_settings
     from pyflow.image import BuildOptions
 
@@ -715,6 +766,8 @@ def test_release_smoke_run_rollback_and_preview_with_podman_and_a_real_registry(
     }.items():
         monkeypatch.setenv(name, value)
     project = project_copy(tmp_path / "project")
+    run("git", "init", "-q", "--bare", "-b", "main", str(tmp_path / "origin.git"))
+    run("git", "remote", "add", "origin", str(tmp_path / "origin.git"), cwd=project)
     pyproject, flow = project / "pyproject.toml", project / "pyflow" / "flow.py"
     good_flow = flow.read_text()
     build = BuildOptions(base_image, [f"ca={ca_secret}"], index_url(), "chroot")
@@ -728,6 +781,7 @@ def test_release_smoke_run_rollback_and_preview_with_podman_and_a_real_registry(
         flow.write_text(flow_text)
         run("git", "commit", "-qam", f"version {version}", "--allow-empty", cwd=project)
         run("git", "tag", version, cwd=project)
+        run("git", "push", "-q", "origin", "main", cwd=project)  # released from main
 
     tagged("1.0.0", good_flow)
     first = release.release(get_settings(), options)
@@ -784,14 +838,23 @@ def test_release_smoke_run_rollback_and_preview_with_podman_and_a_real_registry(
         ("1.0.0", "rollback from 1.1.0"),
     ]
 
-    with get_client(sync_client=True) as client:
-        before = {d.id for d in client.read_deployments()}
-    preview.deploy_preview(get_settings(), 7, "podman", build, tmp_path / "home", registry, True)
-    with get_client(sync_client=True) as client:
-        assert client.read_deployment_by_name("warn-notices/pr-7").paused is True
-    preview.remove_preview(7)
-    with get_client(sync_client=True) as client:
-        assert {d.id for d in client.read_deployments()} == before
+    with pytest.raises(release.ReleaseError, match="holds production deployments"):
+        preview.deploy_preview(get_settings(), 7, "podman", build, tmp_path / "home", registry)
+    assert not registry_has(registry, "pr-7"), "refused before anything is built or pushed"
+    previews_home = tmp_path / "previews-prefect"
+    previews, _ = local.start_server(previews_home, free_port())  # the previews' own server
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: previews.api_url}):
+            preview.deploy_preview(
+                get_settings(), 7, "podman", build, tmp_path / "home", registry, True
+            )
+            with get_client(sync_client=True) as client:
+                assert client.read_deployment_by_name("warn-notices/pr-7").paused is True
+            preview.remove_preview(7)
+            with get_client(sync_client=True) as client:
+                assert client.read_deployments() == []
+    finally:
+        local.stop_server(previews_home)
     assert registry_has(registry, "pr-7"), "the preview's image stays, as every pushed image"
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FakeDocker, git
+from conftest import ROOT, FakeDocker, git
 from pyflow import image
 from pyflow.config import get_settings
 from pyflow.errors import ImageError
@@ -152,6 +152,36 @@ def test_build_that_fails_stops_with_the_engines_status(
     with pytest.raises(ImageError, match=r"building .*:1\.2\.3 failed"):
         image.build("docker", IMAGE, BuildOptions(), Path("/context"))
     assert len(fake_docker.calls()) == 1
+
+
+def test_smoke_run_with_docker_locks_the_container_down_as_the_pods(
+    fake_docker: FakeDocker,
+) -> None:
+    """The smoke run's `docker run` locks the container down as the job template does its pod.
+
+    Read-only, but for the pod's empty folders (in memory here), as the pod's user, with no
+    capabilities and no privilege gained; the container is removed after its run.
+    """
+    from pyflow import smoke
+
+    template = json.loads((ROOT / "deploy" / "kubernetes-job-template.json").read_text())
+    pod = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
+    [spec] = pod["containers"]
+    result = smoke.run_in_image("docker", IMAGE.tags[0], {}, ["echo", "ran"])
+    assert (result.returncode, result.stdout.strip()) == (0, "ran")
+    run, remove = fake_docker.calls()
+    options = run[: run.index(IMAGE.tags[0])]
+    assert spec["securityContext"]["readOnlyRootFilesystem"] is True
+    assert "--read-only" in options
+    tmpfs = {option.removeprefix("--tmpfs=") for option in options if option.startswith("--tmpfs=")}
+    assert tmpfs == {mount["mountPath"] for mount in spec["volumeMounts"]}
+    user = f"{pod['securityContext']['runAsUser']}:{pod['securityContext']['runAsGroup']}"
+    assert f"--user={user}" in options
+    assert spec["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert "--cap-drop=ALL" in options
+    assert spec["securityContext"]["allowPrivilegeEscalation"] is False
+    assert "--security-opt=no-new-privileges" in options
+    assert remove == ["rm", "--force", run[2].removeprefix("--name=")]
 
 
 def test_push_with_docker_pushes_the_commit_then_the_version_and_records_the_digest(

@@ -99,17 +99,27 @@ def test_poetry_says_how_to_install_it_when_missing(monkeypatch: pytest.MonkeyPa
 
 
 def test_setup_installs_poetry_when_it_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without Poetry, `invoke setup` installs it into this Python, then the project with it."""
+    """Without Poetry, `invoke setup` installs it into this Python, then the project with it.
+
+    The install runs with no virtual environment active, so it lands in .venv, and the command
+    that ran Poetry is recorded there for the tasks run later from an activated .venv.
+    """
     monkeypatch.setattr(tasks.bootstrap, "find_poetry", lambda: "")
     monkeypatch.setattr(tasks.shutil, "which", lambda name: None)
+    monkeypatch.setenv("VIRTUAL_ENV", "/home/me/.venvs/tools")
+    recorded: list[str] = []
+    monkeypatch.setattr(tasks.bootstrap, "record_poetry", recorded.append)
     c = mock_context("")
     tasks.setup(c, index_url="https://mirror.test/simple")
     run = [call.args[0] for call in c.run.call_args_list]
+    poetry = f"{shlex.quote(tasks.sys.executable)} -m poetry"
     assert run[0] == tasks.bootstrap.install_poetry_command()
-    assert run[1] == f"{shlex.quote(tasks.sys.executable)} -m poetry install"
-    assert c.run.call_args_list[1].kwargs["env"] == {
-        "POETRY_PYPI_MIRROR_URL": "https://mirror.test/simple"
-    }
+    assert run[1] == f"{poetry} install"
+    install = c.run.call_args_list[1].kwargs
+    assert install["env"]["POETRY_PYPI_MIRROR_URL"] == "https://mirror.test/simple"
+    assert "VIRTUAL_ENV" not in install["env"]
+    assert install["replace_env"] is True
+    assert recorded == [poetry]
 
 
 def test_ci_runs_lint_check_and_test_in_order() -> None:
@@ -130,7 +140,8 @@ def test_every_task_and_flag_is_documented() -> None:
 
 EVERY_FLAG = {
     "run": {"source": ["a.csv#state=CA"], "output": "out", "runner": "dask", "workers": 2,
-            "strict": True, "flow": "demo", "param": ["n=1"], "temporary_server": True},
+            "strict": True, "flow": "demo", "param": ["n=1"], "temporary_server": True,
+            "port": 4300},
     "trigger": {"flow": "warn-notices", "wait": True},
     "status": {},
     "logs": {"follow": True, "lines": 5},
@@ -206,11 +217,18 @@ def _is_task(decorator: object) -> bool:
 def test_sh_shows_commands_without_the_credentials_of_urls(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """A source or index URL with a user and token is shown masked, never as given."""
+    """A source or index URL's user and token, or its signed query, is shown masked, never as given."""
     c = mock_context()
-    tasks.run(c, source=["https://user:s3cret@data.example/ca.csv"])
+    tasks.run(
+        c,
+        source=[
+            "https://user:s3cret@data.example/ca.csv",
+            "https://data.example/tx.csv?X-Goog-Signature=abc123#state=TX",
+        ],
+    )
     shown = capsys.readouterr().out
     assert "https://***@data.example/ca.csv" in shown
-    assert "s3cret" not in shown
+    assert "https://data.example/tx.csv?***#state=TX" in shown
+    assert "s3cret" not in shown and "abc123" not in shown
     assert c.run.call_args.kwargs["echo"] is False
     assert "user:s3cret@" in c.run.call_args.args[0], "the command itself keeps the URL"

@@ -22,19 +22,21 @@ import psutil
 import pytest
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from conftest import ROOT, activated_venv_env, require_tools, run_invoke
+from conftest import (
+    ROOT,
+    HttpSources,
+    activated_venv_env,
+    free_ports,
+    isolated_env,
+    require_tools,
+    run_invoke,
+)
 from pyflow import local
 from pyflow.flow import FLOWS
+from pyflow.local import free_port
 
 READY_TIMEOUT = 180
 RUN_TIMEOUT = 180
-
-
-def free_port() -> int:
-    """Return a loopback port nothing listens on."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def processes_using(home: Path) -> list[psutil.Process]:
@@ -84,9 +86,7 @@ def pyflow_local(home: Path, *args: str) -> list[str]:
 
 def local_env(output: Path) -> dict[str, str]:
     """Return the environment for the loop: outputs in the test's folder, no outside API."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "PYFLOW_"))}
-    env["PYFLOW_OUTPUT"] = str(output)
-    return env
+    return isolated_env(PYFLOW_OUTPUT=str(output))
 
 
 @pytest.fixture(scope="module")
@@ -248,6 +248,75 @@ def test_logs_show_the_server_and_worker_logs(
     assert worker_log.splitlines()[-1] in dev_loop.console.text
 
 
+ATTACK_PAGE = """<!doctype html><html><body><pre id="out">started</pre><script>
+const api = "API";
+const out = document.getElementById("out");
+const log = (line) => { out.textContent += "\\n" + line; };
+(async () => {
+  try {
+    const answer = await fetch(api + "/flows/", {method: "POST",
+      headers: {"Content-Type": "application/json"}, body: JSON.stringify({name: "planted-json"})});
+    log("json answered " + answer.status);
+  } catch (error) { log("json blocked"); }
+  try {
+    const token = await fetch(api + "/csrf-token?client=page");
+    log("token read " + (await token.text()));
+  } catch (error) { log("token blocked"); }
+  log("done");
+})();
+</script></body></html>"""
+"""A web page on another origin that tries to write to the local server, as a hostile site could."""
+
+
+@pytest.fixture
+def foreign_page(dev_loop: DevLoop, http_sources: HttpSources) -> str:
+    """Serve ATTACK_PAGE aimed at the dev loop's API from another loopback origin; its URL."""
+    page = ATTACK_PAGE.replace("API", dev_loop.api_url)
+    return http_sources.add("/", page, content_type="text/html")
+
+
+@pytest.mark.slow
+def test_dev_server_refuses_a_foreign_pages_writes(dev_loop: DevLoop, foreign_page: str) -> None:
+    """A page from another origin, in a real browser, can neither write to the server nor read a token.
+
+    With Prefect's defaults (CORS `*`, no CSRF protection) its JSON POST got 201, and the
+    flow it named existed: a page could register what `invoke dev`'s worker then runs. (A
+    request a browser sends without asking first, which CORS does not stop, needs the token:
+    test_server shows the server refuses it.)
+    """
+    from prefect.client.orchestration import get_client
+
+    page = rendered_page(foreign_page)
+    assert "done" in page, page
+    assert "json blocked" in page
+    assert "token blocked" in page
+    with (
+        temporary_settings(updates={PREFECT_API_URL: dev_loop.api_url}),
+        get_client(sync_client=True) as client,
+    ):
+        names = {flow.name for flow in client.read_flows()}
+    assert "warn-notices" in names
+    assert "planted-json" not in names
+
+
+@pytest.mark.slow
+def test_start_server_never_moves_a_server_a_worker_uses(dev_loop: DevLoop) -> None:
+    """Asked for another port while `dev`'s worker uses the server, it refuses and moves nothing."""
+    [other] = free_ports(1)
+    with pytest.raises(local.LocalError) as refused:
+        local.start_server(dev_loop.home, other, move=True)
+    [worker] = [p for p in processes_using(dev_loop.home) if "worker" in p.cmdline()]
+    assert str(refused.value) == (
+        f"this project's server runs on port {dev_loop.port}, and a worker on this machine uses "
+        f"it (pid {worker.pid}, as `invoke dev` starts): stop it first (Ctrl-C in its "
+        f"terminal), or leave out --port (and PYFLOW_SERVER_PORT) to use the server on port "
+        f"{dev_loop.port}"
+    )
+    server = local.read_state(dev_loop.home)
+    assert server is not None and server.port == dev_loop.port
+    assert local.is_healthy(dev_loop.api_url)
+
+
 @pytest.mark.slow
 def test_dev_stops_everything_on_ctrl_c(dev_loop: DevLoop) -> None:
     """Ctrl-C stops the worker and the server `dev` started, and nothing is left running."""
@@ -256,12 +325,10 @@ def test_dev_stops_everything_on_ctrl_c(dev_loop: DevLoop) -> None:
     assert not (dev_loop.home / local.STATE_FILE).exists()
 
 
-@pytest.mark.slow
-def test_dev_reuses_a_running_server_and_leaves_it_running(loop_home: Path, tmp_path: Path) -> None:
-    """With this project's server already up, `dev` reuses it and, on Ctrl-C, leaves it up."""
-    port, output = free_port(), tmp_path / "out"
+def start_server_command(home: Path, port: int, output: Path) -> local.ServerState:
+    """Start the project's server as `invoke server --port PORT` does; return it, running."""
     started = subprocess.run(
-        pyflow_local(loop_home, "server", "--port", str(port)),
+        pyflow_local(home, "server", "--port", str(port)),
         env=local_env(output),
         capture_output=True,
         text=True,
@@ -269,8 +336,16 @@ def test_dev_reuses_a_running_server_and_leaves_it_running(loop_home: Path, tmp_
         check=False,
     )
     assert started.returncode == 0, started.stderr
-    server = local.read_state(loop_home)
+    server = local.read_state(home)
     assert server is not None and server.port == port
+    return server
+
+
+@pytest.mark.slow
+def test_dev_reuses_a_running_server_and_leaves_it_running(loop_home: Path, tmp_path: Path) -> None:
+    """With this project's server already up, `dev` reuses it and, on Ctrl-C, leaves it up."""
+    port, output = free_port(), tmp_path / "out"
+    server = start_server_command(loop_home, port, output)
     cli = subprocess.run(
         [sys.executable, "-m", "pyflow", "--output", str(output)],
         env={**local_env(output), "PREFECT_HOME": str(loop_home)},
@@ -291,6 +366,26 @@ def test_dev_reuses_a_running_server_and_leaves_it_running(loop_home: Path, tmp_
         pyflow_local(loop_home, "stop"), capture_output=True, text=True, check=False
     )
     assert stopped.stdout == "pyflow: stopped the Prefect server\n"
+    assert processes_using(loop_home) == []
+
+
+@pytest.mark.slow
+def test_dev_moves_the_projects_server_to_the_port_asked_for(
+    loop_home: Path, tmp_path: Path
+) -> None:
+    """`dev --port B` while the server runs on A (as after `invoke run`) moves it to B; no --port reuses A."""
+    (first, second), output = free_ports(2), tmp_path / "out"
+    old = start_server_command(loop_home, first, output)
+    assert local.start_server(loop_home, second, move=False) == (old, False), (
+        "the default reuses it"
+    )
+    process, console = start_dev(loop_home, second, output)
+    assert f"pyflow: Moving this project's Prefect server from port {first} to {second}" in (
+        console.text
+    )
+    assert f"started the Prefect server at http://127.0.0.1:{second}" in console.text
+    assert not psutil.pid_exists(old.pid)
+    stop_and_check(process, console)
     assert processes_using(loop_home) == []
 
 
@@ -401,10 +496,9 @@ def test_port_is_free_sees_a_listener() -> None:
 
 def test_deploy_without_a_server_says_how_to_start_one(tmp_path: Path) -> None:
     """`python -m pyflow.deploy` with no API and no local server exits 1 with the fix."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "PYFLOW_"))}
     result = subprocess.run(
         [sys.executable, "-m", "pyflow.deploy", "--home", str(tmp_path / ".prefect")],
-        env=env,
+        env=isolated_env(),
         capture_output=True,
         text=True,
         check=False,

@@ -4,7 +4,12 @@ Nothing here reaches a cluster: the Job the Kubernetes worker would create for a
 flow run is rendered from the template by the worker's own code (prefect-kubernetes), and
 PrefectHQ's real prefect-worker chart (../shared/charts) is rendered with `helm template` and
 each values file, as the file's header says to install it; helm checks the values against the
-chart's own schema, and every manifest is validated offline with kubernetes-validate.
+chart's own schema, and every manifest is validated offline with kubernetes-validate. The pods a
+run's DaskCluster becomes are rendered with the Dask operator's own code. Every pod is checked
+against the `restricted` Pod Security level and the NetworkPolicies, and checkov scans all of it
+with deploy/checkov.yaml. The chart is not everywhere (GitHub's runners lack it): without it,
+the Job, the Dask pods and the manifests of deploy/ are still checked, and only the chart's own
+checks skip, saying why.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import os
 import re
 import shlex
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -31,6 +37,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
 
 from conftest import ROOT, require_tools
+from pyflow import runners
 from pyflow.config import ENVIRONMENT_DEFAULTS, get_settings
 from pyflow.deploy import job_variables
 
@@ -38,10 +45,14 @@ DEPLOY = ROOT / "deploy"
 JOB_TEMPLATE = DEPLOY / "kubernetes-job-template.json"
 CLOUD_VALUES = DEPLOY / "prefect-worker-values.yaml"
 SELF_HOSTED_VALUES = DEPLOY / "prefect-worker-values-selfhosted.yaml"
+DASK_KUBERNETES = DEPLOY / "dask-kubernetes.yaml"
+NETWORK_POLICIES = DEPLOY / "network-policies.yaml"
+CHECKOV_CONFIG = DEPLOY / "checkov.yaml"
 KUBERNETES_VERSION = "1.30"
 """The Kubernetes version the manifests are checked against; every field used is older."""
 
-PRODUCTION_IMAGE = "us-central1-docker.pkg.dev/acme/pyflow/pyflow:1.2.3"
+PRODUCTION_IMAGE = "us-central1-docker.pkg.dev/acme/pyflow/pyflow:1.2.3@sha256:" + "ab" * 32
+"""The image a release deploys: its version's tag, pinned to the digest the push reported."""
 PRODUCTION_JOB_VARIABLES: dict[str, Any] = {
     "image": PRODUCTION_IMAGE,
     **job_variables(
@@ -62,6 +73,7 @@ EXPOSED_VARIABLES = {
     "image",
     "namespace",
     "service_account_name",
+    "automount_service_account_token",
     "image_pull_policy",
     "env",
     "labels",
@@ -184,6 +196,7 @@ def test_job_template_defaults_match_the_worker_and_production(
     assert defaults["backoff_limit"] == 0
     assert defaults["image_pull_policy"] == "IfNotPresent"
     assert defaults["env"] == {"PREFECT_FLOW_ENV": "production"}
+    assert defaults["automount_service_account_token"] is False
     assert defaults["pod_watch_timeout_seconds"] >= 60
     assert defaults["stream_output"] is True
 
@@ -340,7 +353,37 @@ def test_render_job_manifest_runs_as_the_image_user_without_privileges(
     assert container_of(production_job)["securityContext"] == {
         "allowPrivilegeEscalation": False,
         "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
     }
+
+
+def test_render_job_manifest_writes_only_to_its_own_empty_folders(
+    production_job: dict[str, Any],
+) -> None:
+    """The image is read-only; /tmp and the home holding Prefect's (the image's PREFECT_HOME) are not."""
+    pod = production_job["spec"]["template"]["spec"]
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    assert all(volume == {"name": name, "emptyDir": {}} for name, volume in volumes.items())
+    mounts = {m["mountPath"]: m["name"] for m in container_of(production_job)["volumeMounts"]}
+    assert set(mounts.values()) == set(volumes)
+    dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    [prefect_home] = re.findall(r"PREFECT_HOME=(\S+)", dockerfile)
+    for path in ("/tmp", prefect_home):
+        assert any(Path(path).is_relative_to(mount) for mount in mounts), path
+
+
+def test_render_job_manifest_mounts_a_token_only_for_a_run_that_makes_its_dask_cluster(
+    job_template: dict[str, Any],
+) -> None:
+    """A flow-run pod gets a service-account token only with PYFLOW_TASK_RUNNER=dask-kubernetes."""
+    assert PRODUCTION_JOB_VARIABLES["automount_service_account_token"] is False
+    for runner, mounted in (("dask", False), ("threads", False), ("dask-kubernetes", True)):
+        settings = get_settings(task_runner=runner, dask_image=PRODUCTION_IMAGE, _env_file=None)
+        variables = {"image": PRODUCTION_IMAGE, **job_variables(settings)}
+        job = render_job_manifest(job_template, variables)
+        assert job["spec"]["template"]["spec"]["automountServiceAccountToken"] is mounted, runner
+    defaulted = render_job_manifest(job_template, {"image": PRODUCTION_IMAGE})
+    assert defaulted["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
 
 
 def test_render_job_manifest_drops_unset_optional_fields(job_template: dict[str, Any]) -> None:
@@ -375,6 +418,8 @@ HELM_HINT = (
 ACCOUNT_ID = "11111111-1111-4111-8111-111111111111"
 WORKSPACE_ID = "22222222-2222-4222-8222-222222222222"
 """What a user puts for ACCOUNT_ID and WORKSPACE_ID in the Cloud values' install command."""
+WORKER_DIGEST = "sha256:" + "12" * 32
+"""What a user puts for WORKER_DIGEST: the digest `crane digest` reads (a stand-in here)."""
 
 
 def load_values(path: Path) -> dict[str, Any]:
@@ -391,17 +436,27 @@ def install_command(path: Path) -> list[str]:
     )
     [command] = re.findall(r"^helm upgrade --install (?:.*\\\n)*.*$", header, re.MULTILINE)
     command = command.replace("\\\n", " ").replace("ACCOUNT_ID", ACCOUNT_ID)
+    command = command.replace("WORKER_DIGEST", WORKER_DIGEST)
     return shlex.split(command.replace("WORKSPACE_ID", WORKSPACE_ID))
+
+
+CHART_ABSENT = (
+    f"PrefectHQ's prefect-worker chart is not here ({CHART}): these tests render the copy of "
+    "it (from PrefectHQ/prefect-helm, charts/prefect-worker) kept in ../shared/charts, beside "
+    "the project's checkout; see its README.md"
+)
+"""Why a check of the chart's manifests skips where the chart is absent."""
+
+
+def chart_present() -> bool:
+    """Return whether the prefect-worker chart is beside the checkout, to be rendered."""
+    return (CHART / "Chart.yaml").is_file()
 
 
 def helm_template(command: list[str], *extra: str) -> subprocess.CompletedProcess[str]:
     """Run an install command as `helm template` of the local chart, at KUBERNETES_VERSION."""
-    if not (CHART / "Chart.yaml").is_file():
-        pytest.skip(
-            f"PrefectHQ's prefect-worker chart is not here ({CHART}): these tests render the "
-            "copy of it (from PrefectHQ/prefect-helm, charts/prefect-worker) kept in "
-            "../shared/charts, beside the project's checkout; see its README.md"
-        )
+    if not chart_present():
+        pytest.skip(CHART_ABSENT)
     require_tools("helm", hint=HELM_HINT)
     assert command[:3] == ["helm", "upgrade", "--install"], command
     release, chart, *flags = command[3:]
@@ -448,6 +503,7 @@ def worker_env(manifests: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {entry["name"]: entry for entry in worker_container(manifests)["env"]}
 
 
+@pytest.mark.slow
 def test_worker_chart_renders_valid_kubernetes_manifests(
     worker_chart: list[dict[str, Any]],
 ) -> None:
@@ -457,6 +513,7 @@ def test_worker_chart_renders_valid_kubernetes_manifests(
         assert kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
 
 
+@pytest.mark.slow
 def test_worker_chart_polls_the_production_pool_with_a_kubernetes_worker(
     worker_chart: list[dict[str, Any]],
 ) -> None:
@@ -470,16 +527,30 @@ def test_worker_chart_polls_the_production_pool_with_a_kubernetes_worker(
     assert "--base-job-template" not in args, "invoke pool manages the template"
 
 
+@pytest.mark.slow
 def test_worker_chart_runs_the_prefect_major_version_pyflow_uses(
     worker_chart: list[dict[str, Any]],
 ) -> None:
     """The worker image is Prefect's Kubernetes image, of the Prefect major version pyflow is locked to."""
-    repository, _, tag = worker_container(worker_chart)["image"].partition(":")
+    reference, _, _digest = worker_container(worker_chart)["image"].partition("@")
+    repository, _, tag = reference.partition(":")
     assert repository == "prefecthq/prefect"
     assert tag.startswith(f"{prefect.__version__.split('.')[0]}.")
     assert tag.endswith("-kubernetes")
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("path", [CLOUD_VALUES, SELF_HOSTED_VALUES], ids=lambda p: p.name)
+def test_worker_chart_runs_prefects_image_by_digest(path: Path) -> None:
+    """The install command pins the values' tag to the digest the header says how to read."""
+    image = worker_container(render_chart(path))["image"]
+    values = load_values(path)["worker"]["image"]
+    assert image == f"{values['repository']}:{values['prefectTag']}@{WORKER_DIGEST}"
+    read = re.findall(r"(?:crane digest|imagetools inspect) (\S+)", CLOUD_VALUES.read_text())
+    assert read == [f"{values['repository']}:{values['prefectTag']}"] * 2
+
+
+@pytest.mark.slow
 def test_worker_chart_runs_in_the_namespace_of_the_jobs(
     worker_chart: list[dict[str, Any]], job_template: dict[str, Any]
 ) -> None:
@@ -498,6 +569,7 @@ def test_worker_chart_runs_in_the_namespace_of_the_jobs(
     )
 
 
+@pytest.mark.slow
 def test_worker_chart_for_cloud_reads_the_api_key_from_a_secret() -> None:
     """The Cloud worker talks to the workspace given at install, its API key read from a secret."""
     manifests = render_chart(CLOUD_VALUES)
@@ -513,6 +585,7 @@ def test_worker_chart_for_cloud_reads_the_api_key_from_a_secret() -> None:
     assert not re.search(r"pnu_[A-Za-z0-9]{8,}", CLOUD_VALUES.read_text(encoding="utf-8"))
 
 
+@pytest.mark.slow
 def test_worker_chart_for_cloud_refuses_to_render_without_the_workspace() -> None:
     """Without the account and workspace IDs of the install command, the chart refuses to render."""
     words = iter(install_command(CLOUD_VALUES))
@@ -521,12 +594,13 @@ def test_worker_chart_for_cloud_refuses_to_render_without_the_workspace() -> Non
         value = next(words) if word == "--set" else ""
         if not value.startswith("worker.cloudApiConfig."):
             command += [word, value] if value else [word]
-    assert "--set" not in command
+    assert not [word for word in command if "cloudApiConfig" in word]
     result = helm_template(command)
     assert result.returncode != 0
     assert "Account ID is required" in result.stderr
 
 
+@pytest.mark.slow
 def test_worker_chart_for_a_self_hosted_server_uses_its_api_url() -> None:
     """The self-hosted worker talks to the server's API URL, with no API key."""
     env = worker_env(render_chart(SELF_HOSTED_VALUES))
@@ -537,6 +611,7 @@ def test_worker_chart_for_a_self_hosted_server_uses_its_api_url() -> None:
     assert "PREFECT_API_AUTH_STRING" not in env
 
 
+@pytest.mark.slow
 def test_worker_chart_schema_refuses_an_undocumented_key(tmp_path: Path) -> None:
     """The chart's own values.schema.json bites: a misspelt or retired key stops the render."""
     values = load_values(SELF_HOSTED_VALUES)
@@ -570,3 +645,428 @@ def test_worker_values_install_commands_create_the_secret_the_chart_reads(tmp_pa
 
 
 # --- the Dask cluster of the Dask Kubernetes operator ------------------------------------
+
+
+def operator_manifests(cluster: dict[str, Any]) -> list[dict[str, Any]]:
+    """Return what the Dask operator makes of a DaskCluster, with the operator's own code.
+
+    The scheduler's Deployment and Service, and a Deployment for one worker of the default
+    worker group (one per worker), as its handlers create them.
+    """
+    from dask_kubernetes.operator.controller import controller
+
+    name, namespace = cluster["metadata"]["name"], cluster["metadata"]["namespace"]
+    scheduler, worker = cluster["spec"]["scheduler"], cluster["spec"]["worker"]
+    made = [
+        controller.build_scheduler_deployment_spec(name, scheduler["spec"], {}, {}),
+        controller.build_scheduler_service_spec(name, scheduler["service"], {}, {}),
+        controller.build_worker_deployment_spec(
+            f"{name}-default", namespace, name, "0a1b2c3d4e", worker["spec"], {}, {}
+        ),
+    ]
+    for manifest in made:
+        manifest["metadata"]["namespace"] = namespace  # kr8s sets it as it creates them
+    return made
+
+
+@pytest.fixture(scope="module")
+def dask_cluster() -> list[dict[str, Any]]:
+    """The scheduler and worker a production run's DaskCluster becomes, on the release's image."""
+    settings = get_settings(
+        PREFECT_FLOW_ENV="production",
+        task_runner="dask-kubernetes",
+        dask_image=PRODUCTION_IMAGE,
+        _env_file=None,
+    )
+    cluster = runners.cluster_spec(settings, "pyflow-0a1b2c3d", WORKER_API_URL)
+    return operator_manifests(cluster)
+
+
+def test_dask_cluster_becomes_valid_kubernetes(dask_cluster: list[dict[str, Any]]) -> None:
+    """The operator's Deployments and Service from pyflow's DaskCluster pass the strict schema."""
+    kinds = [(m["kind"], m["metadata"]["labels"]["dask.org/component"]) for m in dask_cluster]
+    assert kinds == [
+        ("Deployment", "scheduler"),
+        ("Service", "scheduler"),
+        ("Deployment", "worker"),
+    ]
+    for manifest in dask_cluster:
+        assert kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
+
+
+# --- Pod Security: the `restricted` level ----------------------------------------------------
+
+RESTRICTED_VOLUMES = {
+    "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+    "projected", "secret",
+}  # fmt: skip
+"""The volume types the `restricted` Pod Security level allows."""
+
+
+def restricted_violations(pod: dict[str, Any]) -> list[str]:
+    """Return how a pod spec breaks Kubernetes' `restricted` Pod Security Standard, if it does.
+
+    Each control of the standard (baseline's and restricted's) that a pod spec can break.
+    """
+    found = []
+    context = pod.get("securityContext", {})
+    containers = pod["containers"] + pod.get("initContainers", [])
+    for host in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(host):
+            found.append(host)
+    for volume in pod.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        if not kinds <= RESTRICTED_VOLUMES:
+            found.append(f"volume {volume['name']}: {sorted(kinds)}")
+    for container in containers:
+        name, own = container["name"], container.get("securityContext", {})
+
+        def setting(key: str, own: dict[str, Any] = own) -> Any:
+            return own.get(key, context.get(key))
+
+        if own.get("privileged"):
+            found.append(f"{name}: privileged")
+        if own.get("allowPrivilegeEscalation") is not False:
+            found.append(f"{name}: allowPrivilegeEscalation is not false")
+        capabilities = own.get("capabilities", {})
+        if "ALL" not in capabilities.get("drop", []):
+            found.append(f"{name}: capabilities do not drop ALL")
+        if set(capabilities.get("add", [])) - {"NET_BIND_SERVICE"}:
+            found.append(f"{name}: adds capabilities {capabilities['add']}")
+        if setting("runAsNonRoot") is not True:
+            found.append(f"{name}: runAsNonRoot is not true")
+        if setting("runAsUser") == 0:
+            found.append(f"{name}: runs as user 0")
+        if (setting("seccompProfile") or {}).get("type") not in {"RuntimeDefault", "Localhost"}:
+            found.append(f"{name}: no RuntimeDefault or Localhost seccomp profile")
+        if any(port.get("hostPort") for port in container.get("ports", [])):
+            found.append(f"{name}: a host port")
+    return found
+
+
+def pods_of(manifests: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Return the pod spec of every workload among manifests, by kind and name."""
+    return {
+        f"{m['kind']} {m['metadata'].get('name') or m['metadata'].get('generateName')}": m["spec"][
+            "template"
+        ]["spec"]
+        for m in manifests
+        if m["kind"] in {"Deployment", "Job"}
+    }
+
+
+def assert_restricted(pods: dict[str, dict[str, Any]]) -> None:
+    """Fail unless every pod meets the `restricted` level, its image read-only."""
+    for name, pod in pods.items():
+        assert restricted_violations(pod) == [], name
+        [container] = pod["containers"]
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True, name
+
+
+def test_every_pod_meets_the_restricted_pod_security_level(
+    production_job: dict[str, Any], dask_cluster: list[dict[str, Any]]
+) -> None:
+    """The flow runs' and Dask pods may run where Pod Security enforces `restricted`."""
+    pods = pods_of([production_job, *dask_cluster])
+    assert len(pods) == 3, list(pods)
+    assert_restricted(pods)
+
+
+@pytest.mark.slow
+def test_worker_chart_pod_meets_the_restricted_pod_security_level(
+    worker_chart: list[dict[str, Any]],
+) -> None:
+    """The worker's pod, as the chart renders it with each values file, meets `restricted` too."""
+    pods = pods_of(worker_chart)
+    assert len(pods) == 1, list(pods)
+    assert_restricted(pods)
+
+
+def test_restricted_violations_names_what_breaks_the_level(
+    dask_cluster: list[dict[str, Any]],
+) -> None:
+    """The check bites: the Dask pod of before (no seccomp, capabilities kept) fails it."""
+    pod = copy.deepcopy(dask_cluster[0]["spec"]["template"]["spec"])
+    del pod["securityContext"]["seccompProfile"]
+    del pod["containers"][0]["securityContext"]["capabilities"]
+    pod["volumes"].append({"name": "docker", "hostPath": {"path": "/var/run/docker.sock"}})
+    assert restricted_violations(pod) == [
+        "volume docker: ['hostPath']",
+        "scheduler: capabilities do not drop ALL",
+        "scheduler: no RuntimeDefault or Localhost seccomp profile",
+    ]
+
+
+# --- NetworkPolicies ---------------------------------------------------------------------
+
+
+def network_policies(path: Path) -> dict[str, dict[str, Any]]:
+    """Return the NetworkPolicies of a file in deploy/, by name."""
+    return {
+        doc["metadata"]["name"]: doc
+        for doc in yaml.safe_load_all(path.read_text(encoding="utf-8"))
+        if doc["kind"] == "NetworkPolicy"
+    }
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Return whether a label selector (matchLabels, matchExpressions) selects these labels."""
+    for key, value in selector.get("matchLabels", {}).items():
+        if labels.get(key) != value:
+            return False
+    tests = {
+        "In": lambda key, values: labels.get(key) in values,
+        "NotIn": lambda key, values: labels.get(key) not in values,
+        "Exists": lambda key, values: key in labels,
+        "DoesNotExist": lambda key, values: key not in labels,
+    }
+    return all(
+        tests[expression["operator"]](expression["key"], expression.get("values", []))
+        for expression in selector.get("matchExpressions", [])
+    )
+
+
+def test_network_policies_are_valid_kubernetes_for_any_namespace() -> None:
+    """The flow runs' and the worker's NetworkPolicies validate, and apply where `-n` says."""
+    policies = network_policies(NETWORK_POLICIES)
+    assert set(policies) == {"pyflow-flow-runs", "prefect-worker"}
+    for policy in policies.values():
+        assert kubernetes_validate.validate(policy, KUBERNETES_VERSION, strict=True)
+        assert "namespace" not in policy["metadata"], "kubectl apply -n NAMESPACE chooses it"
+        peers = [peer for rule in policy["spec"]["egress"] for peer in rule.get("to", [])]
+        assert not [peer for peer in peers if "namespaceSelector" in peer], "its own namespace"
+
+
+def deploy_policies() -> dict[str, dict[str, Any]]:
+    """Return every NetworkPolicy of deploy/, by name."""
+    return {**network_policies(NETWORK_POLICIES), **network_policies(DASK_KUBERNETES)}
+
+
+def guarded_directions(workload: dict[str, Any], policies: dict[str, dict[str, Any]]) -> set[str]:
+    """Return the directions (Ingress, Egress) in which policies select a workload's pods."""
+    labels = workload["spec"]["template"]["metadata"]["labels"]
+    return {
+        kind
+        for policy in policies.values()
+        if selects(policy["spec"]["podSelector"], labels)
+        for kind in policy["spec"]["policyTypes"]
+    }
+
+
+def test_network_policies_guard_every_pod_and_let_none_connect_to_flow_runs_or_the_worker(
+    production_job: dict[str, Any], dask_cluster: list[dict[str, Any]]
+) -> None:
+    """Flow-run and Dask pods are guarded both ways; nothing may connect to flow runs or the worker."""
+    policies = deploy_policies()
+    workloads = [w for w in (production_job, *dask_cluster) if w["kind"] in {"Deployment", "Job"}]
+    assert len(workloads) == 3
+    for workload in workloads:
+        assert guarded_directions(workload, policies) == {"Ingress", "Egress"}, workload["metadata"]
+    for name in ("pyflow-flow-runs", "prefect-worker"):
+        spec = policies[name]["spec"]
+        assert "Ingress" in spec["policyTypes"]
+        assert not spec.get("ingress"), f"{name} lets something in"
+
+
+@pytest.mark.slow
+def test_network_policies_guard_the_worker_chart_pod(worker_chart: list[dict[str, Any]]) -> None:
+    """The worker's pod, as the chart labels it, is selected by its own policy, both ways."""
+    policies = deploy_policies()
+    deployment = by_kind(worker_chart)["Deployment"]
+    assert guarded_directions(deployment, {"prefect-worker": policies["prefect-worker"]}) == {
+        "Ingress",
+        "Egress",
+    }
+
+
+def test_network_policies_let_flow_runs_reach_their_dask_cluster(
+    production_job: dict[str, Any], dask_cluster: list[dict[str, Any]]
+) -> None:
+    """A flow run may reach its scheduler's port and its workers, which let it in."""
+    policies = {**network_policies(NETWORK_POLICIES), **network_policies(DASK_KUBERNETES)}
+    run_labels = production_job["spec"]["template"]["metadata"]["labels"]
+    scheduler, worker = (dask_cluster[i]["spec"]["template"]["metadata"]["labels"] for i in (0, 2))
+    egress = policies["pyflow-flow-runs"]["spec"]["egress"]
+
+    def reaches(labels: dict[str, str], port: int) -> bool:
+        return any(
+            any(selects(peer.get("podSelector", {"matchLabels": {"-": "-"}}), labels)
+                for peer in rule.get("to", []))
+            and (not rule.get("ports") or any(p["port"] == port for p in rule["ports"]))
+            for rule in egress
+        )  # fmt: skip
+
+    assert reaches(scheduler, runners.SCHEDULER_PORT)
+    assert reaches(worker, 40123), "a worker's port is chosen as it starts"
+    assert not reaches(scheduler, runners.DASHBOARD_PORT)
+    for name, labels in (("pyflow-dask-scheduler", scheduler), ("pyflow-dask-workers", worker)):
+        assert selects(policies[name]["spec"]["podSelector"], labels), name
+        [rule] = policies[name]["spec"]["ingress"]
+        assert any(selects(peer["podSelector"], run_labels) for peer in rule["from"]), name
+
+
+def test_network_policies_file_is_applied_in_the_readme_and_the_values() -> None:
+    """The README and the worker's install steps say how to apply the NetworkPolicies."""
+    command = "kubectl apply -n prefect -f deploy/network-policies.yaml"
+    assert command in (ROOT / "README.md").read_text(encoding="utf-8")
+    assert command in CLOUD_VALUES.read_text(encoding="utf-8")
+    assert command in NETWORK_POLICIES.read_text(encoding="utf-8")
+
+
+def deploy_manifest_files() -> list[Path]:
+    """Return the files of deploy/ that hold Kubernetes objects (not Helm values or settings)."""
+    return [
+        path
+        for path in sorted(DEPLOY.glob("*.yaml"))
+        if all(
+            "apiVersion" in doc and "kind" in doc
+            for doc in yaml.safe_load_all(path.read_text(encoding="utf-8"))
+            if doc
+        )
+    ]
+
+
+def test_deploy_manifests_go_to_the_namespace_kubectl_names() -> None:
+    """No object in deploy/ names a namespace: `kubectl apply -n NAMESPACE` puts each there."""
+    assert deploy_manifest_files() == sorted([DASK_KUBERNETES, NETWORK_POLICIES])
+    for path in deploy_manifest_files():
+        for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+            assert "namespace" not in doc["metadata"], f"{path.name}: {doc['kind']}"
+            for subject in doc.get("subjects", []):
+                assert "namespace" not in subject, f"{path.name}: the binding's own namespace"
+
+
+def test_readme_locks_down_each_namespace_it_sets_up() -> None:
+    """Each namespace the README applies the NetworkPolicies to, it labels `restricted` too."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    applied = re.findall(r"kubectl apply -n (\S+) -f deploy/network-policies\.yaml", readme)
+    labelled = re.findall(
+        r"kubectl label namespace (\S+)\s+pod-security\.kubernetes\.io/enforce=restricted", readme
+    )
+    assert set(applied) == set(labelled) == {"prefect", "prefect-previews"}
+    assert "kubectl apply -n prefect-previews -f deploy/dask-kubernetes.yaml" in readme
+
+
+# --- checkov, over everything that reaches a cluster -----------------------------------------
+
+CHECKOV_HINT = (
+    "checkov has its own virtual environment (its pins conflict with poetry.lock): "
+    "python3 -m venv /opt/checkov && /opt/checkov/bin/pip install checkov==3.3.30, "
+    "then put /opt/checkov/bin/checkov on PATH; .ci/run does it"
+)
+
+
+@dataclass(frozen=True)
+class ClusterManifests:
+    """A folder of the manifests pyflow sends to a cluster, rendered, for checkov to scan."""
+
+    folder: Path
+    documents: int
+    """How many Kubernetes objects the folder holds."""
+    with_chart: bool
+    """Whether the worker chart's manifests are among them (only where the chart is present)."""
+
+
+@pytest.fixture(scope="module")
+def cluster_manifests(
+    tmp_path_factory: pytest.TempPathFactory,
+    job_template: dict[str, Any],
+    dask_cluster: list[dict[str, Any]],
+) -> ClusterManifests:
+    """Every manifest pyflow sends to a cluster, as it arrives there; the chart's where present.
+
+    The Job a production flow run becomes, the pods of its Dask cluster, and the manifests of
+    deploy/ in the pool's namespace, as `kubectl apply -n` gives it to them; then, with the
+    chart beside the checkout, the worker chart rendered with each values file.
+    """
+    folder = tmp_path_factory.mktemp("cluster-manifests")
+    written = {
+        "flow-run-job.yaml": [
+            as_submitted(render_job_manifest(job_template, PRODUCTION_JOB_VARIABLES))
+        ],
+        "dask-cluster.yaml": dask_cluster,
+    }
+    namespace = job_template["variables"]["properties"]["namespace"]["default"]
+    for path in deploy_manifest_files():
+        documents = [doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc]
+        for doc in documents:
+            doc["metadata"].setdefault("namespace", namespace)
+        written[path.name] = documents
+    if chart_present():
+        for values in (CLOUD_VALUES, SELF_HOSTED_VALUES):
+            written[f"worker-chart-{values.stem}.yaml"] = render_chart(values)
+    for name, documents in written.items():
+        (folder / name).write_text(yaml.safe_dump_all(documents), encoding="utf-8")
+    count = sum(len(documents) for documents in written.values())
+    return ClusterManifests(folder, count, chart_present())
+
+
+def checkov_settings() -> dict[str, Any]:
+    """Return deploy/checkov.yaml's settings."""
+    return yaml.safe_load(CHECKOV_CONFIG.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def checkov_report(
+    cluster_manifests: ClusterManifests, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    """The report (checkov's JSON) on every manifest: deploy/checkov.yaml's scan, skipping nothing.
+
+    One run, with the file's settings but without its skips, shows both what the skips hide
+    and that nothing else fails.
+    """
+    require_tools("checkov", hint=CHECKOV_HINT)
+    settings = {k: v for k, v in checkov_settings().items() if k != "skip-check"}
+    config = tmp_path_factory.mktemp("checkov") / "checkov.yaml"
+    config.write_text(yaml.safe_dump(settings), encoding="utf-8")
+    result = subprocess.run(
+        ["checkov", "--config-file", str(config), "--directory", str(cluster_manifests.folder),
+         "--output", "json"],
+        cwd=config.parent,  # no .checkov.yaml of the working folder's is read
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )  # fmt: skip
+    assert result.returncode in {0, 1}, f"checkov failed:\n{result.stderr[-2000:]}"
+    report = json.loads(result.stdout)
+    [kubernetes] = [r for r in (report if isinstance(report, list) else [report])
+                    if r.get("check_type", "kubernetes") == "kubernetes"]  # fmt: skip
+    summary = kubernetes["summary"]
+    assert summary["parsing_errors"] == 0
+    assert summary["resource_count"] >= cluster_manifests.documents, "every manifest was scanned"
+    return dict(kubernetes)
+
+
+def failures(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """Return a checkov report's failed checks, as (check ID, resource)."""
+    failed = report.get("results", {}).get("failed_checks", [])
+    return sorted((check["check_id"], check["resource"]) for check in failed)
+
+
+@pytest.mark.slow
+def test_checkov_finds_nothing_but_the_documented_skips(
+    checkov_report: dict[str, Any], cluster_manifests: ClusterManifests
+) -> None:
+    """Every check passes on what reaches a cluster, but those deploy/checkov.yaml skips."""
+    skipped = set(checkov_settings()["skip-check"])
+    assert [failure for failure in failures(checkov_report) if failure[0] not in skipped] == []
+    assert checkov_report["summary"]["passed"] > (400 if cluster_manifests.with_chart else 250)
+
+
+@pytest.mark.slow
+def test_checkov_skips_only_checks_that_still_fail(
+    checkov_report: dict[str, Any], cluster_manifests: ClusterManifests
+) -> None:
+    """Each skip has its reason and still fails somewhere: no skip outlives its reason.
+
+    Some fail only on the worker chart's manifests: those are checked where the chart is.
+    """
+    skips = checkov_settings()["skip-check"]
+    text = CHECKOV_CONFIG.read_text(encoding="utf-8")
+    for check in skips:
+        assert re.search(rf"^  # {check} \"[^\"]+\": \S", text, re.MULTILINE), f"{check}: why?"
+    unfailed = sorted(set(skips) - {check for check, _ in failures(checkov_report)})
+    if unfailed and not cluster_manifests.with_chart:
+        pytest.skip(f"{', '.join(unfailed)} may fail only on the worker chart: {CHART_ABSENT}")
+    assert unfailed == [], "skipped in deploy/checkov.yaml, yet nothing fails them any more"

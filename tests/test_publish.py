@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -10,8 +15,9 @@ from pathlib import Path
 import pytest
 from pytest_mock import MockerFixture
 
-from conftest import GcsEmulator
+from conftest import GcsEmulator, fill, tmpfs
 from pyflow import publish
+from pyflow.errors import OutputError
 from pyflow.publish import Store
 
 FILES = ("notices.csv", "rejects.csv", "summary.json")
@@ -186,15 +192,15 @@ def test_leased_renews_the_lease_while_the_block_runs(tmp_path: Path) -> None:
         assert read() > first
 
 
-def test_work_dir_is_local_unless_shared(tmp_path: Path) -> None:
+def test_work_dir_is_local_unless_shared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Intermediate files stay on this machine unless other machines run the tasks."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     folder = "gs://bucket/warn/runs/20261129T000000000000Z-abcd"
     assert publish.work_dir(folder, shared=True) == f"{folder}/work"
     local = Path(publish.work_dir(folder, shared=False))
-    try:
-        assert local.is_dir() and local.name.startswith("pyflow-20261129T000000000000Z-abcd-")
-    finally:
-        local.rmdir()
+    assert local.parent == tmp_path and local.is_dir()
+    assert local.name.startswith("pyflow-20261129T000000000000Z-abcd-")
+    assert json.loads((local / "owner.json").read_text())["pid"] == os.getpid()
 
 
 def test_publish_from_many_threads_never_shows_a_reader_a_mixed_set(output: str) -> None:
@@ -253,3 +259,176 @@ def test_publish_works_on_any_fsspec_store() -> None:
     assert store.fs.cat_file(store.path("notices.csv")) == store.fs.cat_file(
         store.path("runs", second, "notices.csv")
     )
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/fd").is_dir(), reason="tells flushed files apart by /proc/self/fd (Linux)"
+)
+def test_publish_flushes_files_and_folders_before_the_pointer(
+    tmp_path: Path, mocker: MockerFixture
+) -> None:
+    """On a local disk the run's files, its folder and runs/ reach the disk before latest.json."""
+    output = str(tmp_path / "out")
+    (run,) = run_ids(1)
+    write_run(output, run, rows=2)
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, Path.replace
+
+    def fsync(descriptor: int) -> None:
+        events.append(str(Path(f"/proc/self/fd/{descriptor}").readlink()))
+        real_fsync(descriptor)
+
+    def replace(self: Path, target: str | os.PathLike[str]) -> Path:
+        events.append(f"rename to {target}")
+        return real_replace(self, target)
+
+    mocker.patch("os.fsync", fsync)
+    mocker.patch.object(Path, "replace", replace)
+    publish.publish(output, run, rows_out=2)
+    folder = f"{output}/runs/{run}"
+    pointer = events.index(f"rename to {output}/latest.json")
+    files = max(events.index(f"{folder}/{name}") for name in FILES)
+    assert files < events.index(folder) < events.index(f"{output}/runs") < pointer
+    assert events[pointer + 1] == output, "the pointer's folder is flushed once it is in place"
+    for name in FILES:
+        assert events[events.index(f"rename to {output}/{name}") + 1] == output
+
+
+def test_publish_on_a_full_disk_raises_one_error_and_keeps_the_pointer(tmp_path: Path) -> None:
+    """No space for the new pointer: one OutputError naming it and the fix; nothing else moves."""
+    with tmpfs(tmp_path / "small", "1m") as out:
+        first, second = run_ids(2)
+        write_run(str(out), first, rows=3)
+        publish.publish(str(out), first, 3)
+        write_run(str(out), second, rows=5)
+        filler = fill(out)
+        before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p != filler}
+        with pytest.raises(OutputError) as raised:
+            publish.publish(str(out), second, 5)
+        assert str(raised.value) == (
+            f"cannot write {out}/latest.json: no space is left on its disk: free some space, or "
+            "choose another location with --output or PYFLOW_OUTPUT; the previous outputs are as "
+            "they were"
+        )
+        after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p != filler}
+        assert after == before, "no temporary file is left, and the pointer still names the first"
+        filler.unlink()
+        assert publish.finish_run(str(out), second, str(tmp_path / "work"), False, 5) == []
+        assert runs_in(Store.of(str(out))) == [first]
+
+
+def test_finish_run_keeps_a_run_the_pointer_names_though_it_did_not_finish_publishing(
+    tmp_path: Path,
+) -> None:
+    """If copying to the top failed after the pointer moved, the run named is not removed."""
+    output = str(tmp_path / "out")
+    (run,) = run_ids(1)
+    store = write_run(output, run, rows=1, lease=60)
+    store.replace_pointer(json.dumps(publish.pointer_record(store, run, 1)).encode(), None)
+    work = publish.work_dir(publish.run_dir(output, run), shared=True)
+    publish.finish_run(output, run, work, published=False, keep=5)
+    assert sorted(p.name for p in Path(output, "runs", run).iterdir()) == list(FILES)
+
+
+@pytest.mark.parametrize(
+    ("code", "cause"),
+    [
+        (errno.ENOSPC, "no space is left on its disk: free some space, or "),
+        (errno.EROFS, "its file system is read-only: "),
+        (errno.EACCES, "permission denied: fix its permissions, or "),
+        (errno.EIO, "Input/output error: "),
+    ],
+)
+def test_storage_error_names_the_path_the_cause_and_the_fix(code: int, cause: str) -> None:
+    """Each cause of a failed write is said in words, with the remedy for the output."""
+    error = OSError(code, os.strerror(code))
+    assert str(publish.storage_error(error, "/out/x.csv")) == (
+        f"cannot write /out/x.csv: {cause}choose another location with --output or PYFLOW_OUTPUT; "
+        "the previous outputs are as they were"
+    )
+
+
+KILLED_RUN = """
+import os, signal, sys
+from pyflow import publish
+print(publish.work_dir(sys.argv[1], shared=False), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+"""A run that makes its work folder and is killed (SIGKILL) before it can remove it."""
+
+
+def test_work_dir_removes_the_folders_of_killed_runs_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next run removes work folders whose process is gone, never a live run's."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    killed = [
+        subprocess.run(
+            [sys.executable, "-c", KILLED_RUN, f"out/runs/r{i}"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        for i in range(3)
+    ]
+    assert all(result.returncode == -9 for result in killed)
+    stale = [Path(result.stdout.strip()) for result in killed]
+    assert [folder.exists() for folder in stale] == [False, False, True], (
+        "each run removes the last"
+    )
+    assert (stale[-1] / "owner.json").is_file()
+    live = Path(publish.work_dir("out/runs/live", shared=False))
+    reused = tmp_path / "pyflow-reused-1"  # a process id now held by another process
+    reused.mkdir()
+    (reused / "owner.json").write_text(json.dumps({**publish.process_identity(), "started": -1}))
+    other_host = tmp_path / "pyflow-other-host"
+    other_host.mkdir()
+    (other_host / "owner.json").write_text(json.dumps({"host": "elsewhere", "pid": 1 << 30}))
+    ownerless = tmp_path / "pyflow-being-made"
+    ownerless.mkdir()
+    newest = Path(publish.work_dir("out/runs/next", shared=False))
+    assert not any(folder.exists() for folder in [*stale, reused])
+    assert live.is_dir() and newest.is_dir() and other_host.is_dir() and ownerless.is_dir()
+
+
+def test_publish_copies_to_the_top_from_another_file_system_and_survives_a_full_disk(
+    tmp_path: Path,
+) -> None:
+    """runs/ on its own mount: copies replace hard links; a copy that does not fit changes nothing."""
+    with tmpfs(tmp_path / "out", "1m") as out, tmpfs(out / "runs", "8m"):
+        first, second = run_ids(2)
+        store = write_run(str(out), first, rows=3)
+        publish.publish(str(out), first, 3)
+        for name in FILES:
+            assert (out / name).read_bytes() == (out / "runs" / first / name).read_bytes()
+        top = {name: (out / name).read_bytes() for name in FILES}
+        write_run(str(out), second, rows=200_000)  # a notices.csv larger than the top's disk
+        with pytest.raises(OutputError) as raised:
+            publish.publish(str(out), second, 200_000)
+        assert str(raised.value) == (
+            f"cannot write {out}: no space is left on its disk: free some space, or choose another "
+            f"location with --output or PYFLOW_OUTPUT; latest.json names this run ({second}), "
+            f"whose files are whole in runs/{second}/; the copies at the top that did not fit are "
+            "still the previous run's, whole"
+        )
+        assert store.read_pointer()[0]["run"] == second  # type: ignore[index]
+        assert {name: (out / name).read_bytes() for name in FILES} == top
+        assert not list(out.glob("*.tmp"))
+        publish.finish_run(str(out), second, str(tmp_path / "work"), published=False, keep=5)
+        assert runs_in(store) == [first, second], "the run the pointer names is kept"
+
+
+def test_leased_on_a_full_disk_raises_one_error_and_leaves_no_folder(tmp_path: Path) -> None:
+    """A run whose lease cannot be written stops at once, naming its folder; nothing is left."""
+    with tmpfs(tmp_path / "out", "1m") as out:
+        filler = fill(out)
+        folder = out / "runs" / "r1"
+        with (
+            pytest.raises(OutputError, match=f"^cannot write {folder}: no space is left"),
+            publish.leased(str(folder), seconds=60),
+        ):
+            pytest.fail("the block ran without a lease")
+        assert not folder.exists()
+        filler.unlink()

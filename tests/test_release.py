@@ -250,6 +250,23 @@ def options(root: Path, tmp_path: Path, dry_run: bool = False) -> release.Option
     return release.Options("docker", dry_run, home=tmp_path / "home", root=root)
 
 
+@pytest.fixture
+def merged_project(git_project: Path, tmp_path: Path) -> Path:
+    """The git project with a real remote, ``origin``, whose ``main`` holds its commits."""
+    remote = tmp_path / "origin.git"
+    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(remote))
+    git(git_project, "remote", "add", "origin", str(remote))
+    git(git_project, "push", "-q", "-u", "origin", "main")
+    return git_project
+
+
+def checkout_tag(remote: Path, tag: str, folder: Path) -> Path:
+    """Clone a remote with its full history and check out a tag, as the release workflow does."""
+    git(folder.parent, "clone", "-q", str(remote), str(folder))
+    git(folder, "checkout", "-q", tag)
+    return folder
+
+
 @pytest.mark.parametrize(
     ("change", "named"),
     [("untracked", "pyflow/new.py"), ("tracked", "pyflow/flow.py"), ("staged", "pyflow/staged.py")],
@@ -281,6 +298,104 @@ def test_release_refuses_an_untagged_head(
     assert fake_docker.calls() == []
 
 
+def test_release_refuses_a_tag_on_a_commit_not_merged_into_main(
+    merged_project: Path,
+    production: Settings,
+    fake_docker: FakeDocker,
+    client: MagicMock,
+    mocker: MockerFixture,
+    tmp_path: Path,
+) -> None:
+    """A tag on a pushed branch's commit is refused, naming tag, commit and fix; once merged, it passes."""
+    git(merged_project, "checkout", "-q", "-b", "feature")
+    (merged_project / "pyflow" / "flow.py").write_text("VALUE = 2\n")
+    git(merged_project, "commit", "-qam", "not reviewed")
+    git(merged_project, "tag", "1.2.3")
+    git(merged_project, "push", "-q", "origin", "feature", "1.2.3")
+    runner = checkout_tag(tmp_path / "origin.git", "1.2.3", tmp_path / "runner")
+    commit = git(runner, "rev-parse", "--short=7", "HEAD").strip()
+    mocker.patch.object(release, "make_client", return_value=client)
+    with pytest.raises(ReleaseError) as raised:
+        release.release(production, options(runner, tmp_path))
+    assert str(raised.value) == (
+        f"the tag '1.2.3' points at commit {commit}, which is not on main (origin/main): a "
+        "release ships only what was merged into main: merge the change into main, then delete "
+        "this tag and publish the release again on a commit of main"
+    )
+    assert fake_docker.calls() == []
+    client.get_repository.assert_not_called()
+
+    git(merged_project, "push", "-q", "origin", "feature:main")
+    git(runner, "fetch", "-q", "origin")
+    release.check_on_branch(runner, "main", "1.2.3")
+
+
+@pytest.mark.parametrize(("branch", "passes"), [("trunk", True), ("main", False)])
+def test_release_checks_the_branch_pyflow_release_branch_names(
+    git_project: Path,
+    fake_docker: FakeDocker,
+    client: MagicMock,
+    mocker: MockerFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    branch: str,
+    passes: bool,
+) -> None:
+    """A repository whose default branch is trunk releases from origin/trunk when told so."""
+    remote = tmp_path / "origin.git"
+    git(tmp_path, "init", "-q", "--bare", str(remote))
+    git(git_project, "remote", "add", "origin", str(remote))
+    git(git_project, "push", "-q", "origin", "main:trunk")
+    git(git_project, "fetch", "-q", "origin")
+    git(git_project, "tag", "1.2.3")
+    for name, value in {
+        "PREFECT_FLOW_ENV": "production",
+        "PYFLOW_OUTPUT": "gs://acme-warn/out",
+        "PYFLOW_GCP_PROJECT": "acme",
+        "PYFLOW_RELEASE_BRANCH": branch,
+    }.items():
+        monkeypatch.setenv(name, value)
+    client.get_repository.side_effect = NotFound("no such repository")
+    mocker.patch.object(release, "make_client", return_value=client)
+    with pytest.raises(ReleaseError) as raised:
+        release.release(get_settings(), options(git_project, tmp_path))
+    if passes:  # past the branch check, the next one (the registry's) stops it
+        assert "Artifact Registry repository 'pyflow' does not exist" in str(raised.value)
+    else:
+        assert str(raised.value).startswith(
+            "origin/main is not known in " + str(git_project) + ", so nothing shows that the "
+            "release is on main (PYFLOW_RELEASE_BRANCH): fetch it (`git fetch origin main`;"
+        )
+        client.get_repository.assert_not_called()
+
+
+def test_check_on_branch_asks_for_the_full_history_of_a_shallow_clone(
+    merged_project: Path, tmp_path: Path
+) -> None:
+    """In a shallow clone, an older tag cannot be traced to main: it says to fetch the history."""
+    git(merged_project, "tag", "1.2.2")
+    (merged_project / "pyflow" / "flow.py").write_text("VALUE = 3\n")
+    git(merged_project, "commit", "-qam", "later")
+    git(merged_project, "push", "-q", "origin", "main", "1.2.2")
+    shallow = tmp_path / "shallow"
+    remote = (tmp_path / "origin.git").as_uri()
+    git(
+        tmp_path,
+        "clone",
+        "-q",
+        "--depth=1",
+        "--no-single-branch",
+        "--branch=1.2.2",
+        remote,
+        str(shallow),
+    )
+    with pytest.raises(ReleaseError, match="cannot tell whether HEAD is on origin/main") as raised:
+        release.check_on_branch(shallow, "main", "1.2.2")
+    assert "`git fetch --unshallow origin`" in str(raised.value)
+    git(shallow, "fetch", "-q", "--unshallow", "origin")
+    release.check_on_branch(shallow, "main", "1.2.2")
+
+
 def test_release_main_stops_with_one_message_on_placeholder_settings(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -296,7 +411,7 @@ def test_release_main_stops_with_one_message_on_placeholder_settings(
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_server")
 def test_release_builds_pushes_and_registers_on_the_pushed_digest(
-    git_project: Path,
+    merged_project: Path,
     production: Settings,
     fake_docker: FakeDocker,
     client: MagicMock,
@@ -307,11 +422,11 @@ def test_release_builds_pushes_and_registers_on_the_pushed_digest(
     """A tagged, clean release builds, smoke-runs, pushes the commit then the version, registers."""
     from prefect.client.orchestration import get_client
 
-    git(git_project, "tag", "v1.2.3")
+    git(merged_project, "tag", "v1.2.3")
     mocker.patch.object(release, "make_client", return_value=client)
-    pinned = release.release(production, options(git_project, tmp_path))
+    pinned = release.release(production, options(merged_project, tmp_path))
     repository = "us-central1-docker.pkg.dev/acme/pyflow/pyflow"
-    commit = git(git_project, "rev-parse", "--short=7", "HEAD").strip()
+    commit = git(merged_project, "rev-parse", "--short=7", "HEAD").strip()
     assert pinned == f"{repository}:1.2.3@{fake_docker.digest}"
     calls = fake_docker.calls()
     assert [call[0] for call in calls] == ["build", "image", "run", "rm", "push", "push"]
@@ -337,7 +452,7 @@ def test_release_builds_pushes_and_registers_on_the_pushed_digest(
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_server")
 def test_release_run_again_reuses_the_image_an_earlier_attempt_pushed(
-    git_project: Path,
+    merged_project: Path,
     production: Settings,
     fake_docker: FakeDocker,
     client: MagicMock,
@@ -345,11 +460,11 @@ def test_release_run_again_reuses_the_image_an_earlier_attempt_pushed(
     tmp_path: Path,
 ) -> None:
     """When the version's tag already holds this commit's image, nothing is built or pushed."""
-    git(git_project, "tag", "1.2.3")
-    commit = git(git_project, "rev-parse", "--short=7", "HEAD").strip()
+    git(merged_project, "tag", "1.2.3")
+    commit = git(merged_project, "rev-parse", "--short=7", "HEAD").strip()
     client.get_tag.side_effect = lambda name, timeout: tag(name.rpartition("/")[2], DIGEST)
     mocker.patch.object(release, "make_client", return_value=client)
-    pinned = release.release(production, options(git_project, tmp_path))
+    pinned = release.release(production, options(merged_project, tmp_path))
     assert pinned.endswith(f":1.2.3@{DIGEST}")
     assert fake_docker.calls() == []
     client.get_tag.assert_any_call(name=f"{REPOSITORY}/packages/pyflow/tags/{commit}", timeout=30.0)
@@ -377,6 +492,7 @@ def test_release_dry_run_checks_and_prints_the_plan_without_acting(
     out = capsys.readouterr().out
     assert "plans version 1.2.3 from pyproject.toml" in out
     assert "registry check skipped" in out
+    assert "dry run: a release would stop here: origin/main is not known in" in out
     assert "docker build " in out and "docker push " in out
     assert "Planned 1.2.3:" in out
     assert fake_docker.calls() == []
@@ -387,7 +503,7 @@ def test_release_dry_run_checks_and_prints_the_plan_without_acting(
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_server")
 def test_release_stops_before_pushing_an_image_that_cannot_run_the_flow(
-    git_project: Path,
+    merged_project: Path,
     production: Settings,
     fake_docker: FakeDocker,
     client: MagicMock,
@@ -401,12 +517,12 @@ def test_release_stops_before_pushing_an_image_that_cannot_run_the_flow(
     empty = tmp_path / "image-without-code"
     empty.mkdir()
     monkeypatch.setenv("FAKE_DOCKER_WORKDIR", str(empty))
-    git(git_project, "tag", "1.2.3")
+    git(merged_project, "tag", "1.2.3")
     mocker.patch.object(release, "make_client", return_value=client)
     with get_client(sync_client=True) as prefect:
         before = {d.name for d in prefect.read_deployments()}
     with pytest.raises(ReleaseError) as raised:
-        release.release(production, options(git_project, tmp_path))
+        release.release(production, options(merged_project, tmp_path))
     message = str(raised.value)
     assert message.startswith("the smoke run of warn-notices in us-central1-docker.pkg.dev/")
     assert "nothing was pushed" in message
@@ -462,7 +578,7 @@ def test_history_main_needs_the_prefect_api(capsys: pytest.CaptureFixture[str]) 
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_server")
 def test_rollback_registers_the_previous_releases_digest_and_records_it(
-    git_project: Path,
+    merged_project: Path,
     production: Settings,
     fake_docker: FakeDocker,
     client: MagicMock,
@@ -477,12 +593,13 @@ def test_rollback_registers_the_previous_releases_digest_and_records_it(
     mocker.patch.object(release, "make_client", return_value=client)
     digests = {}
     for version in ("1.0.0", "1.1.0"):
-        (git_project / "pyproject.toml").write_text(f'[project]\nversion = "{version}"\n')
-        git(git_project, "commit", "-qam", version)
-        git(git_project, "tag", version)
+        (merged_project / "pyproject.toml").write_text(f'[project]\nversion = "{version}"\n')
+        git(merged_project, "commit", "-qam", version)
+        git(merged_project, "push", "-q", "origin", "main")
+        git(merged_project, "tag", version)
         digests[version] = "sha256:" + version.replace(".", "").ljust(64, "a")
         monkeypatch.setenv("FAKE_DOCKER_DIGEST", digests[version])
-        release.release(production, options(git_project, tmp_path))
+        release.release(production, options(merged_project, tmp_path))
     capsys.readouterr()
     history.rollback(production, dry_run=True)
     assert "rollback to: 1.0.0" in capsys.readouterr().out
@@ -511,7 +628,7 @@ def test_rollback_registers_the_previous_releases_digest_and_records_it(
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_server")
 def test_release_stops_when_the_pools_template_would_drop_a_job_variable(
-    git_project: Path,
+    merged_project: Path,
     production: Settings,
     fake_docker: FakeDocker,
     client: MagicMock,
@@ -529,10 +646,10 @@ def test_release_stops_when_the_pools_template_would_drop_a_job_variable(
     with get_client(sync_client=True) as prefect:
         deploy.ensure_work_pool(prefect, "test-drifted-pool", "kubernetes", template)
     settings = production.model_copy(update={"work_pool": "test-drifted-pool"})
-    git(git_project, "tag", "1.2.3")
+    git(merged_project, "tag", "1.2.3")
     mocker.patch.object(release, "make_client", return_value=client)
     with pytest.raises(PyflowError) as raised:
-        release.release(settings, options(git_project, tmp_path))
+        release.release(settings, options(merged_project, tmp_path))
     assert str(raised.value).startswith(
         "the base job template of work pool 'test-drifted-pool' does not use the job variables "
         "memory_limit: its worker would drop them silently. Run `invoke pool`"

@@ -243,9 +243,7 @@ def map_columns(
             fields[rule.name], how[rule.name] = (
                 index,
                 "header words: "
-                + " + ".join(
-                    "|".join(sorted(slot))[:40] for slot in rule.patterns[int(best[0][2])]
-                ),
+                + " + ".join("|".join(sorted(slot)) for slot in rule.patterns[int(best[0][2])]),
             )
             used.add(index)
     kinds = tuple(

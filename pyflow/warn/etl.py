@@ -13,6 +13,7 @@ error, the summary lists it, and the flow reports it once the other sources are 
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import logging
@@ -38,18 +39,45 @@ from pyflow.errors import FetchError, OutputError, SourceError
 from pyflow.warn import normalise, reading, values
 from pyflow.warn.columns import ColumnMap, Rules, map_columns
 from pyflow.warn.schema import (
+    FORMULA_STARTS,
     NOTICE_FIELDS,
     REJECT_FIELDS,
+    TEXT_NOTICE_FIELDS,
+    TEXT_REJECT_FIELDS,
     Source,
+    redact_location,
     source_label_from,
 )
 
 logger = logging.getLogger(__name__)
 
+
+class RedactUrls(logging.Filter):
+    """Show the URLs httpx logs ("HTTP Request: GET URL") without credentials or query string."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Keep the record; redact the URLs among its arguments."""
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                redact_location(str(arg)) if isinstance(arg, httpx.URL) else arg
+                for arg in record.args
+            )
+        return True
+
+
+if not any(isinstance(f, RedactUrls) for f in logging.getLogger("httpx").filters):
+    logging.getLogger("httpx").addFilter(RedactUrls())
+
 NOTICES_FILE = "notices.csv"
 REJECTS_FILE = "rejects.csv"
 SUMMARY_FILE = "summary.json"
-"""Folder inside the output location for a run's intermediate files; removed after the run."""
+
+COPY_REFUSED = frozenset(
+    {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.EPERM,
+     errno.EBADF, errno.ETXTBSY}
+)  # fmt: skip
+"""Errors of ``copy_file_range`` that mean "not here" (another file system, a kernel without
+it, a file system that does not support it), after which the bytes are copied by Python."""
 
 STACK_BYTES = 64 * 1024 * 1024
 """Bytes of source a transform reads at once when partitions are not split (``0``)."""
@@ -89,6 +117,8 @@ class SourcePlan:
     ranges: tuple[tuple[int, int], ...] = ()
     error: str | None = None
     reject_reason: str | None = None
+    rows_expected: int = 0
+    """For a source failed for giving no rows: how many an earlier run read from it."""
 
     @property
     def label(self) -> str:
@@ -240,12 +270,13 @@ def check_source_exists(source: Source) -> None:
         exists = fs.isfile(path)
     except (OSError, ValueError, ImportError) as error:
         raise SourceError(
-            f"source '{source.location}' cannot be opened ({error}): check the path or URL, and "
-            "for a cloud URL (gs://, s3://) the credentials and the fsspec package it needs"
+            f"source '{source.shown_location}' cannot be opened ({source.scrub(str(error))}): "
+            "check the path or URL, and for a cloud URL (gs://, s3://) the credentials and the "
+            "fsspec package it needs"
         ) from None
     if not exists:
         raise SourceError(
-            f"source '{source.location}' not found: check the path or URL given with "
+            f"source '{source.shown_location}' not found: check the path or URL given with "
             "--source or the sources parameter"
         )
 
@@ -283,12 +314,16 @@ def fetch_source(source: Source, work_dir: str, timeout: float) -> str:
     except httpx.HTTPStatusError as error:
         status = error.response.status_code
         kind = FetchError if status >= 500 or status == 429 else SourceError
-        raise kind(f"source '{source.location}' answered HTTP {status}: check the URL") from None
+        raise kind(
+            f"source '{source.shown_location}' answered HTTP {status}: check the URL"
+        ) from None
     except httpx.HTTPError as error:
         raise FetchError(
-            f"source '{source.location}' could not be fetched ({type(error).__name__}: {error}): "
-            "check the URL and the network"
+            f"source '{source.shown_location}' could not be fetched ({type(error).__name__}: "
+            f"{source.scrub(str(error))}): check the URL and the network"
         ) from None
+    except OSError as error:
+        raise publish.storage_error(error, work_dir, publish.work_fix(work_dir)) from None
     return target
 
 
@@ -343,6 +378,7 @@ def plan_sources(
             sample = reading.read_records(location, layout, layout.data_start, end)
         except (SourceError, OSError) as error:
             message = str(error) if isinstance(error, SourceError) else f"cannot be read ({error})"
+            message = source.scrub(message)
             if not message.startswith("source '"):
                 message = f"source '{source.label}' {message}"
             plans[index] = SourcePlan(index, source, location, error=message)
@@ -382,13 +418,13 @@ def _unmapped(plan: SourcePlan) -> str | None:
             "values with names in them. Add the column's name to an alias file "
             '(company = ["..."], the shape of pyflow/warn/aliases.toml) and pass it as the '
             "aliases_file parameter (--param aliases_file=PATH), or give a constant: "
-            f"'{plan.source.location}#company=...'"
+            f"'{plan.source.shown_location}#company=...'"
         )
     if "state" not in found:
         return (
             f"source '{plan.label}' has no state: give it as a constant, for example "
-            f"'{plan.source.location}#state=TX', or add its state column's name to an alias file "
-            '(state = ["..."]) passed as the aliases_file parameter'
+            f"'{plan.source.shown_location}#state=TX', or add its state column's name to an "
+            'alias file (state = ["..."]) passed as the aliases_file parameter'
         )
     return None
 
@@ -487,7 +523,7 @@ def transform_stack(batch: list[Partition], work_dir: str) -> list[PartResult]:
         try:
             frame = reading.read_records(plan.location, plan.layout, partition.start, partition.end)
         except (SourceError, OSError) as error:
-            errors[where] = f"source '{plan.label}' {error}"
+            errors[where] = plan.source.scrub(f"source '{plan.label}' {error}")
             continue
         frames[where] = frame
         if plan.error:
@@ -636,7 +672,10 @@ def _write_part(frame: pl.DataFrame, prefix: str, *, sorted_: bool = False) -> s
     if frame.is_empty():
         return None
     path = f"{prefix}.parquet" if sorted_ else f"{prefix}.arrow"
-    with fsspec.open(path, "wb", auto_mkdir=True) as handle:
+    with (
+        publish.writing(path, publish.work_fix(path)),
+        fsspec.open(path, "wb", auto_mkdir=True) as handle,
+    ):
         if sorted_:
             frame.write_parquet(handle, compression="uncompressed", row_group_size=64 * 1024)
         else:
@@ -739,9 +778,12 @@ def merge_bucket(
         plh.col("key").chash.sha2_256().str.slice(0, ID_LENGTH).alias("notice_id"),
         *NOTICE_FIELDS[1:-1],
         pl.col("source_index").replace_strict(dict(labels), return_dtype=pl.String).alias("source"),
-    )
+    ).with_columns(defused(name) for name in TEXT_NOTICE_FIELDS)
     path = join_path(work_dir, "chunks", f"notices-{index:06d}.csv")
-    with fsspec.open(path, "wb", auto_mkdir=True) as handle:
+    with (
+        publish.writing(path, publish.work_fix(path)),
+        fsspec.open(path, "wb", auto_mkdir=True) as handle,
+    ):
         out.write_csv(handle, include_header=False)
     return BucketResult(index, unique.height, rows.height - unique.height, path)
 
@@ -767,7 +809,8 @@ def write_notices(buckets: Iterable[BucketResult], run_folder: str) -> list[Buck
     """
     header = (",".join(NOTICE_FIELDS) + "\n").encode()
     written: list[BucketResult] = []
-    with _binary_writer(join_path(run_folder, NOTICES_FILE)) as out:
+    target = join_path(run_folder, NOTICES_FILE)
+    with publish.writing(target), _binary_writer(target) as out:
         out.write(header)
         for bucket in buckets:
             if written and bucket.index <= written[-1].index:
@@ -789,7 +832,8 @@ def write_rejects(parts: list[PartResult], labels: Mapping[int, str], run_folder
         offsets[part.source_index, part.index] = seen.get(part.source_index, 0)
         seen[part.source_index] = offsets[part.source_index, part.index] + part.records
     paths = sorted({part.rejects for part in parts if part.rejects})
-    with _binary_writer(join_path(run_folder, REJECTS_FILE)) as out:
+    target = join_path(run_folder, REJECTS_FILE)
+    with publish.writing(target), _binary_writer(target) as out:
         out.write((",".join(REJECT_FIELDS) + "\n").encode())
         if not paths:
             return
@@ -810,6 +854,7 @@ def write_rejects(parts: list[PartResult], labels: Mapping[int, str], run_folder
                 "reason",
                 "raw",
             )
+            .with_columns(defused(name) for name in TEXT_REJECT_FIELDS)
             .collect()
         )
         rejects.write_csv(out, include_header=False)
@@ -825,15 +870,51 @@ def append_file(out: IO[bytes], chunk: str) -> None:
         local = all(isinstance(getattr(f, "fs", None), LocalFileSystem) for f in (source, out))
         if local and hasattr(os, "copy_file_range"):
             out.flush()
-            _copy_range(source.fileno(), out.fileno())
-        else:
-            shutil.copyfileobj(source, out, 1 << 20)
+            copied = _copy_range(source.fileno(), out.fileno())
+            if copied is None:
+                return
+            source.seek(copied)  # refused (another file system): Python copies the rest
+        shutil.copyfileobj(source, out, 1 << 20)
 
 
-def _copy_range(source: int, target: int) -> None:
-    """Append a whole open file to another, in the kernel."""
-    while os.copy_file_range(source, target, 1 << 30):
-        pass
+def _copy_range(source: int, target: int) -> int | None:
+    """Append a whole open file to another, in the kernel.
+
+    Returns:
+        None once it is copied; if the kernel refuses (`COPY_REFUSED`: the two files are on
+        different file systems, such as a work folder on a tmpfs and the output on a disk),
+        how many bytes it had copied, for the caller to copy the rest.
+    """
+    copied = 0
+    while True:
+        try:
+            count = os.copy_file_range(source, target, 1 << 30)
+        except OSError as error:
+            if error.errno in COPY_REFUSED:
+                return copied
+            raise
+        if not count:
+            return None
+        copied += count
+
+
+FORMULA_PATTERN = "^[" + "".join(f"\\x{ord(start):02x}" for start in FORMULA_STARTS) + "]"
+"""A cell a spreadsheet would read as a formula."""
+
+
+def defused(column: str) -> pl.Expr:
+    """Prefix a single quote to a text cell a spreadsheet would read as a formula (OWASP).
+
+    ``=HYPERLINK("http://x","y")`` is written ``'=HYPERLINK("http://x","y")``, which a
+    spreadsheet shows as text; cells that start otherwise are written as they are.
+    """
+    cell = pl.col(column)
+    return (
+        pl.when(cell.str.contains(FORMULA_PATTERN))
+        .then(pl.concat_str(pl.lit("'"), cell))
+        .otherwise(cell)
+        .alias(column)
+    )
 
 
 @contextmanager
@@ -903,9 +984,9 @@ def _source_entry(plan: SourcePlan, parts: list[PartResult]) -> dict[str, Any]:
             entry["examples"] = (
                 entry["examples"] + [e for e in examples if e not in entry["examples"]]
             )[:EXAMPLES]
-    return {
+    entry = {
         "source": plan.label,
-        "location": plan.source.location,
+        "location": plan.source.shown_location,
         "error": plan.error or failed_part,
         "rows_in": sum(part.rows_in for part in parts) if read else 0,
         "rows_kept": sum(part.rows_kept for part in parts) if read else 0,
@@ -915,12 +996,18 @@ def _source_entry(plan: SourcePlan, parts: list[PartResult]) -> dict[str, Any]:
         "partitions": len(plan.ranges),
         "mapping": plan.report(),
     }
+    if plan.rows_expected:
+        entry["rows_expected"] = plan.rows_expected  # so the next run fails it too
+    return entry
 
 
 def write_summary(summary: Summary, run_folder: str) -> str:
     """Write ``summary.json`` beside the run's other files; return where."""
     target = join_path(run_folder, SUMMARY_FILE)
-    with fsspec.open(target, "w", encoding="utf-8", newline="", auto_mkdir=True) as handle:
+    with (
+        publish.writing(target),
+        fsspec.open(target, "w", encoding="utf-8", newline="", auto_mkdir=True) as handle,
+    ):
         handle.write(summary.to_json())
     return target
 
@@ -932,6 +1019,7 @@ def run_local(
     partition_bytes: int,
     *,
     strict: bool = False,
+    allow_empty: bool = False,
     merge_rows: int = MERGE_ROWS,
     keep_runs: int = 10,
     lease_seconds: float = 300.0,
@@ -947,6 +1035,7 @@ def run_local(
         rules: The header rules and overrides.
         partition_bytes: Sources larger than this are split; 0 keeps each whole.
         strict: Write nothing if any source fails.
+        allow_empty: Let a source that gave rows in the published run give none (`fail_emptied`).
         merge_rows: Notices a merge bucket holds, about.
         keep_runs: How many published runs to keep in the output's ``runs/``.
         lease_seconds: How long the run counts as alive without renewing its lease.
@@ -976,6 +1065,7 @@ def run_local(
             parts = [
                 part for batch in batches for part in transform_batch(batch, work_dir, stack_bytes)
             ]
+            plans = fail_emptied(plans, parts, location, allow_empty)
             raise_failures(plans, parts, strict=strict)
             usable = usable_parts(parts)
             labels = {plan.index: plan.label for plan in plans}
@@ -992,6 +1082,93 @@ def run_local(
         finally:
             publish.finish_run(location, run_id, work_dir, published, keep_runs)
     return summary
+
+
+def previous_rows(output: str) -> tuple[str | None, dict[str, int]]:
+    """Return the run latest.json names, and how many rows each source is expected to give.
+
+    That is, by label, the rows the run read from a source; for a source it failed for giving
+    none, the rows an earlier run read (``rows_expected``), so that running again does not let
+    the emptied source through. Other failed sources are left out. Nothing is published yet,
+    or its summary cannot be read: no run, and no counts.
+    """
+    store = publish.Store.of(output)
+    try:
+        pointer, _ = store.read_pointer()
+        if not pointer:
+            return None, {}
+        path = store.path(pointer["files"][SUMMARY_FILE]["path"])
+        entries = json.loads(store.fs.cat_file(path))["sources"]
+        rows = {
+            e["source"]: int(e.get("rows_expected") or e["rows_in"])
+            for e in entries
+            if not e.get("error") or e.get("rows_expected")
+        }
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        logger.warning(
+            "The run latest.json names in %s cannot be read (%s), so sources are not compared "
+            "with it",
+            output,
+            error,
+        )
+        return None, {}
+    return str(pointer["run"]), rows
+
+
+def fail_emptied(
+    plans: list[SourcePlan], parts: list[PartResult], output: str, allow_empty: bool = False
+) -> list[SourcePlan]:
+    """Fail each source that gave no rows where the latest published run read rows from it.
+
+    A source that suddenly yields nothing (a truncated download, a file of one long line) is
+    more likely broken than empty: it fails, so the others are published and the run says
+    why, unless ``allow_empty``. Sources are matched by label (the ``source`` column).
+
+    Args:
+        plans: Every source's plan.
+        parts: Every partition's result.
+        output: The output location, whose latest.json names the run to compare with.
+        allow_empty: Let a source that read rows before give none now.
+
+    Returns:
+        The plans, those of emptied sources with their error.
+    """
+    if allow_empty:
+        return plans
+    rows: dict[int, int] = {}
+    for part in parts:
+        rows[part.source_index] = rows.get(part.source_index, 0) + part.rows_in
+    failed = {part.source_index for part in parts if part.error}
+    candidates = [
+        plan
+        for plan in plans
+        if not plan.error and plan.index not in failed and not rows.get(plan.index)
+    ]
+    if not candidates:
+        return plans
+    run, before = previous_rows(output)
+    emptied = {plan.index: before[plan.label] for plan in candidates if before.get(plan.label)}
+    return [
+        replace(
+            plan,
+            error=_emptied_message(plan, run, emptied[plan.index]),
+            rows_expected=emptied[plan.index],
+        )
+        if plan.index in emptied
+        else plan
+        for plan in plans
+    ]
+
+
+def _emptied_message(plan: SourcePlan, run: str | None, rows_before: int) -> str:
+    """Say that a source gave no rows where a published run read some, and what to do."""
+    return (
+        f"source '{plan.label}' gave no rows, but {rows_before:,} were read from it before (as "
+        f"the published run latest.json names, {run}, records): check the file (a truncated "
+        "download, an export of one line, a changed layout) and run again, or pass "
+        "allow_empty=true (--param allow_empty=true, or the deployment's parameters) if it is "
+        "really empty now"
+    )
 
 
 def failures(plans: list[SourcePlan], parts: list[PartResult]) -> list[str]:

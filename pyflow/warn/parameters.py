@@ -90,6 +90,7 @@ class RunOptions:
     sources: list[Source]
     rules: Rules
     strict: bool = False
+    allow_empty: bool = False
     partition_bytes: int = PARTITION_BYTES
     fetch_timeout: float = FETCH_TIMEOUT
     fetch_retries: int = FETCH_RETRIES
@@ -109,6 +110,7 @@ def run_options(
     fetch_timeout: float = FETCH_TIMEOUT,
     fetch_retries: int = FETCH_RETRIES,
     fetch_backoff: float = FETCH_BACKOFF,
+    allow_empty: bool = False,
 ) -> RunOptions:
     """Turn the flow's parameters into a run's options: the sample if no sources, rules loaded.
 
@@ -118,6 +120,7 @@ def run_options(
     return RunOptions(
         sources=list(sources) if sources else sample_sources(),
         strict=strict,
+        allow_empty=allow_empty,
         partition_bytes=partition_bytes,
         rules=load_aliases(aliases_file),
         fetch_timeout=fetch_timeout,

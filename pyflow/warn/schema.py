@@ -9,6 +9,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pyflow.bootstrap import URL, redact_url
+
 INPUT_FIELDS: tuple[str, ...] = (
     "state",
     "company",
@@ -27,6 +29,19 @@ NOTICE_FIELDS: tuple[str, ...] = ("notice_id", *INPUT_FIELDS, *FLAG_FIELDS, "sou
 
 REJECT_FIELDS: tuple[str, ...] = ("source", "record", "reason", "raw")
 """Columns of ``rejects.csv``, in order: ``record`` counts the file's records, 1 after the header."""
+
+TEXT_NOTICE_FIELDS: tuple[str, ...] = ("company", "city", "source")
+"""Columns of ``notices.csv`` whose text comes from the sources, so any text can be in them.
+
+The others hold what pyflow writes itself: an id, a postal code, ISO dates, a whole number
+(``jobs``, never negative) and ``true``/``false``.
+"""
+
+TEXT_REJECT_FIELDS: tuple[str, ...] = ("source", "reason", "raw")
+"""Columns of ``rejects.csv`` that hold text (``record`` is a number)."""
+
+FORMULA_STARTS: tuple[str, ...] = ("=", "+", "-", "@", "\t", "\r")
+"""First characters that make a spreadsheet read a cell as a formula (OWASP, CSV injection)."""
 
 REQUIRED_FIELDS: tuple[str, ...] = ("state", "company")
 """Fields without which a row is not a notice."""
@@ -62,12 +77,13 @@ class Source(BaseModel):
     ``data/ca.csv#state=CA`` or ``https://example.org/warn.csv#state=TX,name=tx``. Keys are
     the input fields (``state``, ``company``, ``city``, ``notice_date``, ``effective_date``,
     ``jobs``), whose value then holds for every row (a column for that field is not read),
-    ``name`` (the label written in the ``source`` column; default: the location) and
+    ``name`` (the label written in the ``source`` column; default: the location, without the
+    credentials or query string of a URL, which are only used to fetch it) and
     ``encoding`` (default ``utf-8-sig``: UTF-8, a byte order mark dropped, and any byte that is
     not UTF-8 read as Windows-1252).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     location: str = Field(
         min_length=1, description="Local path, file:// or http(s):// URL, or any fsspec URL."
@@ -77,7 +93,9 @@ class Source(BaseModel):
         description="Values for fields, such as the state, that hold for every row.",
     )
     name: str | None = Field(
-        default=None, description="Label for the source column; default: the location."
+        default=None,
+        description="Label for the source column; default: the location, without credentials "
+        "or query string.",
     )
     encoding: str = Field(default="utf-8-sig", description="Text encoding of the file.")
 
@@ -124,8 +142,17 @@ class Source(BaseModel):
 
     @property
     def label(self) -> str:
-        """The value written in the ``source`` column of the outputs."""
-        return self.name or self.location
+        """The value written in the ``source`` column of the outputs: never a secret."""
+        return self.name or self.shown_location
+
+    @property
+    def shown_location(self) -> str:
+        """The location as outputs, logs and messages show it: without credentials or query."""
+        return redact_location(self.location)
+
+    def scrub(self, text: str) -> str:
+        """Remove this source's credentials and query string from a message (a library's error)."""
+        return redact_text(text, self.location)
 
     @property
     def is_remote_http(self) -> bool:
@@ -162,7 +189,8 @@ def parse_source_spec(spec: str) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         key, value = key.strip().lower(), value.strip()
         if not sep or not key or not value:
-            raise ValueError(f"'{pair}' in source '{spec}' is not key=value (such as state=CA)")
+            shown = f"{redact_location(location.strip())}#{fragment}"
+            raise ValueError(f"'{pair}' in source '{shown}' is not key=value (such as state=CA)")
         if key in {"name", "encoding"}:
             fields[key] = value
         else:
@@ -172,8 +200,40 @@ def parse_source_spec(spec: str) -> dict[str, Any]:
 
 
 def source_label_from(location: str) -> str:
-    """Return the last path component of a location, for short messages."""
-    return PurePosixPath(urlsplit(location).path).name or location
+    """Return the last path component of a location, for short messages and file names."""
+    return PurePosixPath(urlsplit(location).path).name or redact_location(location)
+
+
+def redact_location(location: str) -> str:
+    """Return a URL without its credentials (``user:pass@``) and query string (a signature).
+
+    What fetches the source keeps the whole URL; what shows it (the ``source`` column,
+    ``summary.json``, logs and messages) gets this. A local path is returned as it is.
+
+    Args:
+        location: A local path or a URL.
+    """
+    return redact_url(location, mark="")
+
+
+def redact_text(text: str, location: str) -> str:
+    """Remove a location's credentials and query string from a text, wherever they appear.
+
+    Every URL in the text loses its own, and the location's secrets go also where a library
+    quoted them apart from the URL (``user:pass@`` or ``?query`` alone).
+
+    Args:
+        text: A message, such as a library's error, that may quote the location.
+        location: The location whose secrets are to go.
+    """
+    text = URL.sub(lambda found: redact_url(found.group(), mark=""), text)
+    _, _, rest = location.partition("://")
+    address, _, query = rest.partition("?")
+    userinfo = address.split("/", 1)[0].rpartition("@")[0]
+    for secret in (f"{userinfo}@" if userinfo else "", f"?{query}" if query else ""):
+        if secret:
+            text = text.replace(secret, "")
+    return text
 
 
 def normalise_state(value: str) -> str:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SAMPLE, WARN_DATA
+from conftest import ROOT, SAMPLE, WARN_DATA, isolated_env
 from pyflow.warn import bench, etl
 from pyflow.warn.columns import load_rules
 
@@ -67,8 +66,8 @@ def test_report_gives_ratios_and_verdicts_against_each_target() -> None:
 
 @pytest.mark.slow
 def test_bench_runs_every_variant_and_checks_their_outputs(tmp_path: Path) -> None:
-    """`python -m pyflow.warn.bench` runs 0, a, b, a1, p, c, d, d1 and e, prints the table, outputs agree."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "PYFLOW_"))}
+    """`python -m pyflow.warn.bench` runs 0, a, b, a1, p, c, d, d1, e and r, prints the table, outputs agree."""
+    env = isolated_env()
     result = subprocess.run(
         [sys.executable, "-m", "pyflow.warn.bench", "--rows", "3000", "--files", "2",
          "--folder", str(tmp_path), "--real-data", str(SAMPLE)],
@@ -77,9 +76,10 @@ def test_bench_runs_every_variant_and_checks_their_outputs(tmp_path: Path) -> No
     assert result.returncode == 0, result.stderr[-3000:]
     table = [line for line in result.stdout.splitlines() if line.startswith("| (")]
     assert [line.split(")")[0] for line in table] == [
-        "| (0", "| (a", "| (b", "| (a1", "| (p", "| (c", "| (d", "| (d1", "| (e",
+        "| (0", "| (a", "| (b", "| (a1", "| (p", "| (c", "| (d", "| (d1", "| (e", "| (r",
     ]  # fmt: skip
     assert "| (e) 9 real state files, python -m pyflow |" in result.stdout
+    assert "| (r) invoke run on the bundled sample, the second run | " in result.stdout
     assert "Outputs identical across the flow variants: yes" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
 
@@ -95,7 +95,8 @@ def test_bench_refuses_unknown_variants(capsys: pytest.CaptureFixture[str]) -> N
         bench.main(["--variants", "ax"])
     assert raised.value.code == 2
     assert (
-        "'ax' is not a list of the variants 0, a, b, a1, p, c, d, d1, e" in capsys.readouterr().err
+        "'ax' is not a list of the variants 0, a, b, a1, p, c, d, d1, e, r"
+        in capsys.readouterr().err
     )
 
 

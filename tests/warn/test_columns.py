@@ -195,3 +195,12 @@ def test_load_rules_refuses_a_bad_alias_file(tmp_path: Path, text: str, message:
     path.write_text(text)
     with pytest.raises(ValueError, match=message):
         load_rules(path)
+
+
+def test_map_columns_reports_each_rule_with_its_whole_words() -> None:
+    """summary.json's rule text lists every word of each slot, none cut short."""
+    found = mapping([["Company", "Number of Employees Affected"], ["Acme", "12"]])
+    jobs = next(rule for rule in RULES.fields if rule.name == "jobs")
+    slots = found.how["jobs"].removeprefix("header words: ").split(" + ")
+    assert [frozenset(slot.split("|")) for slot in slots] in [list(p) for p in jobs.patterns]
+    assert max(len(slot) for slot in slots) > 40, "a slot longer than the old cut is whole"

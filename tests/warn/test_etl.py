@@ -5,14 +5,18 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import logging
 import random
+import tempfile
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import polars as pl
 import pytest
 
-from conftest import SAMPLE, HttpSources, tree_bytes
+from conftest import SAMPLE, HttpSources, tmpfs, tree_bytes
 from pyflow.errors import FetchError, OutputError, SourceError
 from pyflow.warn import etl
 from pyflow.warn.columns import load_rules
@@ -451,3 +455,196 @@ def test_fetch_source_refuses_a_missing_file(tmp_path: Path) -> None:
         SourceError, match=r"'nope\.csv' not found: .*--source or the sources parameter"
     ):
         etl.fetch_source(Source(location="nope.csv"), str(tmp_path), timeout=5)
+
+
+def test_run_escapes_cells_a_spreadsheet_would_read_as_formulas(
+    write_csv: Callable[[str, str], Path], tmp_path: Path
+) -> None:
+    """Text cells starting with = + - @ get a leading quote; counts and other cells do not."""
+    text = (
+        "Company,City,Notice Date,Jobs\n"
+        '"=HYPERLINK(""http://x"",""y"")",+1 Town,1/2/2024,-5\n'
+        "@SUM(A1),-Springfield,1/3/2024,7\n"
+        "Acme,Springfield,1/4/2024,3\n"
+        "=1+1,Town,1/5/2024,4,late cell\n"
+    )
+    source = Source(location=str(write_csv("x.csv", text)), constants={"state": "OH"}, name="=x")
+    run([source], tmp_path / "out")
+    notices = {row["notice_date"]: row for row in read_rows(tmp_path / "out" / "notices.csv")}
+    assert notices["2024-01-02"]["company"] == '\'=HYPERLINK("http://x","y")'
+    assert notices["2024-01-02"]["city"] == "'+1 Town"
+    assert notices["2024-01-02"]["jobs"] == "5"
+    assert notices["2024-01-03"]["company"] == "'@SUM(A1)"
+    assert notices["2024-01-03"]["city"] == "'-Springfield"
+    assert (notices["2024-01-04"]["company"], notices["2024-01-04"]["city"]) == (
+        "Acme",
+        "Springfield",
+    )
+    assert {row["source"] for row in notices.values()} == {"'=x"}
+    [reject] = read_rows(tmp_path / "out" / "rejects.csv")
+    assert (reject["source"], reject["raw"]) == ("'=x", "'=1+1,Town,1/5/2024,4,late cell")
+    assert '\'=HYPERLINK(""http://x"",""y"")",' in (tmp_path / "out" / "notices.csv").read_text()
+
+
+def test_defused_prefixes_exactly_the_formula_starts() -> None:
+    """Each of = + - @ tab and carriage return at the start gets a quote; other cells stay."""
+    cells = ["=A1", "+1", "-1", "@x", "\tx", "\rx", "a=b", "'=x", "", None, " =x"]
+    frame = pl.DataFrame({"cell": cells}, schema={"cell": pl.String})
+    assert frame.select(etl.defused("cell")).get_column("cell").to_list() == [
+        "'=A1", "'+1", "'-1", "'@x", "'\tx", "'\rx", "a=b", "'=x", "", None, " =x",
+    ]  # fmt: skip
+
+
+def test_run_gives_the_same_bytes_with_its_work_folder_on_a_tmpfs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TMPDIR on a tmpfs and the output on the disk (copy_file_range refused): same outputs."""
+    source = big_source(tmp_path / "big.csv", 3_000)
+    run([source], tmp_path / "disk", partition_bytes=20_000, merge_rows=300)
+    with tmpfs(tmp_path / "tmpfs", "64m") as temporary:
+        monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+        run([source], tmp_path / "both", partition_bytes=20_000, merge_rows=300)
+        assert not [p for p in temporary.iterdir() if p.name.startswith("pyflow-")]
+    for name in (etl.NOTICES_FILE, etl.REJECTS_FILE):
+        assert (tmp_path / "both" / name).read_bytes() == (tmp_path / "disk" / name).read_bytes()
+
+
+def test_append_file_copies_across_file_systems(tmp_path: Path) -> None:
+    """A chunk on a tmpfs is appended to a file on the disk, where the kernel refuses to copy."""
+    with tmpfs(tmp_path / "tmpfs", "4m") as folder:
+        chunk = folder / "chunk.csv"
+        chunk.write_bytes(b"".join(b"row %d\n" % i for i in range(100_000)))
+        target = tmp_path / "out.csv"
+        with target.open("wb") as out:
+            out.write(b"header\n")
+            etl.append_file(out, str(chunk))
+            out.write(b"end\n")
+        assert target.read_bytes() == b"header\n" + chunk.read_bytes() + b"end\n"
+        with chunk.open("rb") as source, (tmp_path / "probe").open("wb") as probe:
+            assert etl._copy_range(source.fileno(), probe.fileno()) == 0, "the kernel copied"
+
+
+def test_run_on_a_full_disk_raises_one_error_and_keeps_the_previous_outputs(
+    wa_source: Source, tmp_path: Path
+) -> None:
+    """ENOSPC while writing a run: an OutputError naming the file and the fix; nothing changes."""
+    with tmpfs(tmp_path / "small", "1m") as out:
+        run([wa_source], out)
+        before = tree_bytes(out)
+        big = big_source(tmp_path / "big.csv", 30_000)
+        with pytest.raises(OutputError) as raised:
+            run([big], out)
+        message = str(raised.value)
+        assert message.startswith(f"cannot write {out}/runs/")
+        assert (
+            "no space is left on its disk: free some space, or choose another location with "
+            "--output or PYFLOW_OUTPUT; the previous outputs are as they were" in message
+        )
+        assert "\n" not in message
+        assert tree_bytes(out) == before
+
+
+@pytest.fixture
+def signed_server(http_sources: HttpSources) -> str:
+    """A real HTTP server on loopback that serves /x.csv only with user:secret and a signature."""
+    http_sources.add(f"/x.csv?X-Goog-Signature={SIGNATURE}", WA_TEXT, auth="user:secret")
+    return http_sources.base_url.removeprefix("http://")
+
+
+SIGNATURE = "abc-sig"
+"""The query-string secret of the signed URLs; "abc" alone could be in a hex id by chance."""
+
+
+def test_fetch_source_uses_credentials_but_never_shows_them(
+    signed_server: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The whole URL fetches the file; its label, errors and logs have no password or query."""
+    caplog.set_level(logging.DEBUG)
+    url = f"http://user:secret@{signed_server}/x.csv?X-Goog-Signature={SIGNATURE}"
+    source = Source.model_validate(f"{url}#state=WA")
+    location = etl.fetch_source(source, str(tmp_path), timeout=5)
+    assert Path(location).read_text() == WA_TEXT
+    assert source.label == f"http://{signed_server}/x.csv"
+    for wrong in (url.replace("x.csv", "y.csv"), url.replace("secret", "wrong")):
+        with pytest.raises(SourceError) as raised:
+            etl.fetch_source(Source(location=wrong), str(tmp_path), timeout=5)
+        assert "answered HTTP 40" in str(raised.value)
+        assert "secret" not in str(raised.value) and SIGNATURE not in str(raised.value)
+    assert "HTTP Request: GET" in caplog.text, "httpx logged its requests"
+    assert "secret" not in caplog.text and SIGNATURE not in caplog.text
+
+
+def test_run_labels_a_url_source_without_its_credentials(
+    signed_server: str, tmp_path: Path
+) -> None:
+    """The source column, rejects and summary.json of a signed URL hold no secret."""
+    url = f"http://user:secret@{signed_server}/x.csv?X-Goog-Signature={SIGNATURE}"
+    missing = url.replace("x.csv", "gone.csv")
+    summary = run(
+        [Source.model_validate(f"{url}#state=WA"), Source.model_validate(missing)],
+        tmp_path / "out",
+    )
+    assert {row["source"] for row in read_rows(tmp_path / "out" / "notices.csv")} == {
+        f"http://{signed_server}/x.csv"
+    }
+    assert [entry["location"] for entry in summary.sources] == [
+        f"http://{signed_server}/x.csv",
+        f"http://{signed_server}/gone.csv",
+    ]
+    assert summary.failures[0]["error"] == (
+        f"source 'http://{signed_server}/gone.csv' answered HTTP 404: check the URL"
+    )
+    for path in (tmp_path / "out").rglob("*"):
+        if path.is_file():
+            assert (
+                b"secret" not in path.read_bytes() and SIGNATURE.encode() not in path.read_bytes()
+            )
+
+
+def test_run_fails_a_source_that_drops_to_no_rows(
+    wa_source: Source, write_csv: Callable[[str, str], Path], tmp_path: Path
+) -> None:
+    """A source that read rows in the published run and none now fails; the others publish."""
+    other = Source(
+        location=str(write_csv("oh.csv", "Company,Notice Date\nAcme,1/2/2024\n")),
+        constants={"state": "OH"},
+        name="oh",
+    )
+    run([wa_source, other], tmp_path / "out")
+    Path(wa_source.location).write_text("Company," + "x" * (1 << 20))  # one long line, no rows
+    summary = run([wa_source, other], tmp_path / "out")
+    [failure] = summary.failures
+    assert failure["source"] == "wa"
+    assert failure["error"] == (
+        f"source 'wa' gave no rows, but 7 were read from it before (as the published run "
+        f"latest.json names, {summary_of(tmp_path / 'out', 1)['run']}, records): check the file "
+        "(a truncated download, an export of one line, a changed layout) and run again, or pass "
+        "allow_empty=true (--param allow_empty=true, or the deployment's parameters) if it is "
+        "really empty now"
+    )
+    assert [row["source"] for row in read_rows(tmp_path / "out" / "notices.csv")] == ["oh"]
+    assert json.loads((tmp_path / "out" / "latest.json").read_text())["run"] == summary.run
+    [still] = run([wa_source, other], tmp_path / "out").failures
+    assert still["error"].startswith("source 'wa' gave no rows, but 7 were read from it before (")
+    assert summary.run in still["error"], "running again does not let it through"
+    again = run([wa_source, other], tmp_path / "out", allow_empty=True)
+    assert again.failures == [], "allowed, it is published empty"
+    assert run([wa_source, other], tmp_path / "out").failures == [], "now empty is the norm"
+
+
+def test_run_in_strict_mode_writes_nothing_when_a_source_drops_to_no_rows(
+    wa_source: Source, tmp_path: Path
+) -> None:
+    """With strict, a source that gave rows before and none now fails the run before writing."""
+    run([wa_source], tmp_path / "out")
+    before = tree_bytes(tmp_path / "out")
+    Path(wa_source.location).write_text("Company,Location\n")
+    with pytest.raises(SourceError, match=r"no source could be read.*source 'wa' gave no rows"):
+        run([wa_source], tmp_path / "out", strict=True)
+    assert tree_bytes(tmp_path / "out") == before
+
+
+def summary_of(output: Path, back: int = 0) -> dict[str, Any]:
+    """Return the summary of the latest run in an output, or of the run ``back`` runs before it."""
+    runs = sorted((output / "runs").iterdir())
+    return json.loads((runs[-1 - back] / "summary.json").read_text())  # type: ignore[no-any-return]

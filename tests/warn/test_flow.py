@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,17 @@ from pyflow.warn.parameters import SAMPLE_STATES
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 
 GOOD_CSV = "Company,State,Notice Date,Jobs\nAcme,CA,2024-01-02,10\nBeta,TX,2024-01-03,20\n"
+SIGNATURE = "abc-sig"
+"""A signed URL's query-string secret ("abc" alone could be in a hex id by chance)."""
+
+
+def latest_artifact() -> str:
+    """Return the markdown of the newest run summary artifact."""
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[SUMMARY_ARTIFACT_KEY]))
+        )
+    return str(max(artifacts, key=lambda a: a.created).data)
 
 
 def output_bytes(folder: Path) -> dict[str, bytes]:
@@ -61,7 +73,8 @@ def test_warn_notices_publishes_a_summary_artifact(tmp_path: Path) -> None:
     assert latest.type == "markdown"
     assert f"| Notices written | {summary.rows_out:,} |" in latest.data
     assert f"| Rows rejected | {summary.rows_rejected:,} |" in latest.data
-    assert "| sample/tx.csv | 30 | 30 | 0 | company ← JOB_SITE_NAME;" in latest.data
+    assert "| sample/tx.csv | 30 | 30 | 0 | read |" in latest.data
+    assert "- **sample/tx.csv**\n  - Columns: company ← JOB_SITE_NAME;" in latest.data
 
 
 def test_warn_notices_retries_a_flaky_http_source(
@@ -128,3 +141,57 @@ def test_warn_notices_validates_its_parameters(tmp_path: Path) -> None:
     with pytest.raises(ParameterTypeError, match="unknown field stat"):
         warn_notices(sources=["a.csv#stat=CA"], output=str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+def test_warn_notices_keeps_url_credentials_out_of_outputs_logs_and_artifact(
+    http_sources: HttpSources, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """user:secret@ and ?X-Goog-Signature=... fetch the file, and show nowhere, even on failure."""
+    caplog.set_level(logging.DEBUG)
+    good = http_sources.add(f"/x.csv?X-Goog-Signature={SIGNATURE}", GOOD_CSV)
+    gone = f"{http_sources.base_url}/gone.csv?X-Goog-Signature={SIGNATURE}"
+    secret = [url.replace("http://", "http://user:secret@") for url in (good, gone)]
+    state = warn_notices(
+        sources=secret, output=str(tmp_path / "out"), fetch_retries=0, return_state=True
+    )
+    assert http_sources.routes[f"/x.csv?X-Goog-Signature={SIGNATURE}"].hits == 1
+    assert state.is_failed()
+    shown = f"{http_sources.base_url}/gone.csv"
+    assert f"source '{shown}' answered HTTP 404: check the URL" in str(state.message)
+    notices = (tmp_path / "out" / "notices.csv").read_text()
+    assert f",{http_sources.base_url}/x.csv\n" in notices
+    assert "Fetched http://" in caplog.text and "HTTP Request: GET" in caplog.text
+    seen = {
+        "logs": caplog.text,
+        "artifact": latest_artifact(),
+        "message": str(state.message),
+        **{
+            str(path): path.read_text(errors="replace")
+            for path in (tmp_path / "out").rglob("*")
+            if path.is_file()
+        },
+    }
+    leaks = [name for name, text in seen.items() if "secret" in text or SIGNATURE in text]
+    assert leaks == []
+
+
+def test_warn_notices_fails_a_source_that_drops_to_no_rows(tmp_path: Path) -> None:
+    """A source with rows in the published run and none now fails, naming it; the rest publish."""
+    emptied = tmp_path / "tx.csv"
+    emptied.write_bytes((SAMPLE / "tx.csv").read_bytes())
+    sources = [f"{emptied}#state=TX,name=tx", f"{SAMPLE / 'wi.csv'}#state=WI,name=wi"]
+    out = tmp_path / "out"
+    warn_notices(sources=sources, output=str(out))
+    emptied.write_bytes((SAMPLE / "tx.csv").read_bytes().split(b"\n", 1)[0])  # the header alone
+    state = warn_notices(sources=sources, output=str(out), return_state=True)
+    assert state.is_failed()
+    assert state.message.startswith("1 of 2 sources failed; the others were published:\n  - ")
+    assert "source 'tx' gave no rows, but 30 were read from it before (" in state.message
+    assert "allow_empty=true" in state.message
+    published = json.loads((out / "latest.json").read_text())["run"]
+    assert published == state.result(raise_on_failure=False).run
+    assert {
+        line.rsplit(",", 1)[1] for line in (out / "notices.csv").read_text().splitlines()[1:]
+    } == {"wi"}
+    allowed = warn_notices(sources=sources, output=str(out), allow_empty=True)
+    assert allowed.failures == []

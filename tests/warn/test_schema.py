@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from pyflow.warn.columns import normalise_header
-from pyflow.warn.schema import Source
+from pyflow.warn.schema import Source, redact_location
 
 
 def test_source_parses_the_string_form() -> None:
@@ -52,3 +52,40 @@ def test_source_rejects_bad_specs(spec: str, message: str) -> None:
 def test_normalise_header_ignores_case_spacing_and_underscores() -> None:
     """Overrides match a column whatever its case, spacing, underscores or byte order mark."""
     assert normalise_header("\ufeffTOTAL_LAYOFF_NUMBER ") == "total layoff number"
+
+
+def test_source_shows_a_url_without_its_credentials_or_query() -> None:
+    """The label and shown location drop user:password@ and ?query; fetching keeps them."""
+    url = "https://user:secret@x.test:8443/warn/a.csv?X-Goog-Signature=abc-sig&X-Goog-Date=1"
+    source = Source.model_validate(f"{url}#state=CA")
+    assert source.location == url
+    assert source.label == source.shown_location == "https://x.test:8443/warn/a.csv"
+    assert Source.model_validate(f"{url}#name=ca").label == "ca"
+    assert source.scrub(f"GET {url} failed; retry {url}") == (
+        "GET https://x.test:8443/warn/a.csv failed; retry https://x.test:8443/warn/a.csv"
+    )
+
+
+@pytest.mark.parametrize(
+    ("location", "shown"),
+    [
+        ("data/what?.csv", "data/what?.csv"),
+        ("/abs/path.csv", "/abs/path.csv"),
+        ("file:///tmp/a.csv", "file:///tmp/a.csv"),
+        ("gs://bucket/a.csv?generation=5", "gs://bucket/a.csv"),
+        ("s3://key:secret@bucket/a.csv", "s3://bucket/a.csv"),
+        ("http://[::1]:80/a.csv?sig=1", "http://[::1]:80/a.csv"),
+        ("http://user:pw@[bad/a.csv?sig=1", "http://[bad/a.csv"),
+    ],
+)
+def test_redact_location_keeps_paths_and_strips_url_secrets(location: str, shown: str) -> None:
+    """A local path is shown as given; a URL without credentials or query string."""
+    assert redact_location(location) == shown
+
+
+def test_source_spec_errors_do_not_show_credentials() -> None:
+    """A malformed spec of a signed URL is named without its password or signature."""
+    with pytest.raises(ValidationError) as raised:
+        Source.model_validate("http://u:secret@h/x.csv?sig=abc-sig#state")
+    assert "'state' in source 'http://h/x.csv#state' is not key=value" in str(raised.value)
+    assert "secret" not in str(raised.value) and "abc-sig" not in str(raised.value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -63,7 +64,7 @@ def summary(**changes: object) -> etl.Summary:
 
 
 def test_summary_markdown_shows_the_totals_then_each_source() -> None:
-    """The artifact shows the totals, then a row per source with its columns and any failure."""
+    """The artifact shows the totals, a row of counts per source, then each one's details."""
     markdown = tasks.summary_markdown(summary())
     for row in (
         "| Total | Count |",
@@ -74,20 +75,67 @@ def test_summary_markdown_shows_the_totals_then_each_source() -> None:
         "| Rows rejected | 150 |",
         "| Duplicates dropped | 54 |",
         "| Notices | `out/n.csv` |",
-        "| ca.csv | 1,204 | 1,054 | 150 | company ← Company; jobs ← No. Of Employees; state = CA "
-        "| County, Address, A, B, C and 1 more | city, notice_date |  |",
-        "| x\\|y.csv | 0 | 0 | 0 |  |  |  | source 'x\\|y.csv' not found: check the path |",
+        "| Source | Rows read | Kept | Rejected | Status |",
+        "| ca.csv | 1,204 | 1,054 | 150 | read |",
+        "| x\\|y.csv | 0 | 0 | 0 | **failed** |",
     ):
         assert row in markdown
+    details = markdown.split("## Each source\n", 1)[1]
+    assert details == (
+        "\n- **ca.csv**\n"
+        "  - Columns: company ← Company; jobs ← No. Of Employees; state = CA\n"
+        "  - Ignored: County, Address, A, B, C and 1 more\n"
+        "  - Lacks: city, notice_date\n"
+        "- **x|y.csv**\n"
+        "  - Failed: source 'x|y.csv' not found: check the path\n"
+    )
     assert "| | |" not in markdown
 
 
 def test_summary_markdown_shows_a_sources_delimiter_and_title_lines() -> None:
-    """A source split at semicolons, under two title lines, says so in its Columns cell."""
+    """A source split at semicolons, under two title lines, says so in its columns."""
     entry = summary().sources[0]
     mapping = {**entry["mapping"], "delimiter": ";", "lines_above_header": ["CA WARN", "Updated"]}
     markdown = tasks.summary_markdown(summary(sources=[{**entry, "mapping": mapping}]))
     assert (
-        "| company ← Company; jobs ← No. Of Employees; state = CA; cells split at ';'; "
-        "2 title line(s) above the header skipped |"
+        "  - Columns: company ← Company; jobs ← No. Of Employees; state = CA; cells split at ';'; "
+        "2 title line(s) above the header skipped\n"
     ) in markdown
+
+
+def test_summary_markdown_keeps_its_table_narrow_whatever_the_details() -> None:
+    """Many columns and a long failure go in the list: each table row stays under 80 characters."""
+    entry = summary().sources[0]
+    header = [f"Column number {i} of a very wide export" for i in range(40)]
+    wide = {
+        **entry,
+        "source": "data/warn/2026/al.csv",
+        "error": "source 'data/warn/2026/al.csv' has no column for the company: "
+        + ", ".join(header),
+        "mapping": {**entry["mapping"], "ignored": header, "missing": ["city", "jobs", "state"]},
+    }
+    markdown = tasks.summary_markdown(summary(sources=[entry, wide]))
+    table = [line for line in markdown.splitlines() if line.startswith("|")]
+    assert table and max(len(line) for line in table if "`" not in line) < 80
+    assert "  - Failed: source 'data/warn/2026/al.csv' has no column for the company: " in markdown
+    assert "  - Ignored: Column number 0 of a very wide export, " in markdown
+
+
+def test_check_row_counts_fails_a_source_that_drops_to_no_rows(tmp_path: Path) -> None:
+    """The task fails a source that gave rows in the published run and none now; others stay."""
+    output = tmp_path / "out"
+    (output / "runs" / "r1").mkdir(parents=True)
+    entries = [{"source": name, "rows_in": 5, "error": None} for name in ("a", "b")]
+    (output / "runs" / "r1" / "summary.json").write_text(json.dumps({"sources": entries}))
+    pointer = {"run": "r1", "files": {"summary.json": {"path": "runs/r1/summary.json"}}}
+    (output / "latest.json").write_text(json.dumps(pointer))
+    plans = [
+        etl.SourcePlan(i, Source(location=f"{n}.csv", name=n), "") for i, n in enumerate("abc")
+    ]
+    parts = [etl.PartResult(1, 0, rows_in=4), etl.PartResult(2, 0, rows_in=0)]
+    with disable_run_logger():
+        checked = tasks.check_row_counts.fn(plans, parts, str(output), False)
+        allowed = tasks.check_row_counts.fn(plans, parts, str(output), True)
+    assert [plan.error is not None for plan in checked] == [True, False, False]
+    assert str(checked[0].error).startswith("source 'a' gave no rows, but ")
+    assert allowed == plans

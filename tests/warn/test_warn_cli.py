@@ -6,7 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PUBLISHED, SAMPLE, run_cli
+from conftest import PUBLISHED, SAMPLE, HttpSources, run_cli, tmpfs, tree_bytes
+
+SIGNATURE = "abc-sig"
+"""A signed URL's query-string secret ("abc" alone could be in a hex id by chance)."""
 
 
 @pytest.mark.slow
@@ -99,3 +102,54 @@ def test_cli_refuses_an_unwritable_output_before_starting(isolated_settings: Pat
     assert "--output or PYFLOW_OUTPUT" in result.stderr
     assert "Traceback" not in result.stderr
     assert not list(isolated_settings.glob(".prefect/*.db")), "no Prefect server was started"
+
+
+@pytest.mark.slow
+def test_cli_reports_a_full_disk_in_one_line_and_keeps_the_previous_outputs(
+    isolated_settings: Path, tmp_path: Path
+) -> None:
+    """An output that fills up mid-run: exit 1, one line naming the file and the fix; no change."""
+    big = isolated_settings / "big.csv"
+    rows = "".join(
+        f"Company number {i} of a long list,Springfield,1/2/2024,{i}\n" for i in range(40_000)
+    )
+    big.write_text("Company,City,Notice Date,Jobs\n" + rows)
+    with tmpfs(tmp_path / "small", "1m") as out:
+        first = run_cli(isolated_settings, "--output", str(out))
+        assert first.returncode == 0, first.stdout + first.stderr
+        before = tree_bytes(out)
+        result = run_cli(isolated_settings, "--source", f"{big}#state=CA", "--output", str(out))
+        assert result.returncode == 1
+        assert "Traceback" not in result.stdout + result.stderr
+        [line] = [line for line in result.stderr.splitlines() if line.startswith("pyflow:")]
+        assert line.startswith(f"pyflow: the run failed: cannot write {out}/runs/")
+        assert line.endswith(
+            ": no space is left on its disk: free some space, or choose another location with "
+            "--output or PYFLOW_OUTPUT; the previous outputs are as they were"
+        )
+        assert tree_bytes(out) == before
+
+
+@pytest.mark.slow
+def test_cli_keeps_url_credentials_out_of_its_console_and_outputs(
+    isolated_settings: Path, http_sources: HttpSources
+) -> None:
+    """A signed URL with user:secret@ is fetched; no console line or file shows the secrets."""
+    csv = "Company,State,Notice Date\nAcme,CA,2024-01-02\n"
+    good = http_sources.add(f"/x.csv?X-Goog-Signature={SIGNATURE}", csv)
+    gone = f"{http_sources.base_url}/gone.csv?X-Goog-Signature={SIGNATURE}"
+    sources = [url.replace("http://", "http://user:secret@") for url in (good, gone)]
+    result = run_cli(
+        isolated_settings,
+        *("--source", sources[0], "--source", sources[1]),
+        *("--param", "fetch_retries=0", "--output", "out"),
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"  - source '{http_sources.base_url}/gone.csv' answered HTTP 404" in result.stderr
+    assert "pyflow: read 1 rows from 2 sources: 1 notices" in result.stdout
+    texts = [result.stdout, result.stderr] + [
+        path.read_text(errors="replace")
+        for path in (isolated_settings / "out").rglob("*")
+        if path.is_file()
+    ]
+    assert not [text for text in texts if "secret" in text or SIGNATURE in text]
