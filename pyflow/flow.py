@@ -105,14 +105,14 @@ def warn_notices(
     run_folder = publish.run_dir(location, run)
     work_dir = publish.work_dir(run_folder, shared=settings.dask_address is not None)
     published = False
-    with publish.leased(run_folder, settings.run_lease_seconds):
-        try:
+    try:
+        with publish.leased(run_folder, settings.run_lease_seconds):
             summary = transform_and_stage(options, location, run, work_dir, started_at)
             publish_outputs(location, run, summary.rows_out)
             published = True
             publish_summary(summary)
-        finally:
-            clean_up(location, run, work_dir, published, settings.keep_runs)
+    finally:  # once the lease is dropped, so that no renewal writes it again
+        clean_up(location, run, work_dir, published, settings.keep_runs)
     if summary.failures:
         return Failed(message=failure_message(summary), data=summary)
     return summary

@@ -495,7 +495,11 @@ def write_lease(store: Store, run_folder: str, seconds: float) -> None:
 
 @contextlib.contextmanager
 def leased(run_folder: str, seconds: float) -> Iterator[None]:
-    """Hold a run's lease while the block runs, renewing it in the background; drop it after."""
+    """Hold a run's lease while the block runs, renewing it in the background; drop it after.
+
+    It is dropped once the renewals have stopped, so none writes it again afterwards: end the
+    run (`finish_run`) after the block.
+    """
     store = Store.of(run_folder)
     folder = store.root
     try:
@@ -518,6 +522,8 @@ def leased(run_folder: str, seconds: float) -> Iterator[None]:
     finally:
         stop.set()
         thread.join()
+        with contextlib.suppress(OSError):
+            _remove(store, join(folder, LEASE_FILE))
 
 
 def finish_run(output: str, run_id: str, work: str, published: bool, keep: int) -> list[str]:

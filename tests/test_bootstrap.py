@@ -32,7 +32,9 @@ def test_activate_venv_puts_the_venv_first_on_path(
     assert os.environ["VIRTUAL_ENV"] == str(venv)
 
 
-def test_find_poetry_finds_it_through_the_base_python(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_find_poetry_finds_it_through_the_base_python(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """With no `poetry` on PATH, Poetry is run through a Python that can import it."""
     monkeypatch.setenv("PATH", "")
     base = Path(sys.executable).resolve()
@@ -43,11 +45,11 @@ def test_find_poetry_finds_it_through_the_base_python(monkeypatch: pytest.Monkey
         "run",
         lambda command, **kwargs: CompletedProcess(command, 0 if command[0] == str(base) else 1),
     )
-    assert bootstrap.find_poetry() == f"{base} -m poetry"
+    assert bootstrap.find_poetry(tmp_path) == f"{base} -m poetry", "no record in this venv"
     monkeypatch.setattr(
         bootstrap.subprocess, "run", lambda command, **kwargs: CompletedProcess(command, 1)
     )
-    assert bootstrap.find_poetry() == ""
+    assert bootstrap.find_poetry(tmp_path) == ""
 
 
 def real_poetry() -> str:

@@ -432,3 +432,14 @@ def test_leased_on_a_full_disk_raises_one_error_and_leaves_no_folder(tmp_path: P
             pytest.fail("the block ran without a lease")
         assert not folder.exists()
         filler.unlink()
+
+
+def test_leased_drops_the_lease_once_no_renewal_can_write_it_again(tmp_path: Path) -> None:
+    """After the block, the lease is gone and stays gone: its renewals stopped before it went."""
+    folder = tmp_path / "out" / "runs" / "20261129T000000000000Z-abcd"
+    with publish.leased(str(folder), seconds=0.04):  # renewed every 10 ms
+        time.sleep(0.1)
+        assert (folder / publish.LEASE_FILE).exists()
+    assert not (folder / publish.LEASE_FILE).exists()
+    time.sleep(0.1)
+    assert not (folder / publish.LEASE_FILE).exists(), "no renewal wrote it back"

@@ -1049,8 +1049,8 @@ def run_local(
     run_folder = publish.run_dir(location, run_id)
     work_dir = publish.work_dir(run_folder, shared=False)
     published = False
-    with publish.leased(run_folder, lease_seconds):
-        try:
+    try:
+        with publish.leased(run_folder, lease_seconds):
             locations: dict[int, str] = {}
             errors: dict[int, str] = {}
             for index, source in enumerate(sources):
@@ -1079,8 +1079,8 @@ def run_local(
             write_summary(summary, run_folder)
             publish.publish(location, run_id, summary.rows_out)
             published = True
-        finally:
-            publish.finish_run(location, run_id, work_dir, published, keep_runs)
+    finally:
+        publish.finish_run(location, run_id, work_dir, published, keep_runs)
     return summary
 
 
