@@ -6,25 +6,25 @@
 # Both options are for builds behind a proxy or private index, and neither reaches the final
 # image: the CA bundle is a build secret, mounted only while packages install, and the index
 # URL is a build argument of the build stage alone. Without them the default index is used.
-# The Kubernetes worker runs `prefect flow-run execute` as the container's args, in WORKDIR:
-# there is no ENTRYPOINT, and the code sits at the deployment's entrypoint path,
-# pyflow/flow.py. The default command runs the example flow once.
+# The Kubernetes worker runs `prefect flow-run execute` as the container's args: there is no
+# ENTRYPOINT. A deployment's entrypoint is pyflow_kit.flows:FLOW, which finds the flow in the
+# project at PYFLOW_PROJECT. The default command runs the project's default flow once.
 
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 # --- spec: the parts of pyproject.toml that installing reads ------------------------------
-# Only [project], [tool.poetry], [build-system] and [dependency-groups] are kept, so editing
-# tool settings ([tool.ruff], [tool.pytest...]) leaves the dependency layers cached. If the
-# trimmed file does not parse to exactly those tables, the whole file is used instead.
+# Only [project], [tool.poetry], [tool.pyflow], [build-system] and [dependency-groups] are
+# kept, so editing tool settings ([tool.ruff], [tool.pytest...]) leaves the dependency layers
+# cached. If the trimmed file does not parse to exactly those tables, the whole file is used.
 FROM ${BASE_IMAGE} AS spec
 WORKDIR /spec
 COPY pyproject.toml poetry.lock /src/
 RUN cp /src/poetry.lock . \
-    && awk '/^\[/ { keep = ($0 ~ /^\[\[?(project|build-system|dependency-groups|tool\.poetry)([].]|$)/) } keep' \
+    && awk '/^\[/ { keep = ($0 ~ /^\[\[?(project|build-system|dependency-groups|tool\.poetry|tool\.pyflow)([].]|$)/) } keep' \
         /src/pyproject.toml > pyproject.toml \
     && python3 -c 'import sys, tomllib; \
 full, kept = (tomllib.load(open(path, "rb")) for path in sys.argv[1:]); \
-tool = {"poetry": full["tool"]["poetry"]} if "poetry" in full.get("tool", {}) else None; \
+tool = {key: value for key, value in full.get("tool", {}).items() if key in ("poetry", "pyflow")} or None; \
 want = {key: value for key, value in full.items() if key != "tool"} | ({"tool": tool} if tool else {}); \
 sys.exit(kept != want)' /src/pyproject.toml pyproject.toml \
     || cp /src/pyproject.toml pyproject.toml
@@ -57,6 +57,11 @@ RUN --mount=type=secret,id=ca \
 
 WORKDIR /opt/pyflow
 COPY --from=spec /spec/ ./
+# pyflow-kit, which this repository holds beside the project (a project made from it takes a
+# version from the index instead, and has no kit/): installed editable like the project, from a
+# stand-in for its package, so that a change to its code does not reinstall the dependencies.
+COPY kit/pyproject.toml kit/README.md kit/
+RUN mkdir -p kit/src/pyflow_kit && : > kit/src/pyflow_kit/__init__.py
 
 # Only poetry.lock and the install-relevant part of pyproject.toml reach this layer, so a code
 # change does not reinstall the dependencies. The project itself is installed editable (a .pth
@@ -86,6 +91,7 @@ ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     HOME=/home/pyflow \
     PREFECT_HOME=/home/pyflow/.prefect \
+    PYFLOW_PROJECT=/opt/pyflow \
     PYTHONUNBUFFERED=1
 
 # A fixed, numeric UID and GID, so that Kubernetes' runAsNonRoot can check them; the user may
@@ -99,9 +105,11 @@ RUN groupadd --gid 1000 pyflow \
 COPY --from=build /opt/venv /opt/venv
 
 WORKDIR /opt/pyflow
+COPY --from=spec /spec/pyproject.toml ./
 COPY prefect.toml ./
+COPY kit/src/ ./kit/src/
 COPY pyflow/ ./pyflow/
-RUN python -m compileall -q pyflow
+RUN python -m compileall -q pyflow kit/src
 
 USER 1000:1000
 CMD ["python", "-m", "pyflow"]

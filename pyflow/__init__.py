@@ -1,8 +1,1 @@
-"""pyflow: a production-grade template for Prefect 3 flows, with a WARN notices ETL as its example."""
-
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("pyflow")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0"
+"""pyflow: this project's flows, run, tested and released with pyflow-kit."""

@@ -45,10 +45,11 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
-from pyflow.bootstrap import ROOT
 from pyflow.warn.schema import Source
+from pyflow_kit import commands
+from pyflow_kit.bootstrap import root
 
 if TYPE_CHECKING:
     from pyflow.warn.etl import Summary
@@ -125,7 +126,7 @@ END_TO_END = frozenset({"e", "r"})
 RUNNING_CLUSTER = frozenset({"d", "d1"})
 """Variants that run on a Dask cluster the bench starts before their clock does."""
 
-REAL_DATA = ROOT.parent / "shared" / "warn-data" / "raw"
+REAL_DATA = root().parent / "shared" / "warn-data" / "raw"
 """Where the real state files are, beside the project's checkout."""
 
 
@@ -301,7 +302,7 @@ def warm_up() -> None:
     """Run one throwaway flow against the API: a new server's first requests cost it seconds."""
     from prefect import flow, task
 
-    from pyflow.runtime import without_heartbeats
+    from pyflow_kit.runtime import without_heartbeats
 
     @task(name="pyflow-bench-warm-up-step")
     def step() -> None:
@@ -363,18 +364,18 @@ def run_variant(
         started = time.perf_counter()
         rows = copy_with_csv(sources, output)
         return Measurement(variant, time.perf_counter() - started, rows, memory.stop())
-    from pyflow.config import get_settings
     from pyflow.warn import etl
     from pyflow.warn.parameters import PARTITION_BYTES, load_aliases
+    from pyflow_kit.settings import get_settings
 
     if variant in ("a", "a1", "p"):
         started = time.perf_counter()
         summary = etl.run_local(sources, str(output), load_aliases(None), PARTITION_BYTES)
         seconds = time.perf_counter() - started
         return Measurement(variant, seconds, summary.rows_in, memory.stop())
-    from pyflow.flow import warn_notices
-    from pyflow.runners import build_task_runner
-    from pyflow.runtime import without_heartbeats
+    from pyflow.warn.flow import warn_notices
+    from pyflow_kit.runners import build_task_runner
+    from pyflow_kit.runtime import without_heartbeats
 
     runner_settings = get_settings(
         task_runner="threads" if variant == "b" else "dask",
@@ -420,7 +421,7 @@ def run_invoke_twice(output: Path, env: dict[str, str]) -> Measurement | str:
     for _ in range(2):
         started = time.perf_counter()
         done = subprocess.run(
-            command, cwd=ROOT, env=env, capture_output=True, text=True, check=False
+            command, cwd=root(), env=env, capture_output=True, text=True, check=False
         )
         seconds = time.perf_counter() - started
         if done.returncode != 0:
@@ -439,8 +440,8 @@ def start_cluster(
     """
     from distributed import Client
 
-    from pyflow.local import port_is_free
-    from pyflow.runners import PRELOAD
+    from pyflow_kit.local import port_is_free
+    from pyflow_kit.runners import PRELOAD
 
     port = next(p for p in range(8786, 8999) if port_is_free(p))
     address = f"tcp://127.0.0.1:{port}"
@@ -514,55 +515,20 @@ def _variants(value: str) -> list[str]:
     return names
 
 
-def _count(minimum: int) -> Any:
-    """Return an argparse type for a whole number of at least ``minimum``."""
-
-    def parse(text: str) -> int:
-        if not text.isdigit() or int(text) < minimum:
-            raise argparse.ArgumentTypeError(
-                f"'{text}' is not a whole number of at least {minimum}"
-            )
-        return int(text)
-
-    return parse
-
-
 def main(argv: list[str] | None = None) -> int:
     """Generate the input, run the variants, compare outputs and print the table."""
-    parser = argparse.ArgumentParser(
-        prog="python -m pyflow.warn.bench", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument(
-        "--rows", type=_count(1), default=1_000_000, help="rows to generate (default: 1,000,000)"
-    )
-    parser.add_argument(
-        "--files", type=_count(1), default=20, help="files to spread them over (default: 20)"
-    )
-    parser.add_argument(
-        "--workers", type=_count(1), default=2, help="Dask worker processes (default: 2)"
-    )
-    parser.add_argument(
-        "--folder",
-        type=Path,
-        default=Path("data/bench"),
-        help="where inputs and outputs go (default: data/bench)",
-    )
-    parser.add_argument(
-        "--variants",
-        default=",".join(VARIANTS),
-        type=_variants,
-        help=f"which variants to run, comma-separated, of {', '.join(VARIANTS)} (default: all)",
-    )
-    parser.add_argument(
-        "--real-data",
-        type=Path,
-        default=REAL_DATA,
-        help="folder of the real state files for (e) (default: ../shared/warn-data/raw)",
-    )
+    from pyflow.warn import BENCH
+
+    parser = commands.parser(BENCH.module, [BENCH])
     parser.add_argument("--run-variant", help=argparse.SUPPRESS)
     parser.add_argument("--address", default="", help=argparse.SUPPRESS)
     parser.add_argument("--share", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    try:
+        args.variants = _variants(args.variants or ",".join(VARIANTS))
+    except argparse.ArgumentTypeError as error:
+        parser.error(f"argument --variants: {error}")
+    args.folder, args.real_data = Path(args.folder), Path(args.real_data or REAL_DATA)
     inputs = args.folder / f"input-{args.rows}x{args.files}"
     if args.run_variant:
         sources = generate(inputs, args.rows, args.files)
@@ -578,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def compare(args: argparse.Namespace, inputs: Path) -> int:
     """Run each variant in its own process against one Prefect server, and report."""
-    from pyflow.runtime import prefect_api, quiet_logging
+    from pyflow_kit.runtime import prefect_api, quiet_logging
 
     started = time.perf_counter()
     generate(inputs, args.rows, args.files)

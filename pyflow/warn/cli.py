@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pyflow.errors import SourceError
 from pyflow.warn import etl
+from pyflow.warn.errors import SourceError
 from pyflow.warn.parameters import load_aliases, sample_sources
 
 

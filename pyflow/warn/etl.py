@@ -34,10 +34,9 @@ import polars_hash as plh
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
-from pyflow import publish
-from pyflow.errors import FetchError, OutputError, SourceError
 from pyflow.warn import normalise, reading, values
 from pyflow.warn.columns import ColumnMap, Rules, map_columns
+from pyflow.warn.errors import FetchError, SourceError
 from pyflow.warn.schema import (
     FORMULA_STARTS,
     NOTICE_FIELDS,
@@ -48,6 +47,8 @@ from pyflow.warn.schema import (
     redact_location,
     source_label_from,
 )
+from pyflow_kit import publish
+from pyflow_kit.errors import OutputError
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,9 @@ if not any(isinstance(f, RedactUrls) for f in logging.getLogger("httpx").filters
 NOTICES_FILE = "notices.csv"
 REJECTS_FILE = "rejects.csv"
 SUMMARY_FILE = "summary.json"
+OUTPUT_FILES = (NOTICES_FILE, REJECTS_FILE, SUMMARY_FILE)
+"""What a run publishes, in the order the files are copied to the top: data first, the summary
+last (it names the others)."""
 
 COPY_REFUSED = frozenset(
     {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.EPERM,
@@ -1077,7 +1081,7 @@ def run_local(
             write_outputs(usable, buckets, labels, run_folder)
             summary = summarise(plans, parts, buckets, run_folder, started_at)
             write_summary(summary, run_folder)
-            publish.publish(location, run_id, summary.rows_out)
+            publish.publish(location, run_id, OUTPUT_FILES, rows_out=summary.rows_out)
             published = True
     finally:
         publish.finish_run(location, run_id, work_dir, published, keep_runs)

@@ -13,9 +13,9 @@ from typing import Annotated
 
 from pydantic import Field
 
-from pyflow.errors import SettingsError
 from pyflow.warn.columns import Rules, load_rules
 from pyflow.warn.schema import Source
+from pyflow_kit.errors import SettingsError
 
 SAMPLE_STATES = ("ca", "dc", "fl", "in", "mo", "ny", "pa", "tx", "wi")
 """The bundled sample: slices of the real files nine states publish, each in its own layout."""

@@ -24,8 +24,8 @@ import fsspec
 import polars as pl
 from fsspec.core import url_to_fs
 
-from pyflow.errors import SourceError
 from pyflow.warn import values
+from pyflow.warn.errors import SourceError
 
 SNIFF_BYTES = 1 << 16
 """Bytes read from a source's start to find its line ends and header."""

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pyflow.bootstrap import URL, redact_url
+from pyflow_kit.bootstrap import URL, redact_url
 
 INPUT_FIELDS: tuple[str, ...] = (
     "state",

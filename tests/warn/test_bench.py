@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SAMPLE, WARN_DATA, isolated_env
+from conftest import ROOT, SAMPLE, WARN_DATA
 from pyflow.warn import bench, etl
 from pyflow.warn.columns import load_rules
+from pyflow_kit.testing import isolated_env
 
 
 def test_generate_is_deterministic_and_realistic(tmp_path: Path) -> None:
@@ -65,6 +66,7 @@ def test_report_gives_ratios_and_verdicts_against_each_target() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_bench_runs_every_variant_and_checks_their_outputs(tmp_path: Path) -> None:
     """`python -m pyflow.warn.bench` runs 0, a, b, a1, p, c, d, d1, e and r, prints the table, outputs agree."""
     env = isolated_env()
@@ -82,6 +84,26 @@ def test_bench_runs_every_variant_and_checks_their_outputs(tmp_path: Path) -> No
     assert "| (r) invoke run on the bundled sample, the second run | " in result.stdout
     assert "Outputs identical across the flow variants: yes" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_server")
+def test_bench_runs_chosen_variants_on_the_running_server(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--variants 0,a,b runs those three, each in its own process, and their outputs agree."""
+    folder = tmp_path / "bench"
+    code = bench.main(
+        ["--variants", "0,a,b", "--rows", "2000", "--files", "2", "--folder", str(folder)]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    table = [line.split(")")[0] for line in out.splitlines() if line.startswith("| (")]
+    assert table == ["| (0", "| (a", "| (b"]
+    assert "| (a) plain Python, sequential | " in out and "| 1.00x | 1.00x |" in out
+    assert "Outputs identical across the flow variants: yes" in out
+    left = sorted(path.name for path in folder.iterdir())
+    assert left == ["input-2000x2"], "each variant's output is removed once measured"
 
 
 def test_bench_reads_the_real_files_beside_the_checkout() -> None:

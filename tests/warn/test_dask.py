@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import os
 import subprocess
 import sys
@@ -16,12 +17,13 @@ import psutil
 import pytest
 from prefect_dask import DaskTaskRunner
 
-from conftest import SAMPLE, HttpSources
-from pyflow.flow import warn_notices
-from pyflow.runners import build_task_runner
+from conftest import SAMPLE
 from pyflow.warn import bench, etl
+from pyflow.warn.flow import warn_notices
+from pyflow_kit.runners import build_task_runner
+from pyflow_kit.testing import HttpSources
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
+pytestmark = [pytest.mark.slow, pytest.mark.heavy, pytest.mark.usefixtures("prefect_server")]
 
 
 @dataclass
@@ -39,6 +41,7 @@ def worker_env() -> dict[str, str]:
 
     return {
         **{k: v for k, v in os.environ.items() if not k.startswith("PYFLOW_")},
+        "PYFLOW_PROJECT": os.environ["PYFLOW_PROJECT"],
         "PREFECT_API_URL": PREFECT_API_URL.value(),
         "DASK_LOGGING__DISTRIBUTED": "error",
     }
@@ -80,7 +83,7 @@ def test_scheduler_and_workers_are_warm_before_the_first_task(dask_cluster: Dask
     def warm() -> tuple[bool, bool]:
         from prefect._internal.plugins import collections
 
-        return "pyflow.flow" in sys.modules, collections._collections is not None
+        return "pyflow.warn.flow" in sys.modules, collections._collections is not None
 
     with Client(dask_cluster.address) as client:
         assert list(client.run(warm).values()) == [(True, True), (True, True)]
@@ -138,9 +141,14 @@ def test_flow_survives_losing_a_worker(
     warn_notices(sources=sources, output=str(tmp_path / "expected"))
     flow = warn_notices.with_options(task_runner=DaskTaskRunner(address=dask_cluster.address))
     result: dict[str, object] = {}
-    run = threading.Thread(
-        target=lambda: result.update(
-            summary=flow(sources=sources, output=str(tmp_path / "dask"), partition_bytes=1_000_000)
+    run = threading.Thread(  # in this context: the session's server, not a temporary one
+        target=contextvars.copy_context().run,
+        args=(
+            lambda: result.update(
+                summary=flow(
+                    sources=sources, output=str(tmp_path / "dask"), partition_bytes=1_000_000
+                )
+            ),
         ),
         daemon=True,
     )
@@ -192,7 +200,7 @@ def test_local_cluster_workers_run_the_engine_on_their_own_threads() -> None:
     """A local cluster's workers run Polars on their Dask threads, not on every CPU each."""
     from distributed import Client, LocalCluster
 
-    from pyflow.config import get_settings
+    from pyflow_kit.settings import get_settings
 
     runner = build_task_runner(get_settings(task_runner="dask", dask_workers=2, dask_threads=1))
     with LocalCluster(**runner.cluster_kwargs) as cluster, Client(cluster) as client:

@@ -16,11 +16,13 @@ from typing import Any
 import polars as pl
 import pytest
 
-from conftest import SAMPLE, HttpSources, tmpfs, tree_bytes
-from pyflow.errors import FetchError, OutputError, SourceError
+from conftest import SAMPLE
 from pyflow.warn import etl
 from pyflow.warn.columns import load_rules
+from pyflow.warn.errors import FetchError, SourceError
 from pyflow.warn.schema import NOTICE_FIELDS, Source
+from pyflow_kit.errors import OutputError
+from pyflow_kit.testing import HttpSources, tmpfs, tree_bytes
 
 RULES = load_rules()
 

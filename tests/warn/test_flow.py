@@ -11,12 +11,13 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.exceptions import ParameterTypeError
 
-from conftest import PUBLISHED, SAMPLE, HttpSources
-from pyflow.errors import SourceError
-from pyflow.flow import warn_notices
-from pyflow.tasks import SUMMARY_ARTIFACT_KEY
+from conftest import PUBLISHED, SAMPLE
 from pyflow.warn import etl
+from pyflow.warn.errors import SourceError
+from pyflow.warn.flow import warn_notices
 from pyflow.warn.parameters import SAMPLE_STATES
+from pyflow.warn.tasks import SUMMARY_ARTIFACT_KEY
+from pyflow_kit.testing import HttpSources
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 
@@ -116,6 +117,7 @@ def test_warn_notices_publishes_the_others_and_fails_when_a_source_always_fails(
     runs = list((tmp_path / "out" / "runs").iterdir())
     assert len(runs) == 1
     assert sorted(p.name for p in runs[0].iterdir()) == [
+        "files.json",
         "notices.csv",
         "rejects.csv",
         "summary.json",

@@ -8,28 +8,28 @@ at each step of publishing.
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from conftest import SAMPLE, GcsEmulator
-from pyflow import local
-from pyflow.publish import Store
+from conftest import SAMPLE
+from pyflow_kit.publish import Store
+from pyflow_kit.testing import GcsEmulator, PrefectServer
 
 pytestmark = pytest.mark.slow
+
+RUN_FILES = ["files.json", "notices.csv", "rejects.csv", "summary.json"]
+"""What a published run's folder holds: its three files, and the kit's list of them."""
 
 RUN_TIMEOUT = 300
 KILLER = """
 import os, signal, sys
-from pyflow import publish
+from pyflow_kit import publish
 owner = {"replace_pointer": publish.Store, "copy_to_top": publish.Store, "clean_runs": publish}
 step, count = sys.argv[1], int(sys.argv[2])
 original, calls = getattr(owner[step], step), []
@@ -39,7 +39,7 @@ def killer(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGKILL)
     return original(*args, **kwargs)
 setattr(owner[step], step, killer)
-from pyflow.__main__ import main
+from pyflow_kit.cli import main
 sys.exit(main(sys.argv[3:]))
 """
 """Runs the flow's command line, killing itself at the ``count``-th call of one publishing step."""
@@ -74,20 +74,10 @@ class Runs:
         return out
 
 
-@pytest.fixture(scope="module")
-def runs(gcs_emulator: GcsEmulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
-    """Start one Prefect server for the module's runs (each would otherwise start its own)."""
-    home = tmp_path_factory.mktemp("prefect") / ".prefect"
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server, _ = local.start_server(home, port)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "PYFLOW_"))}
-    env.update(gcs_emulator.env, PREFECT_API_URL=server.api_url, PREFECT_HOME=str(home))
-    try:
-        yield Runs(env)
-    finally:
-        local.stop_server(home)
+@pytest.fixture
+def runs(gcs_emulator: GcsEmulator, prefect_server: PrefectServer) -> Runs:
+    """Runs on the session's Prefect server (each would otherwise start its own)."""
+    return Runs(prefect_server.env(**gcs_emulator.env))
 
 
 def notices_in(store: Store, path: str) -> int:
@@ -145,9 +135,7 @@ def test_flow_publishes_to_gcs_and_a_rerun_replaces_it(
     assert second > first and second_notices != first_notices
     folders = run_folders(output)
     assert sorted(folders) == [first, second]
-    assert all(
-        files == ["notices.csv", "rejects.csv", "summary.json"] for files in folders.values()
-    )
+    assert all(files == RUN_FILES for files in folders.values())
     store = Store.of(output)
     top = sorted(p.rsplit("/", 1)[-1] for p in store.fs.ls(store.root, detail=False))
     assert top == ["latest.json", "notices.csv", "rejects.csv", "runs", "summary.json"]
@@ -180,6 +168,7 @@ class Reader:
             time.sleep(0.02)
 
 
+@pytest.mark.heavy
 def test_concurrent_runs_never_show_a_reader_a_mixed_set(
     runs: Runs, gcs_emulator: GcsEmulator
 ) -> None:
@@ -205,11 +194,10 @@ def test_concurrent_runs_never_show_a_reader_a_mixed_set(
     latest, _ = consistent(output)
     folders = run_folders(output)
     assert len(folders) == 3 and latest in folders, "retention keeps exactly the last 3 runs"
-    assert all(
-        files == ["notices.csv", "rejects.csv", "summary.json"] for files in folders.values()
-    )
+    assert all(files == RUN_FILES for files in folders.values())
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize(
     ("step", "count"),
     [
@@ -244,5 +232,5 @@ def test_a_run_killed_while_publishing_leaves_readers_a_whole_run(
     runs.run(output, "tx")
     consistent(output)
     folders = run_folders(output)
-    assert folders[crashed] == ["notices.csv", "rejects.csv", "summary.json"], "whole files stay"
+    assert folders[crashed] == RUN_FILES, "whole files stay"
     assert all("work" not in files and "lease.json" not in files for files in folders.values())

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pyflow.errors import SourceError
 from pyflow.warn import reading
+from pyflow.warn.errors import SourceError
 
 csv.field_size_limit(sys.maxsize)
 

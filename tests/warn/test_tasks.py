@@ -9,12 +9,12 @@ import pytest
 from prefect.logging import disable_run_logger
 from prefect.states import Completed, Failed
 
-from conftest import SAMPLE, HttpSources
-from pyflow import tasks
-from pyflow.errors import FetchError, SourceError
-from pyflow.warn import etl
+from conftest import SAMPLE
+from pyflow.warn import etl, tasks
 from pyflow.warn.columns import load_rules
+from pyflow.warn.errors import FetchError, SourceError
 from pyflow.warn.schema import Source
+from pyflow_kit.testing import HttpSources
 
 
 @pytest.mark.parametrize(
