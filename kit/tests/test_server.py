@@ -153,3 +153,18 @@ def test_temporary_server_stops_when_the_run_is_killed(tmp_path: Path) -> None:
     while is_healthy(api_url, timeout=0.5) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not is_healthy(api_url, timeout=0.5)
+
+
+def test_temporary_server_waits_as_long_as_the_project_server_unless_told_longer() -> None:
+    """Prefect's 20 s default is too short for a new server here; a longer setting is kept."""
+    from prefect.settings import (
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        temporary_settings,
+    )
+
+    from pyflow_kit.runtime import temporary_startup_timeout
+
+    with temporary_settings(updates={PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 20}):
+        assert temporary_startup_timeout() == local.STARTUP_TIMEOUT
+    with temporary_settings(updates={PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 300}):
+        assert temporary_startup_timeout() == 300

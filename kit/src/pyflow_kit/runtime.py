@@ -166,16 +166,28 @@ def prefect_api(keep_port: int | None = None, move: bool = False) -> Iterator[st
         yield api_url
 
 
+def temporary_startup_timeout() -> float:
+    """Return how long a temporary server may take to start, in seconds.
+
+    Prefect's ephemeral startup timeout (``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS``)
+    when it is set longer, else the project server's: Prefect's default of 20 s is about what a
+    new server's database set-up alone takes on a busy two-core machine.
+    """
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+
+    from pyflow_kit.local import STARTUP_TIMEOUT
+
+    return max(float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()), STARTUP_TIMEOUT)
+
+
 @contextmanager
 def _temporary_server(home: Path) -> Iterator[ServerState]:
     """Run a temporary server on a free loopback port for the block; its log goes to ``home``.
 
     Raises:
-        PyflowError: If it does not start in time (Prefect's ephemeral startup timeout).
+        PyflowError: If it does not start within `temporary_startup_timeout`.
     """
     import subprocess
-
-    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
 
     from pyflow_kit.local import free_port, stop_tree, wait_until_healthy
     from pyflow_kit.server import ServerState, temporary_server_command, temporary_server_env
@@ -195,9 +207,8 @@ def _temporary_server(home: Path) -> Iterator[ServerState]:
         )
     try:
         state = ServerState(process.pid, port)
-        timeout = float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
         try:
-            wait_until_healthy(state, process, log_path, timeout)
+            wait_until_healthy(state, process, log_path, temporary_startup_timeout())
         except LocalError as error:
             raise PyflowError(f"Prefect's temporary server did not start: {error}") from None
         yield state
