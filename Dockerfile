@@ -57,11 +57,13 @@ RUN --mount=type=secret,id=ca \
 
 WORKDIR /opt/pyflow
 COPY --from=spec /spec/ ./
+# <template-only>
 # pyflow-kit, which this repository holds beside the project (a project made from it takes a
-# version from the index instead, and has no kit/): installed editable like the project, from a
-# stand-in for its package, so that a change to its code does not reinstall the dependencies.
+# version instead, and has no kit/): installed editable like the project, from a stand-in for
+# its package, so that a change to its code does not reinstall the dependencies.
 COPY kit/pyproject.toml kit/README.md kit/
 RUN mkdir -p kit/src/pyflow_kit && : > kit/src/pyflow_kit/__init__.py
+# </template-only>
 
 # Only poetry.lock and the install-relevant part of pyproject.toml reach this layer, so a code
 # change does not reinstall the dependencies. The project itself is installed editable (a .pth
@@ -107,9 +109,12 @@ COPY --from=build /opt/venv /opt/venv
 WORKDIR /opt/pyflow
 COPY --from=spec /spec/pyproject.toml ./
 COPY prefect.toml ./
+# <template-only>
 COPY kit/src/ ./kit/src/
+# </template-only>
 COPY pyflow/ ./pyflow/
-RUN python -m compileall -q pyflow kit/src
+RUN python -m compileall -q pyflow kit/src  # template-only
+# project-only: RUN python -m compileall -q pyflow
 
 USER 1000:1000
 CMD ["python", "-m", "pyflow"]

@@ -7,23 +7,45 @@ into a task with `command_task`, or any `@task` function added to ``ns``.
 
 from __future__ import annotations
 
+import hashlib
+import subprocess
 import sys
+import tomllib
 from pathlib import Path
+
+from invoke import Context, task  # template-only
+
+
+def find_kit() -> None:
+    """Put pyflow-kit on sys.path for an invoke outside .venv: its path, else a copy in .kit/."""
+    root = Path(__file__).parent
+    with (root / "pyproject.toml").open("rb") as handle:
+        spec = tomllib.load(handle)["tool"]["poetry"]["dependencies"]["pyflow-kit"]
+    if "path" in spec:
+        sys.path.insert(0, str(root / spec["path"] / "src"))
+        return
+    ref = spec.get("tag") or spec["rev"]
+    url = f"pyflow-kit @ git+{spec['git']}@{ref}#subdirectory={spec['subdirectory']}"
+    target = root / ".kit" / hashlib.sha256(url.encode()).hexdigest()[:16]
+    if not target.is_dir():
+        pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target"]
+        subprocess.run([*pip, str(target), url], check=True)
+    sys.path.insert(0, str(target))
+
 
 try:
     from pyflow_kit import collection
-except ModuleNotFoundError:  # invoke runs outside .venv: this project takes the kit from kit/
-    sys.path.insert(0, str(Path(__file__).parent / "kit" / "src"))
+except ModuleNotFoundError:  # invoke runs outside .venv (before `invoke setup`, for one)
+    find_kit()
     from pyflow_kit import collection
 
-from invoke import Context, task
-
-from pyflow.warn import BENCH  # flow: warn
+from pyflow.warn import BENCH  # noqa: E402  # flow: warn
 
 ns = collection.namespace()
 ns.add_task(collection.command_task(BENCH))  # flow: warn
 
 
+# <template-only>
 @task(help=collection.TEST_HELP)
 def test_kit(
     c: Context, fast: bool = False, all: bool = False, python: str = "", opts: str = ""
@@ -34,3 +56,4 @@ def test_kit(
 
 
 ns.add_task(test_kit, name="test-kit")
+# </template-only>

@@ -67,7 +67,9 @@ def copy_project(target: Path, source: Path = TEMPLATE) -> Path:
             shutil.copy2(source / name, target / name)
     tasks = target / "tasks.py"
     for name in names:
-        tasks.write_text(strip_marked(tasks.read_text(encoding="utf-8"), name), encoding="utf-8")
+        tasks.write_text(
+            strip_marked(tasks.read_text(encoding="utf-8"), f"flow: {name}"), encoding="utf-8"
+        )
     tidy([tasks])
     shutil.copytree(
         FIXTURE_FLOW, target / package / "hello", ignore=shutil.ignore_patterns("__pycache__")

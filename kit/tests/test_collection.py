@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -194,12 +195,44 @@ def test_setup_installs_poetry_when_it_is_missing(monkeypatch: pytest.MonkeyPatc
     run = [call.args[0] for call in c.run.call_args_list]
     poetry = f"{shlex.quote(sys.executable)} -m poetry"
     assert run[0] == bootstrap.install_poetry_command()
-    assert run[1] == f"{poetry} install"
-    install = c.run.call_args_list[1].kwargs
+    assert run[1:3] == [f"{poetry} check --lock --quiet", f"{poetry} install"]
+    install = c.run.call_args_list[2].kwargs
     assert install["env"]["POETRY_PYPI_MIRROR_URL"] == "https://mirror.test/simple"
     assert "VIRTUAL_ENV" not in install["env"]
     assert install["replace_env"] is True
     assert recorded == [poetry]
+
+
+def stale_lock_context() -> MockContext:
+    """Return a MockContext in which `poetry check --lock` fails and every other command works."""
+    config = Config(overrides={"pyflow": {"poetry": "poetry", "home": HOME}})
+    stale = Result(command="poetry check --lock --quiet", exited=1)
+    return MockContext(
+        config=config,
+        run={re.compile(r".*check --lock.*"): stale, re.compile(".*"): Result()},
+        repeat=True,
+    )
+
+
+def test_setup_locks_again_a_lock_that_pyproject_outgrew(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new or upgraded project's lock is locked again (versions kept) before the install."""
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.setattr(collection.bootstrap, "record_poetry", lambda command: None)
+    c = stale_lock_context()
+    NAMESPACE["setup"](c)
+    run = [call.args[0] for call in c.run.call_args_list]
+    assert run[:3] == ["poetry check --lock --quiet", "poetry lock", "poetry install"]
+
+
+def test_setup_in_ci_refuses_a_lock_that_pyproject_outgrew(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In CI a stale lock is an error that says to lock and commit; nothing is installed."""
+    monkeypatch.setenv("CI", "true")
+    c = stale_lock_context()
+    with pytest.raises(Exit, match=r"poetry.lock does not match pyproject.toml: run `invoke lock`"):
+        NAMESPACE["setup"](c)
+    assert [call.args[0] for call in c.run.call_args_list] == ["poetry check --lock --quiet"]
 
 
 def test_ci_runs_lint_check_and_test_in_order() -> None:
@@ -232,3 +265,57 @@ def test_sh_shows_commands_without_the_credentials_of_urls(
     assert "s3cret" not in shown and "abc123" not in shown
     assert c.run.call_args.kwargs["echo"] is False
     assert "user:s3cret@" in c.run.call_args.args[0], "the command itself keeps the URL"
+
+
+def upgrade_context(changed: str, status: str = "") -> MockContext:
+    """Return a MockContext for `invoke upgrade`: git shows ``status`` before, ``changed`` after."""
+    config = Config(overrides={"pyflow": {"poetry": "poetry", "home": HOME}})
+    return MockContext(
+        config=config,
+        run={
+            re.compile(r"git status --porcelain --untracked-files=no"): Result(status),
+            re.compile(r"git diff --name-only"): Result(changed),
+            re.compile(".*"): Result("0.1.0\n"),
+        },
+        repeat=True,
+    )
+
+
+def test_upgrade_refuses_a_project_copier_did_not_make(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without .copier-answers.yml there is no template version to update from: it says so."""
+    monkeypatch.setattr(collection.bootstrap, "root", lambda: tmp_path)
+    with pytest.raises(Exit, match=r"\.copier-answers\.yml is missing: only a project made with"):
+        NAMESPACE["upgrade"](upgrade_context(""))
+
+
+def test_upgrade_refuses_uncommitted_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An update merges into a clean tree only; nothing runs on a dirty one."""
+    monkeypatch.setattr(collection.bootstrap, "root", lambda: tmp_path)
+    (tmp_path / ".copier-answers.yml").write_text("_commit: v0.1.0\n")
+    c = upgrade_context("", status=" M pyflow/config.py\n")
+    with pytest.raises(Exit, match="The project has uncommitted changes: commit or stash them"):
+        NAMESPACE["upgrade"](c)
+    assert not [call for call in c.run.call_args_list if "copier" in call.args[0]]
+
+
+def test_upgrade_stops_at_a_conflict_naming_its_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file with copier's conflict lines stops the upgrade before locking; a quote of them does not."""
+    monkeypatch.setattr(collection.bootstrap, "root", lambda: tmp_path)
+    monkeypatch.setattr(collection.bootstrap, "activate_venv", lambda: True)
+    (tmp_path / ".copier-answers.yml").write_text("_commit: v0.1.0\n")
+    (tmp_path / "Dockerfile").write_text(
+        "<<<<<<< before updating\nFROM a\n=======\nFROM b\n>>>>>>> after updating\n"
+    )
+    (tmp_path / "README.md").write_text("Conflicts show as `<<<<<<< before updating`.\n")
+    c = upgrade_context("Dockerfile\nREADME.md\n")
+    with pytest.raises(Exit, match=r"changed the same lines of Dockerfile: each holds both"):
+        NAMESPACE["upgrade"](c, to="v0.2.0")
+    run = [call.args[0] for call in c.run.call_args_list]
+    assert "copier update --trust --defaults --conflict inline --vcs-ref v0.2.0" in run
+    assert not [command for command in run if "lock" in command]

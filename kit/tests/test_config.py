@@ -135,3 +135,45 @@ def test_get_settings_refuses_an_invalid_schedule(monkeypatch: pytest.MonkeyPatc
     assert str(raised.value).startswith(
         "PYFLOW_SCHEDULE=\"every morning\" is invalid: not a cron expression such as '0 6 * * *'"
     )
+
+
+def defaults_project(root: Path, defaults: str) -> Path:
+    """Write a project whose pyproject.toml sets defaults in ``[tool.pyflow.defaults]``."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "pyproject.toml").write_text(
+        '[tool.pyflow]\npackage = "pkg"\nsettings = "pyflow_kit.settings:Settings"\n\n' + defaults
+    )
+    return root
+
+
+def test_get_settings_takes_the_projects_defaults_below_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`[tool.pyflow.defaults]` (copier's answers) fill what neither variables nor .env set."""
+    defaults = (
+        '[tool.pyflow.defaults]\ngcp-project = "acme-data"\ngcp-region = "europe-west1"\n\n'
+        '[tool.pyflow.defaults.production]\nwork-pool = "acme-gke"\n'
+        '[tool.pyflow.defaults.development]\nwork-pool = "acme-local"\n'
+    )
+    monkeypatch.setenv("PYFLOW_PROJECT", str(defaults_project(tmp_path / "acme", defaults)))
+    monkeypatch.setenv("PYFLOW_GCP_REGION", "us-east1")
+    settings = get_settings()
+    assert (settings.gcp_project, settings.gcp_region) == ("acme-data", "us-east1")
+    assert settings.work_pool == "acme-local"
+    monkeypatch.setenv("PREFECT_FLOW_ENV", "production")
+    assert get_settings(output="gs://b/o").work_pool == "acme-gke"
+    monkeypatch.setenv("PYFLOW_WORK_POOL", "other")
+    assert get_settings(output="gs://b/o").work_pool == "other"
+
+
+def test_get_settings_names_a_project_default_that_is_no_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A misspelt default stops every command with its name and where to fix it."""
+    defaults = '[tool.pyflow.defaults]\ngcp-projet = "acme-data"\n'
+    monkeypatch.setenv("PYFLOW_PROJECT", str(defaults_project(tmp_path / "typo", defaults)))
+    with pytest.raises(
+        SettingsError,
+        match=r"\[tool.pyflow.defaults\] in pyproject.toml sets gcp-projet, which no setting is",
+    ):
+        get_settings()

@@ -303,3 +303,21 @@ def test_register_keeps_a_deployment_paused_by_hand(monkeypatch: pytest.MonkeyPa
         found = client.read_deployment(registered.id)
     assert found.paused is True
     assert found.version == "1.2.4"
+
+
+def test_load_job_template_is_the_kits_unless_the_project_has_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kit's base job template serves every project; a project's deploy/ file replaces it."""
+    monkeypatch.setattr(bootstrap, "root", lambda: tmp_path)
+    kits = deploy.load_job_template()
+    assert deploy.job_template_path() == deploy.KIT_JOB_TEMPLATE
+    assert "{{ image }}" in str(kits["job_configuration"])
+    own = tmp_path / deploy.JOB_TEMPLATE
+    own.parent.mkdir()
+    own.write_text('{"job_configuration": {"name": "{{ name }}"}, "variables": {}}')
+    assert deploy.job_template_path() == own
+    assert deploy.load_job_template() == {
+        "job_configuration": {"name": "{{ name }}"},
+        "variables": {},
+    }

@@ -536,9 +536,9 @@ def test_smoke_run_locks_the_container_down_as_the_job_template_locks_the_pod(
     Run as the image is, without the smoke run's lockdown, the same user could write more:
     the output folder in WORKDIR, /var/tmp, /run/lock.
     """
-    from pyflow_kit import smoke
+    from pyflow_kit import deploy, smoke
 
-    template = json.loads((PROJECT / "deploy" / "kubernetes-job-template.json").read_text())
+    template = json.loads(deploy.KIT_JOB_TEMPLATE.read_text())
     pod = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
     [spec] = pod["containers"]
     user = f"{pod['securityContext']['runAsUser']}:{pod['securityContext']['runAsGroup']}"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TEMPLATE, FakeDocker, git
-from pyflow_kit import image
+from conftest import FakeDocker, git
+from pyflow_kit import deploy, image
 from pyflow_kit.errors import ImageError
 from pyflow_kit.image import BuildOptions, Image
 from pyflow_kit.settings import get_settings
@@ -164,7 +164,7 @@ def test_smoke_run_with_docker_locks_the_container_down_as_the_pods(
     """
     from pyflow_kit import smoke
 
-    template = json.loads((TEMPLATE / "deploy" / "kubernetes-job-template.json").read_text())
+    template = json.loads(deploy.KIT_JOB_TEMPLATE.read_text())
     pod = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
     [spec] = pod["containers"]
     result = smoke.run_in_image("docker", IMAGE.tags[0], {}, ["echo", "ran"])

@@ -37,13 +37,13 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
 
 from conftest import TEMPLATE
-from pyflow_kit import runners
+from pyflow_kit import deploy, runners
 from pyflow_kit.deploy import job_variables
 from pyflow_kit.settings import ENVIRONMENT_DEFAULTS, get_settings
 from pyflow_kit.testing import require_tools
 
 DEPLOY = TEMPLATE / "deploy"
-JOB_TEMPLATE = DEPLOY / "kubernetes-job-template.json"
+JOB_TEMPLATE = deploy.KIT_JOB_TEMPLATE
 CLOUD_VALUES = DEPLOY / "prefect-worker-values.yaml"
 SELF_HOSTED_VALUES = DEPLOY / "prefect-worker-values-selfhosted.yaml"
 DASK_KUBERNETES = DEPLOY / "dask-kubernetes.yaml"

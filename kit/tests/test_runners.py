@@ -25,14 +25,14 @@ import yaml
 from pytest_mock import MockerFixture
 
 from conftest import TEMPLATE, VENV_BIN
-from pyflow_kit import runners
+from pyflow_kit import deploy, runners
 from pyflow_kit.errors import SettingsError
 from pyflow_kit.settings import get_settings
 
 KUBERNETES_VERSION = "1.30"
 DASK_KUBERNETES = TEMPLATE / "deploy" / "dask-kubernetes.yaml"
 NETWORK_POLICIES = TEMPLATE / "deploy" / "network-policies.yaml"
-JOB_TEMPLATE = TEMPLATE / "deploy" / "kubernetes-job-template.json"
+JOB_TEMPLATE = deploy.KIT_JOB_TEMPLATE
 IMAGE = "us-central1-docker.pkg.dev/acme/pyflow/pyflow:1.2.3@sha256:" + "ab" * 32
 
 
@@ -284,7 +284,7 @@ def test_job_template_labels_flow_run_pods_for_the_network_policy() -> None:
     """The pods of flow-run Jobs carry the label the NetworkPolicy lets in."""
     import json
 
-    template = json.loads((TEMPLATE / "deploy" / "kubernetes-job-template.json").read_text())
+    template = json.loads(deploy.KIT_JOB_TEMPLATE.read_text())
     pod = template["job_configuration"]["job_manifest"]["spec"]["template"]
     assert pod["metadata"]["labels"] == {"pyflow.io/role": "flow-run"}
 

@@ -71,15 +71,20 @@ def test_write_leaves_nothing_when_a_file_cannot_be_written(tmp_path: Path) -> N
 
 
 def test_strip_marked_removes_a_flows_lines_and_blocks_only() -> None:
-    """Lines marked `# flow: NAME` and Markdown blocks between its markers go; nothing else."""
+    """Marked lines, Markdown blocks and `# <MARK>` blocks go; nothing else, not a longer mark."""
     text = (
         "keep\n"
         "import x  # flow: report\n"
         'dep = "y"  # flow: reporting\n'
         "<!-- flow: report -->\n## Report\nabout it\n<!-- /flow: report -->\n"
+        "# <flow: report>\nCOPY report/ ./report/\n  # </flow: report>\n"
+        "# <flow: reporting>\nkept\n# </flow: reporting>\n"
         "keep too\n"
     )
-    assert scaffold.strip_marked(text, "report") == 'keep\ndep = "y"  # flow: reporting\nkeep too\n'
+    assert scaffold.strip_marked(text, "flow: report") == (
+        'keep\ndep = "y"  # flow: reporting\n# <flow: reporting>\nkept\n# </flow: reporting>\n'
+        "keep too\n"
+    )
 
 
 def test_remove_takes_out_the_package_tests_and_marked_lines(tmp_path: Path) -> None:

@@ -3,7 +3,8 @@
 Each task of `pyflow_kit.commands.COMMANDS` runs its command (``python -m pyflow_kit.MODULE``)
 in the project's ``.venv``, from the project's folder, with exactly the options the command
 declares; `command_task` makes a project's own commands into tasks the same way. The others
-(``setup``, ``tools``, ``lint``, ``format``, ``hooks``, ``test``, ``ci``) run tools. Standard
+(``setup``, ``tools``, ``lint``, ``format``, ``hooks``, ``test``, ``ci``, ``upgrade``) run
+tools. Standard
 library and invoke only: this loads with the Python that runs invoke, before ``.venv`` exists.
 """
 
@@ -128,7 +129,19 @@ def setup(c: Context, index_url: str = "") -> None:
             c.run("pyenv rehash", warn=True)
     os.chdir(bootstrap.root())
     extra = bootstrap.poetry_env(index_url or bootstrap.pip_index_url())
-    c.run(f"{poetry(c)} install", env=bootstrap.install_env(extra), replace_env=True)
+    env = bootstrap.install_env(extra)
+    if not c.run(f"{poetry(c)} check --lock --quiet", env=env, replace_env=True, warn=True):
+        if os.environ.get("CI"):
+            raise Exit(
+                "poetry.lock does not match pyproject.toml: run `invoke lock` and commit "
+                "poetry.lock (CI installs only what the lock holds)"
+            )
+        print(
+            "pyflow setup: poetry.lock does not match pyproject.toml (a new or upgraded project?)"
+        )
+        print("Locking it again, keeping the locked versions: commit poetry.lock afterwards.")
+        c.run(f"{poetry(c)} lock", env=env, replace_env=True)
+    c.run(f"{poetry(c)} install", env=env, replace_env=True)
     bootstrap.record_poetry(poetry(c))
     sh(c, bootstrap.COMPILE_BYTECODE)
 
@@ -237,6 +250,128 @@ def lock(c: Context) -> None:
 
 CHECK = command_task(next(command for command in COMMANDS if command.task == "check"))
 
+ANSWERS_FILE = ".copier-answers.yml"
+"""Where copier records the template version a project was made from, and its answers."""
+
+CONFLICT = "<<<<<<< before updating"
+"""How copier marks, inside a file, lines that both the team and the template changed: a line
+that is only this (the README quotes it, inside a line)."""
+
+
+def template_version() -> str:
+    """Return the template version the project is at (``_commit`` in its answers file)."""
+    text = (bootstrap.root() / ANSWERS_FILE).read_text(encoding="utf-8")
+    return next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in text.splitlines()
+            if line.startswith("_commit:")
+        ),
+        "unknown",
+    )
+
+
+def kit_version(c: Context) -> str:
+    """Return the version of pyflow-kit installed in .venv."""
+    found = c.run(
+        f"{shlex.quote(str(bootstrap.venv_dir() / 'bin' / 'python'))} -c "
+        '"import pyflow_kit; print(pyflow_kit.__version__)"',
+        hide=True,
+        warn=True,
+    )
+    return found.stdout.strip() if found and found.ok else "not installed"
+
+
+def git_lines(c: Context, command: str) -> list[str]:
+    """Return the lines a git command prints in the project's folder."""
+    found = c.run(f"git {command}", hide=True, warn=True)
+    return found.stdout.splitlines() if found and found.ok else []
+
+
+PULL_REQUEST_BODY = (
+    "`invoke upgrade`: the pyflow template's changes since this project's last version, and "
+    "pyflow-kit's (README, Updating from the template). Read the diff; CI runs `invoke`."
+)
+BOT = ("github-actions[bot]", "41898282+github-actions[bot]@users.noreply.github.com")
+"""Who commits an update where git knows nobody (the template-update workflow's runner)."""
+
+
+def open_pull_request(c: Context, version: str) -> None:
+    """Commit the update on a branch of its own, push it, and open its pull request with gh."""
+    if not git_lines(c, "status --porcelain"):
+        print("pyflow upgrade: the project is at that version already: no pull request")
+        return
+    branch = shlex.quote(f"template-update/{version}")
+    if c.run(f"git ls-remote --exit-code --heads origin {branch}", hide=True, warn=True):
+        print(f"pyflow upgrade: {branch} is on origin already, with its pull request")
+        return
+    title = shlex.quote(f"Update from the pyflow template {version}")
+    known = c.run("git config user.name", hide=True, warn=True)
+    who = "" if known else f"-c user.name={shlex.quote(BOT[0])} -c user.email={BOT[1]} "
+    for command in (
+        f"git switch --quiet --create {branch}",
+        "git add --all",
+        f"git {who}commit --quiet --message {title}",
+        "gh auth setup-git",
+        f"git push --quiet origin {branch}",
+        f"gh pr create --head {branch} --title {title} --body {shlex.quote(PULL_REQUEST_BODY)}",
+    ):
+        c.run(command)
+
+
+@task(
+    help={
+        "to": "the template version (a git tag) to update to (default: its latest)",
+        "pull-request": "then commit the update on a branch template-update/VERSION, push it and "
+        "open its pull request with gh, as the template-update workflow does (default: "
+        "leave the update uncommitted)",
+    }
+)
+def upgrade(c: Context, to: str = "", pull_request: bool = False) -> None:
+    """Update the project to a newer template and kit: copier update, lock, install, check."""
+    os.chdir(bootstrap.root())
+    if not (bootstrap.root() / ANSWERS_FILE).is_file():
+        raise Exit(
+            f"{ANSWERS_FILE} is missing: only a project made with `copier copy` of the pyflow "
+            "template can be upgraded (README, Starting a project)"
+        )
+    if git_lines(c, "status --porcelain --untracked-files=no"):
+        raise Exit(
+            "The project has uncommitted changes: commit or stash them, then run "
+            "`invoke upgrade` again (the update merges into a clean tree, so that its diff is "
+            "all the template's)"
+        )
+    before = template_version(), kit_version(c)
+    ref = f" --vcs-ref {shlex.quote(to)}" if to else ""
+    sh(c, f"copier update --trust --defaults --conflict inline{ref}")
+    conflicted = [
+        path
+        for path in git_lines(c, "diff --name-only")
+        if (bootstrap.root() / path).is_file()
+        and CONFLICT in (bootstrap.root() / path).read_text(errors="replace").splitlines()
+    ]
+    if conflicted:
+        raise Exit(
+            f"The update and the project changed the same lines of {', '.join(conflicted)}: "
+            f"each holds both, from `{CONFLICT}` to `>>>>>>> after updating`. Keep what is "
+            "right, then run `invoke lock`, `invoke setup` and `invoke`"
+        )
+    lock(c)
+    setup(c)
+    CHECK(c)
+    after = template_version(), kit_version(c)
+    changed = git_lines(c, "status --short")
+    print(
+        f"pyflow upgrade: template {before[0]} -> {after[0]}, pyflow-kit {before[1]} -> "
+        f"{after[1]}; {len(changed)} files changed:"
+    )
+    for line in changed:
+        print(f"  {line}")
+    if pull_request:
+        open_pull_request(c, after[0])
+    else:
+        print("Next: read `git diff`, run `invoke`, then commit.")
+
 
 @task(pre=[lint, CHECK, test], default=True)
 def ci(c: Context) -> None:
@@ -245,7 +380,7 @@ def ci(c: Context) -> None:
 
 def namespace() -> Collection:
     """Return a new collection of every task of the kit, for a project's tasks.py to extend."""
-    found = Collection(setup, tools, lock, lint, format_, hooks, test, ci, CHECK)
+    found = Collection(setup, tools, lock, lint, format_, hooks, test, ci, CHECK, upgrade)
     for command in COMMANDS:
         if command.task != "check":
             made = command_task(command)

@@ -283,7 +283,7 @@ DEPLOY = Command(
 )
 POOL = Command(
     "pool",
-    "Create or update the production Kubernetes work pool from deploy/kubernetes-job-template.json.",
+    "Create or update the production Kubernetes work pool from the kit's base job template.",
     "pyflow_kit.deploy",
     ("pool",),
     (_home(),),

@@ -43,7 +43,10 @@ logger = logging.getLogger(__name__)
 """The project folder: flows run from here in development, and from the image's WORKDIR in production."""
 
 JOB_TEMPLATE = Path("deploy") / "kubernetes-job-template.json"
-"""The Kubernetes work pool's base job template, kept in the repository."""
+"""Where a project may keep a Kubernetes base job template of its own, in place of the kit's."""
+
+KIT_JOB_TEMPLATE = Path(__file__).with_name("kubernetes-job-template.json")
+"""The kit's Kubernetes base job template: the Job each flow run becomes."""
 
 FLOW_RUN_SETTINGS = (
     "output", "task_runner", "dask_image", "dask_address", "dask_workers", "dask_threads",
@@ -257,9 +260,15 @@ def deploy_local(settings: Settings) -> list[Registered]:
     return register(settings)
 
 
+def job_template_path() -> Path:
+    """Return the project's Kubernetes base job template (``deploy/``), else the kit's."""
+    own = bootstrap.root() / JOB_TEMPLATE
+    return own if own.is_file() else KIT_JOB_TEMPLATE
+
+
 def load_job_template(path: Path | None = None) -> dict[str, Any]:
-    """Read the Kubernetes base job template kept in the project (``deploy/``)."""
-    path = path or bootstrap.root() / JOB_TEMPLATE
+    """Read the Kubernetes base job template: the project's own, else the kit's."""
+    path = path or job_template_path()
     template: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     return template
 
@@ -299,7 +308,8 @@ def check_job_variables(settings: Settings) -> None:
         raise DeployError(
             f"the base job template of work pool '{settings.pool}' does not use the job "
             f"variables {', '.join(dropped)}: its worker would drop them silently. Run `invoke "
-            "pool` to install deploy/kubernetes-job-template.json, or add them to the template"
+            "pool` to install the kit's base job template (or the project's "
+            "deploy/kubernetes-job-template.json), or add them to the template"
         )
 
 

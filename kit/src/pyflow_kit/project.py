@@ -8,6 +8,11 @@ the working folder up (or the folder ``PYFLOW_PROJECT`` names)::
     settings = "pyflow.config:Settings"  # the project's settings (default: the kit's own)
     default-flow = "daily-report"        # what runs without --flow (default: the first by name)
 
+    [tool.pyflow.defaults]               # the project's own defaults of the kit's settings
+    gcp-project = "acme-data"            # (each below the environment and .env)
+    [tool.pyflow.defaults.production]    # and those of one environment
+    work-pool = "acme-gke"
+
 Each flow lives in a subpackage of its own: ``PACKAGE/NAME/flow.py`` assembles it (a function
 decorated with ``@flow``) from the tasks of ``PACKAGE/NAME/tasks.py``. Every such flow is found,
 so a new one (`invoke new-flow NAME`) needs no list to be added to. A ``flow.py`` may also
@@ -21,7 +26,7 @@ import functools
 import importlib
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +56,7 @@ class Project:
     package: str
     settings: str
     default_flow: str | None
+    defaults: dict[str, Any] = field(default_factory=dict)
 
     @property
     def package_dir(self) -> Path:
@@ -77,6 +83,7 @@ def _project_at(root: Path) -> Project:
         package=package,
         settings=str(table.get("settings", "pyflow_kit.settings:Settings")),
         default_flow=table.get("default-flow"),
+        defaults=table.get("defaults", {}),
     )
 
 

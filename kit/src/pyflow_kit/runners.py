@@ -47,7 +47,7 @@ WRITABLE_FOLDERS = {"tmp": "/tmp", "home": "/home/pyflow"}  # noqa: S108 (a pod'
 
 ``/tmp`` takes temporary files and Dask's scratch and spill space; the home holds Prefect's
 (``PREFECT_HOME``), which Prefect creates as it starts. The job template
-(``deploy/kubernetes-job-template.json``) gives the flow-run pod the same two.
+(the kit's ``kubernetes-job-template.json``) gives the flow-run pod the same two.
 """
 
 SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")

@@ -8,7 +8,8 @@ and `invoke dev` pick it up at once, with nothing to list. Nothing is written if
 ``remove`` takes a flow out whole: its package, its tests, and every line of the project's other
 files that is its own, marked ``# flow: NAME`` at the line's end (its dependencies in
 pyproject.toml, its tasks in tasks.py), and every block of a Markdown file between
-``<!-- flow: NAME -->`` and ``<!-- /flow: NAME -->`` (its README section).
+``<!-- flow: NAME -->`` and ``<!-- /flow: NAME -->`` (its README section), or of another file
+between the lines ``# <flow: NAME>`` and ``# </flow: NAME>``.
 """
 
 from __future__ import annotations
@@ -120,11 +121,7 @@ def plan(name: str, project: Project | None = None) -> Scaffold:
     Raises:
         ScaffoldError: If the name is not a package name, or is taken, with what to do instead.
     """
-    if not name.isidentifier() or not name.islower() or keyword.iskeyword(name):
-        raise ScaffoldError(
-            f"'{name}' is not a flow name: use lower-case letters, digits and _ (not first), "
-            "such as daily_report"
-        )
+    check_name(name)
     project = project or current()
     package, tests = project.package_dir / name, project.root / "tests" / name
     for taken in (package, package.with_suffix(".py"), tests):
@@ -133,6 +130,21 @@ def plan(name: str, project: Project | None = None) -> Scaffold:
                 f"{taken.relative_to(project.root)} already exists: choose another name, or "
                 "remove it"
             )
+    return files(name, project)
+
+
+def check_name(name: str) -> None:
+    """Raise ScaffoldError, saying what a flow name is, if ``name`` is not one."""
+    if not name.isidentifier() or not name.islower() or keyword.iskeyword(name):
+        raise ScaffoldError(
+            f"'{name}' is not a flow name: use lower-case letters, digits and _ (not first), "
+            "such as daily_report"
+        )
+
+
+def files(name: str, project: Project) -> Scaffold:
+    """Return the files of a new flow named ``name`` (checked by `plan`), whatever is there."""
+    package, tests = project.package_dir / name, project.root / "tests" / name
     values = {"name": name, "flow_name": name.replace("_", "-"), "package": project.package}
     templates = {
         package / "__init__.py": PACKAGE_TEMPLATE,
@@ -171,15 +183,25 @@ def tidy(paths: list[Path]) -> None:
     subprocess.run([*ruff, "format", "--quiet", *files], check=False)
 
 
-MARKED_FILES = ("*.py", "*.toml", "*.yaml", "*.yml", "*.md", ".env.example", "Dockerfile")
+MARKED_FILES = (
+    *("*.py", "*.toml", "*.yaml", "*.yml", "*.md"),
+    *(".env.example", "Dockerfile", ".dockerignore", ".gitignore"),
+)
 """Where a flow's own lines may be, in the project's folder and its .github/ (not in packages)."""
 
 
-def strip_marked(text: str, name: str) -> str:
-    """Return a file's text without the lines and Markdown blocks marked as the flow's own."""
-    line = re.compile(rf"^.*#\s*flow:\s*{re.escape(name)}[ \t]*(?:\n|\Z)", re.MULTILINE)
+def strip_marked(text: str, mark: str) -> str:
+    """Return a file's text without the lines and blocks marked ``mark`` (such as ``flow: warn``).
+
+    A marked line ends with ``# MARK`` (``<!-- MARK -->`` in Markdown); a Markdown block runs
+    from a line ``<!-- MARK -->`` to
+    ``<!-- /MARK -->``, and a block of any file with ``#`` comments from a line ``# <MARK>`` to
+    a line ``# </MARK>`` (for a Dockerfile, where a comment cannot end a line).
+    """
+    pattern = r"\s*".join(map(re.escape, mark.split()))
+    line = re.compile(rf"^.*(?:#\s*{pattern}|<!-- {pattern} -->)[ \t]*(?:\n|\Z)", re.MULTILINE)
     block = re.compile(
-        rf"^<!-- flow: {re.escape(name)} -->\n.*?^<!-- /flow: {re.escape(name)} -->\n?",
+        rf"^<!-- {pattern} -->\n.*?^<!-- /{pattern} -->\n?|^[ \t]*# <{pattern}>\n.*?^[ \t]*# </{pattern}>[ \t]*(?:\n|\Z)",
         re.MULTILINE | re.DOTALL,
     )
     return line.sub("", block.sub("", text))
@@ -218,7 +240,7 @@ def remove(name: str, project: Project | None = None) -> list[Path]:
         changed.append(tests)
     for path in marked_files(project.root):
         text = path.read_text(encoding="utf-8")
-        stripped = strip_marked(text, name)
+        stripped = strip_marked(text, f"flow: {name}")
         if stripped != text:
             path.write_text(stripped, encoding="utf-8")
             changed.append(path)

@@ -2,7 +2,9 @@
 
 ``PREFECT_FLOW_ENV`` picks the environment (``development`` or ``production``, as in the
 original template); every other setting is a ``PYFLOW_`` variable. Settings left unset take
-the environment's default from `ENVIRONMENT_DEFAULTS`. `Settings` holds what every project has;
+the project's default (``[tool.pyflow.defaults]`` in its pyproject.toml, where copier writes the
+answers a project was made with), else the environment's default from `ENVIRONMENT_DEFAULTS`.
+`Settings` holds what every project has;
 a project extends it with its own (``[tool.pyflow] settings``), and `get_settings` reads that.
 """
 
@@ -12,7 +14,12 @@ import json
 from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from pyflow_kit.errors import SettingsError
 
@@ -211,12 +218,26 @@ class Settings(BaseSettings):
                 '{"daily-report": {"count": 5}}'
             ) from None
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Read the arguments, the environment, .env, then the project's defaults, in that order."""
+        defaults = ProjectDefaults(settings_cls)
+        return init_settings, env_settings, dotenv_settings, file_secret_settings, defaults
+
     @model_validator(mode="after")
     def _apply_environment_defaults(self) -> Settings:
-        """Fill unset settings from the environment's defaults."""
+        """Fill unset settings from the project's defaults for the environment, else the kit's."""
+        project = project_defaults().get(self.env, {})
         for name, default in ENVIRONMENT_DEFAULTS[self.env].items():
             if getattr(self, name) is None:
-                setattr(self, name, default)
+                setattr(self, name, project.get(name, default))
         return self
 
     def require_output(self) -> str:
@@ -277,6 +298,48 @@ class Settings(BaseSettings):
         """The work pool's name: the setting, else the environment's default; never unset."""
         assert self.work_pool is not None, "filled from ENVIRONMENT_DEFAULTS"
         return self.work_pool
+
+
+def project_defaults() -> dict[str, Any]:
+    """Return the project's ``[tool.pyflow.defaults]``, keys as field names; none outside one."""
+    from pyflow_kit import project
+
+    if not project.find_root():
+        return {}
+
+    def fields(table: dict[str, Any]) -> dict[str, Any]:
+        return {key.replace("-", "_"): value for key, value in table.items()}
+
+    table = project.current().defaults
+    found = fields(table)
+    for environment in ENVIRONMENT_DEFAULTS:
+        found[environment] = fields(table.get(environment, {}))
+    return found
+
+
+class ProjectDefaults(PydanticBaseSettingsSource):
+    """The settings source of the project's defaults (not those of one environment)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        """Return a field's project default (unused: `__call__` reads them all at once)."""
+        return project_defaults().get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        """Return the project's defaults of this class's settings.
+
+        Raises:
+            SettingsError: If the table names something that is not a setting.
+        """
+        found = project_defaults()
+        unknown = set(found) - set(self.settings_cls.model_fields) - set(ENVIRONMENT_DEFAULTS)
+        if unknown:
+            raise SettingsError(
+                f"[tool.pyflow.defaults] in pyproject.toml sets "
+                f"{', '.join(sorted(name.replace('_', '-') for name in unknown))}, "
+                "which no setting is: fix the name (the README's configuration table lists them, "
+                "as PYFLOW_NAME)"
+            )
+        return {key: value for key, value in found.items() if key not in ENVIRONMENT_DEFAULTS}
 
 
 def variable_name(field: str) -> str:

@@ -97,7 +97,7 @@ def container_command(
     Docker runs the image directly. Podman's images are run with buildah, which also works where
     `podman run` cannot (no container runtime limits): ``buildah from``, then ``buildah run``.
     Both share the host's network, so the container reaches the server on loopback. Both lock
-    the container down as the pods are (deploy/kubernetes-job-template.json): a read-only image
+    the container down as the pods are (the kit's kubernetes-job-template.json): a read-only image
     but for empty ``WRITABLE`` folders in memory, the user ``USER``, no capabilities, no
     privilege gained through setuid files. buildah has no ``--read-only`` and no
     ``no-new-privileges``: each folder of the image's root (``root``, where ``buildah mount``
