@@ -25,7 +25,7 @@ def find_kit() -> None:
         sys.path.insert(0, str(root / spec["path"] / "src"))
         return
     ref = spec.get("tag") or spec["rev"]
-    url = f"pyflow-kit @ git+{spec['git']}@{ref}#subdirectory={spec['subdirectory']}"
+    url = f"git+{spec['git']}@{ref}#subdirectory={spec['subdirectory']}"
     target = root / ".kit" / hashlib.sha256(url.encode()).hexdigest()[:16]
     if not target.is_dir():
         pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TEMPLATE, tracked_files
-from pyflow_kit import template
+from pyflow_kit import bootstrap, template
 from pyflow_kit.errors import ScaffoldError
 from pyflow_kit.testing import free_ports
 
@@ -222,6 +223,39 @@ def test_main_reads_copiers_answers_and_says_what_is_wrong(
     assert defaults["defaults"]["gcp-project"] == "acme-data"
 
 
+@pytest.mark.slow
+def test_a_project_takes_the_kit_from_the_templates_git_version(tmp_path: Path) -> None:
+    """By default the kit is the template repository's, at the tag copied.
+
+    Before `invoke setup`, invoke loads its tasks from a copy in .kit/; Poetry locks it from git.
+    """
+    source = template_copy(tmp_path / "pyflow")
+    project = make_project(tmp_path, source, None, "acme", "-d", "example=false")
+    spec = tomllib.loads((project / "pyproject.toml").read_text())["tool"]["poetry"]
+    assert spec["dependencies"]["pyflow-kit"] == {
+        "git": source.as_uri(),
+        "tag": VERSIONS[0],
+        "subdirectory": "kit",
+    }
+    env = new_user_env(invoke_only(tmp_path / "tools") / "bin")
+    listed = invoke(project, env, "--list")
+    assert re.search(r"(?m)^  upgrade +Update the project to a newer template", listed.stdout)
+    [kit] = (project / ".kit").iterdir()
+    assert (kit / "pyflow_kit" / "collection.py").is_file()
+    assert git(project, "status", "--porcelain") == "", ".kit/ is ignored"
+    poetry = shlex.split(bootstrap.find_poetry())
+    env = bootstrap.install_env(bootstrap.poetry_env(bootstrap.pip_index_url()))
+    subprocess.run([*poetry, "lock"], cwd=project, env=env, check=True, capture_output=True)
+    lock = tomllib.loads((project / "poetry.lock").read_text())
+    locked = next(item for item in lock["package"] if item["name"] == "pyflow-kit")
+    assert locked["source"]["type"] == "git"
+    commit = git(source, "rev-parse", f"{VERSIONS[0]}^{{commit}}").strip()
+    assert (locked["source"]["reference"], locked["source"]["resolved_reference"]) == (
+        VERSIONS[0],
+        commit,
+    )
+
+
 # --- A team's life: copier copy, edits, invoke upgrade (heavy) --------------------------------
 
 VERSIONS = ("v0.1.0", "v0.1.1")
@@ -305,11 +339,31 @@ def kit_versions(source: Path) -> tuple[str, str]:
     return version, f"{major}.{minor}.{int(patch) + 1}"
 
 
-def make_project(tmp_path: Path, source: Path, kit: Path, name: str, *data: str) -> Path:
+def template_copy(source: Path) -> Path:
+    """Copy this repository's files but the kit's tests to ``source``; tag the first version."""
+    for name in tracked_files(TEMPLATE):
+        if not name.startswith("kit/tests/"):
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(TEMPLATE / name, source / name)
+    git(source, "init", "-q", "-b", "main")
+    tag_template(source, VERSIONS[0])
+    return source
+
+
+def invoke_only(folder: Path) -> Path:
+    """Make a Python environment with invoke alone, as `pip install invoke` gives a new user."""
+    subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
+    pip = [str(folder / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+    subprocess.run([*pip, f"invoke=={invoke_version()}"], check=True, timeout=300)
+    return folder
+
+
+def make_project(tmp_path: Path, source: Path, kit: Path | None, name: str, *data: str) -> Path:
     """Make a project of the template's first version with copier, as the README says."""
     copier = Path(sys.executable).parent / "copier"
     command = [str(copier), "copy", "--trust", "--defaults", "--vcs-ref", VERSIONS[0]]
-    command += ["-d", f"kit_source={kit}", *data, str(source), str(tmp_path / name)]
+    command += [*(["-d", f"kit_source={kit}"] if kit else []), *data]
+    command += [str(source), str(tmp_path / name)]
     done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=300)
     assert done.returncode == 0, done.stderr
     project = tmp_path / name
@@ -348,20 +402,10 @@ def test_projects_from_copier_upgrade_and_keep_the_teams_edits(tmp_path: Path) -
     One project has the example and one has not; in each, after the upgrade, `invoke check`,
     `invoke lint` and `invoke test` pass, and `invoke run` printed its summary before.
     """
-    source = tmp_path / "pyflow"
-    for name in tracked_files(TEMPLATE):
-        if not name.startswith("kit/tests/"):
-            (source / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(TEMPLATE / name, source / name)
-    git(source, "init", "-q", "-b", "main")
-    tag_template(source, VERSIONS[0])
+    source = template_copy(tmp_path / "pyflow")
     checkout = tmp_path / "checkout"  # the team's clone of the template, for its kit
     git(tmp_path, "clone", "-q", "--branch", VERSIONS[0], str(source), str(checkout))
-
-    tools = tmp_path / "tools"
-    subprocess.run([sys.executable, "-m", "venv", str(tools)], check=True)
-    pip = [str(tools / "bin" / "python"), "-m", "pip", "install", "--quiet"]
-    subprocess.run([*pip, f"invoke=={invoke_version()}"], check=True, timeout=300)
+    tools = invoke_only(tmp_path / "tools")
     gh = fake_gh(tmp_path / "gh")
 
     projects = {
