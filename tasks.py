@@ -8,6 +8,7 @@ into a task with `command_task`, or any `@task` function added to ``ns``.
 from __future__ import annotations
 
 import hashlib
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -24,12 +25,20 @@ def find_kit() -> None:
     if "path" in spec:
         sys.path.insert(0, str(root / spec["path"] / "src"))
         return
-    ref = spec.get("tag") or spec["rev"]
-    url = f"git+{spec['git']}@{ref}#subdirectory={spec['subdirectory']}"
+    ref = spec.get("tag") or spec.get("rev") if isinstance(spec, dict) else None
+    if not ref:
+        sys.exit(f"pyflow: pyflow-kit = {spec!r} in pyproject.toml: give a path, or git and a tag")
+    url = f"git+{spec['git']}@{ref}#subdirectory={spec.get('subdirectory', 'kit')}"
     target = root / ".kit" / hashlib.sha256(url.encode()).hexdigest()[:16]
-    if not target.is_dir():
+    if not target.is_dir():  # fetched once, whole or not at all
+        partial = target.with_suffix(".partial")
+        shutil.rmtree(partial, ignore_errors=True)
         pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target"]
-        subprocess.run([*pip, str(target), url], check=True)
+        if subprocess.run([*pip, str(partial), url], check=False).returncode:
+            sys.exit(
+                f"pyflow: cannot fetch pyflow-kit from {url}: check the network and its git URL"
+            )
+        partial.rename(target)
     sys.path.insert(0, str(target))
 
 

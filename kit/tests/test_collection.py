@@ -273,7 +273,7 @@ def upgrade_context(changed: str, status: str = "") -> MockContext:
     return MockContext(
         config=config,
         run={
-            re.compile(r"git status --porcelain --untracked-files=no"): Result(status),
+            re.compile(r"git status --porcelain"): Result(status),
             re.compile(r"git diff --name-only"): Result(changed),
             re.compile(".*"): Result("0.1.0\n"),
         },
@@ -319,3 +319,26 @@ def test_upgrade_stops_at_a_conflict_naming_its_files(
     run = [call.args[0] for call in c.run.call_args_list]
     assert "copier update --trust --defaults --conflict inline --vcs-ref v0.2.0" in run
     assert not [command for command in run if "lock" in command]
+
+
+def test_upgrade_pr_stops_when_it_cannot_read_origins_branches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A remote git cannot read (no token, no network) is an error, not a branch to push."""
+    monkeypatch.setattr(collection.bootstrap, "root", lambda: tmp_path)
+    (tmp_path / ".copier-answers.yml").write_text("_commit: v0.2.0\n")
+    config = Config(overrides={"pyflow": {"poetry": "poetry", "home": HOME}})
+    c = MockContext(
+        config=config,
+        run={
+            re.compile(r"git status --porcelain"): Result(" M Dockerfile\n"),
+            re.compile(r"git ls-remote .*"): Result(exited=128),
+            re.compile(".*"): Result(),
+        },
+        repeat=True,
+    )
+    with pytest.raises(Exit, match=r"Cannot read origin's branches \(git ls-remote\)"):
+        NAMESPACE["upgrade-pr"](c)
+    run = [call.args[0] for call in c.run.call_args_list]
+    assert run[:2] == ["git status --porcelain", "gh auth setup-git"]
+    assert not [command for command in run if "push" in command or "pr create" in command]

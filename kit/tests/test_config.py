@@ -151,7 +151,8 @@ def test_get_settings_takes_the_projects_defaults_below_the_environment(
 ) -> None:
     """`[tool.pyflow.defaults]` (copier's answers) fill what neither variables nor .env set."""
     defaults = (
-        '[tool.pyflow.defaults]\ngcp-project = "acme-data"\ngcp-region = "europe-west1"\n\n'
+        '[tool.pyflow.defaults]\ngcp-project = "acme-data"\ngcp-region = "europe-west1"\n'
+        'work-pool = "acme-any"\n\n'
         '[tool.pyflow.defaults.production]\nwork-pool = "acme-gke"\n'
         '[tool.pyflow.defaults.development]\nwork-pool = "acme-local"\n'
     )
@@ -177,3 +178,22 @@ def test_get_settings_names_a_project_default_that_is_no_setting(
         match=r"\[tool.pyflow.defaults\] in pyproject.toml sets gcp-projet, which no setting is",
     ):
         get_settings()
+    defaults = '[tool.pyflow.defaults.production]\nwork-pol = "acme-gke"\n'
+    monkeypatch.setenv("PYFLOW_PROJECT", str(defaults_project(tmp_path / "env", defaults)))
+    with pytest.raises(
+        SettingsError, match=r"defaults.production\] in pyproject.toml sets work-pol"
+    ):
+        get_settings()
+
+
+def test_get_settings_validates_a_project_default_as_any_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An environment's project default is checked like a variable: the message names it."""
+    defaults = '[tool.pyflow.defaults.production]\ntask-runner = "dsk"\n'
+    monkeypatch.setenv("PYFLOW_PROJECT", str(defaults_project(tmp_path / "bad", defaults)))
+    monkeypatch.setenv("PREFECT_FLOW_ENV", "production")
+    with pytest.raises(SettingsError, match=r'PYFLOW_TASK_RUNNER="dsk" is invalid'):
+        get_settings(output="gs://b/o")
+    monkeypatch.setenv("PREFECT_FLOW_ENV", "development")
+    assert get_settings().task_runner == "threads", "production's table is production's alone"

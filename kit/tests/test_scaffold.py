@@ -103,6 +103,23 @@ def test_remove_takes_out_the_package_tests_and_marked_lines(tmp_path: Path) -> 
         scaffold.remove("etl", found)
 
 
+def test_remove_of_the_example_tells_copier_the_project_has_none(tmp_path: Path) -> None:
+    """Removing the flow `example-flow` names sets `example: false` in copier's answers."""
+    found = project(tmp_path)
+    (tmp_path / "pkg" / "second").mkdir()
+    (tmp_path / "pkg" / "second" / "flow.py").write_text('"""Second."""\n')
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.pyflow]\npackage = "pkg"\nexample-flow = "first"  # flow: first\n'
+    )
+    answers = tmp_path / ".copier-answers.yml"
+    answers.write_text("_commit: v0.2.0\nexample: true\nproject_name: acme\n")
+    scaffold.remove("second", found)
+    assert "example: true" in answers.read_text(), "another flow is not the example"
+    assert answers in scaffold.remove("first", found)
+    assert answers.read_text() == "_commit: v0.2.0\nexample: false\nproject_name: acme\n"
+    assert "example-flow" not in (tmp_path / "pyproject.toml").read_text()
+
+
 LOAD_DEPLOYED = """
 import sys
 from prefect.flows import load_flow_from_entrypoint

@@ -167,14 +167,21 @@ def test_apply_refuses_a_first_flow_that_is_no_flow_name(tmp_path: Path) -> None
     assert not (root / "pyflow" / "Daily").exists()
 
 
-def test_apply_gives_the_same_files_for_the_same_answers(tmp_path: Path) -> None:
-    """Applied to two copies, the result is byte for byte the same (copier compares such)."""
-    first, second = template_tree(tmp_path / "a"), template_tree(tmp_path / "b")
-    for root in (first, second):
-        template.apply(root, answers(example=False))
-    files = sorted(path.relative_to(first) for path in first.rglob("*") if path.is_file())
-    assert files == sorted(path.relative_to(second) for path in second.rglob("*") if path.is_file())
-    assert all((first / name).read_bytes() == (second / name).read_bytes() for name in files)
+def test_apply_to_a_project_it_made_changes_nothing(tmp_path: Path) -> None:
+    """Applied again, as to files an update merged, it keeps one defaults table and all else."""
+    root = template_tree(tmp_path)
+    template.apply(root, answers(example=False))
+    made = {path: path.read_bytes() for path in root.rglob("*") if path.is_file()}
+    assert template.apply(root, answers(example=False, operation="update")) == []
+    assert {path: path.read_bytes() for path in root.rglob("*") if path.is_file()} == made
+
+
+def test_apply_refuses_a_relative_template_path_without_a_kit_source(tmp_path: Path) -> None:
+    """The kit's git source must be absolute: a relative template path is refused, with the fix."""
+    root = template_tree(tmp_path)
+    with pytest.raises(ScaffoldError, match=r"the template is the relative path '\.\./pyflow'"):
+        template.apply(root, answers(template_url="../pyflow"))
+    template.apply(root, answers(template_url="../pyflow", kit_source="/src/pyflow/kit"))
 
 
 @pytest.mark.parametrize(
@@ -188,6 +195,11 @@ def test_apply_gives_the_same_files_for_the_same_answers(tmp_path: Path) -> None
         (
             {"template_commit": "v0.2.0-3-g0123abc", "template_url": "/srv/pyflow"},
             f'{{ git = "file:///srv/pyflow", rev = "{"0123abcd" * 5}", subdirectory = "kit" }}',
+        ),
+        (
+            {"template_commit": "0123abc"},
+            '{ git = "https://github.com/acme/pyflow.git", '
+            f'rev = "{"0123abcd" * 5}", subdirectory = "kit" }}',
         ),
     ],
 )
@@ -209,6 +221,7 @@ def test_main_reads_copiers_answers_and_says_what_is_wrong(
         "--project-name=acme",
         "--example=False",
         "--example-flow=warn",
+        "--kit-source=/src/pyflow/kit",
         "--first-flow=9lives",
         "--setting=gcp-project=acme-data",
     ]
@@ -238,9 +251,21 @@ def test_a_project_takes_the_kit_from_the_templates_git_version(tmp_path: Path) 
         "subdirectory": "kit",
     }
     env = new_user_env(invoke_only(tmp_path / "tools") / "bin")
+    pyproject = project / "pyproject.toml"
+    text = pyproject.read_text()
+    pyproject.write_text(text.replace(source.as_uri(), (tmp_path / "nowhere").as_uri()))
+    failed = invoke(project, env, "--list", ok=False)
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr
+    assert failed.stderr.splitlines()[-1] == (
+        f"pyflow: cannot fetch pyflow-kit from git+{(tmp_path / 'nowhere').as_uri()}"
+        f"@{VERSIONS[0]}#subdirectory=kit: check the network and its git URL"
+    )
+    fetched = project / ".kit"
+    assert not [path for path in fetched.glob("*") if path.suffix != ".partial"], "none half-made"
+    pyproject.write_text(text)
     listed = invoke(project, env, "--list")
     assert re.search(r"(?m)^  upgrade +Update the project to a newer template", listed.stdout)
-    [kit] = (project / ".kit").iterdir()
+    [kit] = [path for path in fetched.iterdir() if path.suffix != ".partial"]
     assert (kit / "pyflow_kit" / "collection.py").is_file()
     assert git(project, "status", "--porcelain") == "", ".kit/ is ignored"
     poetry = shlex.split(bootstrap.find_poetry())
@@ -432,6 +457,11 @@ def test_projects_from_copier_upgrade_and_keep_the_teams_edits(tmp_path: Path) -
             assert "ERROR" not in ran.stdout + ran.stderr
             git(project, "add", "-A")
             git(project, "commit", "-qm", "Lock")
+            locked = {
+                item["name"]
+                for item in tomllib.loads((project / "poetry.lock").read_text())["package"]
+            }
+            assert ("polars" in locked) == (name == "with-example"), "the example's dependency"
             # The team's edits: its flow, and its section of the README.
             flow = project / team_files[name]
             flow.write_text(f"{TEAM_FLOW_LINE}\n{flow.read_text()}")
@@ -450,11 +480,13 @@ def test_projects_from_copier_upgrade_and_keep_the_teams_edits(tmp_path: Path) -
             origin = tmp_path / f"{name}.git"  # the team's GitHub repository
             git(tmp_path, "init", "-q", "--bare", str(origin))
             git(project, "remote", "add", "origin", str(origin))
-            upgraded = invoke(project, env, "upgrade", "--to", VERSIONS[1], "--pull-request")
+            upgraded = invoke(project, env, "upgrade", "--to", VERSIONS[1])
             assert (
                 f"pyflow upgrade: template {VERSIONS[0]} -> {VERSIONS[1]}, "
                 f"pyflow-kit {kits[0]} -> {kits[1]}" in upgraded.stdout
             ), upgraded.stdout
+            proposed = invoke(project, env, "upgrade-pr")
+            assert "Traceback" not in proposed.stdout + proposed.stderr
             branch = f"template-update/{VERSIONS[1]}"
             assert git(project, "branch", "--show-current").strip() == branch
             assert git(origin, "log", "--format=%s", "-1", branch).strip() == (
@@ -503,7 +535,7 @@ def invoke_version() -> str:
 
 
 def _pull_request_body() -> str:
-    """Return the body `invoke upgrade --pull-request` gives its pull request."""
+    """Return the body `invoke upgrade-pr` gives its pull request."""
     from pyflow_kit.collection import PULL_REQUEST_BODY
 
     return PULL_REQUEST_BODY

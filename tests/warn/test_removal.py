@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
+from pyflow_kit.scaffold import strip_marked
 from pyflow_kit.testing import isolated_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.heavy]
@@ -64,14 +65,14 @@ def test_removing_the_example_leaves_a_project_that_passes_its_checks(tmp_path: 
     removed = invoke(root, "remove-flow", "warn")
     assert "pyflow/warn" in removed.stdout and "tasks.py" in removed.stdout
     assert not (root / "pyflow" / "warn").exists() and not (root / "tests" / "warn").exists()
-    leftovers = {
+    leftovers = {  # in what a project has: not the template's own files and lines
         str(path.relative_to(root)): [word for word in EXAMPLE_WORDS if word in text]
         for path in root.rglob("*")
         if path.is_file()
         and not path.is_relative_to(root / "kit")
         and ".venv" not in path.parts
-        and path.name != "poetry.lock"
-        and (text := path.read_text(encoding="utf-8", errors="replace"))
+        and path.name not in ("poetry.lock", "copier.yml")
+        and (text := strip_marked(path.read_text(errors="replace"), "template-only"))
     }
     assert {name: words for name, words in leftovers.items() if words} == {}
     assert 'name = "polars"' not in (root / "poetry.lock").read_text(), "its dependencies went"

@@ -3,8 +3,8 @@
 Each task of `pyflow_kit.commands.COMMANDS` runs its command (``python -m pyflow_kit.MODULE``)
 in the project's ``.venv``, from the project's folder, with exactly the options the command
 declares; `command_task` makes a project's own commands into tasks the same way. The others
-(``setup``, ``tools``, ``lint``, ``format``, ``hooks``, ``test``, ``ci``, ``upgrade``) run
-tools. Standard
+(``setup``, ``tools``, ``lint``, ``format``, ``hooks``, ``test``, ``ci``, ``upgrade``,
+``upgrade-pr``) run tools. Standard
 library and invoke only: this loads with the Python that runs invoke, before ``.venv`` exists.
 """
 
@@ -296,15 +296,25 @@ BOT = ("github-actions[bot]", "41898282+github-actions[bot]@users.noreply.github
 """Who commits an update where git knows nobody (the template-update workflow's runner)."""
 
 
-def open_pull_request(c: Context, version: str) -> None:
-    """Commit the update on a branch of its own, push it, and open its pull request with gh."""
+@task
+def upgrade_pr(c: Context) -> None:
+    """Commit an upgrade on a branch of its own, push it, and open its pull request (gh)."""
+    os.chdir(bootstrap.root())
     if not git_lines(c, "status --porcelain"):
-        print("pyflow upgrade: the project is at that version already: no pull request")
+        print("pyflow upgrade-pr: nothing to propose: the project is at that version already")
         return
+    version = template_version()
     branch = shlex.quote(f"template-update/{version}")
-    if c.run(f"git ls-remote --exit-code --heads origin {branch}", hide=True, warn=True):
-        print(f"pyflow upgrade: {branch} is on origin already, with its pull request")
+    c.run("gh auth setup-git")
+    found = c.run(f"git ls-remote --exit-code --heads origin {branch}", hide=True, warn=True)
+    if found is not None and found.exited == 0:
+        print(f"pyflow upgrade-pr: {branch} is on origin already, with its pull request")
         return
+    if found is None or found.exited != 2:  # 2: no such branch
+        raise Exit(
+            "Cannot read origin's branches (git ls-remote): check the remote and the token "
+            "gh uses (GH_TOKEN), then run `invoke upgrade-pr` again"
+        )
     title = shlex.quote(f"Update from the pyflow template {version}")
     known = c.run("git config user.name", hide=True, warn=True)
     who = "" if known else f"-c user.name={shlex.quote(BOT[0])} -c user.email={BOT[1]} "
@@ -312,22 +322,14 @@ def open_pull_request(c: Context, version: str) -> None:
         f"git switch --quiet --create {branch}",
         "git add --all",
         f"git {who}commit --quiet --message {title}",
-        "gh auth setup-git",
         f"git push --quiet origin {branch}",
         f"gh pr create --head {branch} --title {title} --body {shlex.quote(PULL_REQUEST_BODY)}",
     ):
         c.run(command)
 
 
-@task(
-    help={
-        "to": "the template version (a git tag) to update to (default: its latest)",
-        "pull-request": "then commit the update on a branch template-update/VERSION, push it and "
-        "open its pull request with gh, as the template-update workflow does (default: "
-        "leave the update uncommitted)",
-    }
-)
-def upgrade(c: Context, to: str = "", pull_request: bool = False) -> None:
+@task(help={"to": "the template version (a git tag) to update to (default: its latest)"})
+def upgrade(c: Context, to: str = "") -> None:
     """Update the project to a newer template and kit: copier update, lock, install, check."""
     os.chdir(bootstrap.root())
     if not (bootstrap.root() / ANSWERS_FILE).is_file():
@@ -335,7 +337,7 @@ def upgrade(c: Context, to: str = "", pull_request: bool = False) -> None:
             f"{ANSWERS_FILE} is missing: only a project made with `copier copy` of the pyflow "
             "template can be upgraded (README, Starting a project)"
         )
-    if git_lines(c, "status --porcelain --untracked-files=no"):
+    if git_lines(c, "status --porcelain"):
         raise Exit(
             "The project has uncommitted changes: commit or stash them, then run "
             "`invoke upgrade` again (the update merges into a clean tree, so that its diff is "
@@ -367,10 +369,7 @@ def upgrade(c: Context, to: str = "", pull_request: bool = False) -> None:
     )
     for line in changed:
         print(f"  {line}")
-    if pull_request:
-        open_pull_request(c, after[0])
-    else:
-        print("Next: read `git diff`, run `invoke`, then commit.")
+    print("Next: read `git diff`, run `invoke`, then commit (or `invoke upgrade-pr`).")
 
 
 @task(pre=[lint, CHECK, test], default=True)
@@ -380,7 +379,9 @@ def ci(c: Context) -> None:
 
 def namespace() -> Collection:
     """Return a new collection of every task of the kit, for a project's tasks.py to extend."""
-    found = Collection(setup, tools, lock, lint, format_, hooks, test, ci, CHECK, upgrade)
+    found = Collection(
+        setup, tools, lock, lint, format_, hooks, test, ci, CHECK, upgrade, upgrade_pr
+    )
     for command in COMMANDS:
         if command.task != "check":
             made = command_task(command)

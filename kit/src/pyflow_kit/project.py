@@ -7,6 +7,7 @@ the working folder up (or the folder ``PYFLOW_PROJECT`` names)::
     package = "pyflow"                   # the package that holds the flows
     settings = "pyflow.config:Settings"  # the project's settings (default: the kit's own)
     default-flow = "daily-report"        # what runs without --flow (default: the first by name)
+    example-flow = "warn"                # the template's example (`remove-flow` tells copier)
 
     [tool.pyflow.defaults]               # the project's own defaults of the kit's settings
     gcp-project = "acme-data"            # (each below the environment and .env)

@@ -19,6 +19,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
@@ -216,6 +217,28 @@ def marked_files(root: Path) -> list[Path]:
     return sorted(found)
 
 
+ANSWERS_FILE = ".copier-answers.yml"
+"""What copier recorded of the project: its template version and answers."""
+
+
+def forget_example(name: str, root: Path) -> list[Path]:
+    """Record in copier's answers that the project has no example, if ``name`` is the example.
+
+    The example is the flow ``[tool.pyflow] example-flow`` names; with ``example: false`` an
+    update leaves its lines out of the template's files, as the project did.
+    """
+    answers = root / ANSWERS_FILE
+    if not answers.is_file():
+        return []
+    with (root / "pyproject.toml").open("rb") as handle:
+        table = tomllib.load(handle).get("tool", {}).get("pyflow", {})
+    if table.get("example-flow") != name:
+        return []
+    text = answers.read_text(encoding="utf-8")
+    answers.write_text(re.sub(r"(?m)^example: true$", "example: false", text), encoding="utf-8")
+    return [answers]
+
+
 def remove(name: str, project: Project | None = None) -> list[Path]:
     """Take a flow out of the project: its package, its tests, and its marked lines.
 
@@ -232,7 +255,7 @@ def remove(name: str, project: Project | None = None) -> list[Path]:
             f"{package.relative_to(project.root)} is not a flow's package (no flow.py): name one "
             f"of the folders of {project.package}/ that hold a flow"
         )
-    changed = [package]
+    changed = [package, *forget_example(name, project.root)]
     shutil.rmtree(package)
     tests = project.root / "tests" / name
     if tests.is_dir():

@@ -233,11 +233,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _apply_environment_defaults(self) -> Settings:
-        """Fill unset settings from the project's defaults for the environment, else the kit's."""
-        project = project_defaults().get(self.env, {})
+        """Fill unset settings from the environment's defaults."""
         for name, default in ENVIRONMENT_DEFAULTS[self.env].items():
             if getattr(self, name) is None:
-                setattr(self, name, project.get(name, default))
+                setattr(self, name, default)
         return self
 
     def require_output(self) -> str:
@@ -318,28 +317,33 @@ def project_defaults() -> dict[str, Any]:
 
 
 class ProjectDefaults(PydanticBaseSettingsSource):
-    """The settings source of the project's defaults (not those of one environment)."""
+    """The settings source of the project's defaults, those of the run's environment first."""
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
         """Return a field's project default (unused: `__call__` reads them all at once)."""
-        return project_defaults().get(field_name), field_name, False
+        return self().get(field_name), field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        """Return the project's defaults of this class's settings.
+        """Return the project's defaults of this class's settings, for the run's environment.
 
         Raises:
-            SettingsError: If the table names something that is not a setting.
+            SettingsError: If a table names something that is not a setting.
         """
         found = project_defaults()
-        unknown = set(found) - set(self.settings_cls.model_fields) - set(ENVIRONMENT_DEFAULTS)
-        if unknown:
-            raise SettingsError(
-                f"[tool.pyflow.defaults] in pyproject.toml sets "
-                f"{', '.join(sorted(name.replace('_', '-') for name in unknown))}, "
-                "which no setting is: fix the name (the README's configuration table lists them, "
-                "as PYFLOW_NAME)"
-            )
-        return {key: value for key, value in found.items() if key not in ENVIRONMENT_DEFAULTS}
+        state = self.current_state
+        environment = state.get(ENVIRONMENT_VARIABLE) or state.get("env") or "development"
+        tables = {"": found, **{name: found.get(name, {}) for name in ENVIRONMENT_DEFAULTS}}
+        for name, table in tables.items():
+            unknown = set(table) - set(self.settings_cls.model_fields) - set(ENVIRONMENT_DEFAULTS)
+            if unknown or (name and set(table) & set(ENVIRONMENT_DEFAULTS)):
+                where = f"[tool.pyflow.defaults{'.' + name if name else ''}]"
+                shown = ", ".join(sorted(key.replace("_", "-") for key in unknown or table))
+                raise SettingsError(
+                    f"{where} in pyproject.toml sets {shown}, which no setting is: fix the name "
+                    "(the README's configuration table lists them, as PYFLOW_NAME)"
+                )
+        common = {key: value for key, value in found.items() if key not in ENVIRONMENT_DEFAULTS}
+        return {**common, **tables.get(str(environment), {})}
 
 
 def variable_name(field: str) -> str:

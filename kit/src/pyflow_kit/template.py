@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pyflow_kit import scaffold
-from pyflow_kit.errors import PyflowError
+from pyflow_kit.errors import PyflowError, ScaffoldError
 from pyflow_kit.project import Project
 
 TEMPLATE_MARK = "template-only"
@@ -60,10 +60,9 @@ def kit_dependency(answers: Answers) -> str:
     """
     if answers.kit_source:
         return f"pyflow-kit = {{ path = {json.dumps(answers.kit_source)}, develop = false }}"
-    commit = answers.template_commit
     pin = (
-        f"tag = {json.dumps(commit)}"
-        if re.fullmatch(r"v?\d+(\.\d+)*([a-z]+\d*)?", commit)
+        f"tag = {json.dumps(answers.template_commit)}"
+        if is_tag(answers)
         else f"rev = {json.dumps(answers.template_hash)}"
     )
     return (
@@ -72,14 +71,29 @@ def kit_dependency(answers: Answers) -> str:
     )
 
 
+def is_tag(answers: Answers) -> bool:
+    """Return whether copier copied a tag (``v0.2.0``), not a commit after one or a bare hash."""
+    commit = answers.template_commit
+    return "-g" not in commit and not answers.template_hash.startswith(commit)
+
+
 def git_url(source: str) -> str:
-    """Return a git URL for copier's source of the template (``gh:`` and ``gl:`` expanded)."""
+    """Return a git URL for copier's source of the template (``gh:`` and ``gl:`` expanded).
+
+    Raises:
+        ScaffoldError: If the source is a relative path, which the project cannot resolve.
+    """
     for short, host in (("gh:", "https://github.com/"), ("gl:", "https://gitlab.com/")):
         if source.startswith(short):
             return host + source.removeprefix(short).removesuffix(".git") + ".git"
-    return (
-        source if "://" in source or source.startswith("git@") else Path(source).absolute().as_uri()
-    )
+    if "://" in source or source.startswith("git@"):
+        return source
+    if not Path(source).is_absolute():
+        raise ScaffoldError(
+            f"the template is the relative path {source!r}, which the project cannot take "
+            "pyflow-kit from: give copier its absolute path or git URL, or -d kit_source=PATH"
+        )
+    return Path(source).as_uri()
 
 
 def kit_docs(answers: Answers) -> str:
@@ -87,7 +101,7 @@ def kit_docs(answers: Answers) -> str:
     if answers.kit_source:
         return str(Path(answers.kit_source) / "README.md")
     url = git_url(answers.template_url).removesuffix(".git")
-    ref = answers.template_commit if "-g" not in answers.template_commit else answers.template_hash
+    ref = answers.template_commit if is_tag(answers) else answers.template_hash
     return (
         f"{url}/blob/{ref}/kit/README.md" if url.startswith("https://") else f"{url}/kit/README.md"
     )
@@ -134,7 +148,7 @@ def edit_pyproject(text: str, answers: Answers) -> str:
         (r"^pyflow-kit = \{.*\}$", kit_dependency(answers)),
     ):
         text = re.sub(pattern, line.replace("\\", "\\\\"), text, count=1, flags=re.M)
-    earlier = r"(?ms)^\n?\[tool\.pyflow\.defaults[^\n]*\n.*?(?=^\[(?!tool\.pyflow\.defaults)|\Z)"
+    earlier = r"(?ms)^\n?\[tool\.pyflow\.defaults[^\n]*\n.*?(?=^\n*\[(?!tool\.pyflow\.defaults)|\Z)"
     lines = re.sub(earlier, "", text).splitlines(keepends=True)  # applied twice, one table
     start = lines.index("[tool.pyflow]\n")
     end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("[")), len(lines))
@@ -165,7 +179,7 @@ def apply(root: Path, answers: Answers) -> list[Path]:
     """Make the template's files in ``root`` the project the answers describe; return the changed.
 
     Raises:
-        ScaffoldError: If the first flow's name is not a flow name.
+        ScaffoldError: If the first flow's name is not a flow name, or the kit has no source.
     """
     changed: list[Path] = []
     for path in scaffold.marked_files(root):
