@@ -44,6 +44,13 @@ def tracked_files(root: Path) -> list[str]:
     return [name for name in listed.split("\0") if name and (root / name).is_file()]
 
 
+def locked_version(package: str) -> str:
+    """Return the version of a package the template's poetry.lock holds."""
+    lock = tomllib.loads((TEMPLATE / "poetry.lock").read_text(encoding="utf-8"))
+    [version] = [item["version"] for item in lock["package"] if item["name"] == package]
+    return str(version)
+
+
 def flow_names(root: Path) -> tuple[str, list[str]]:
     """Return a project's package and the names of its flows, by the kit's convention."""
     with (root / "pyproject.toml").open("rb") as handle:

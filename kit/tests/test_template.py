@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TEMPLATE, tracked_files
+from conftest import TEMPLATE, locked_version, tracked_files
 from pyflow_kit import bootstrap, template
 from pyflow_kit.errors import ScaffoldError
 from pyflow_kit.testing import free_ports
@@ -379,7 +379,7 @@ def invoke_only(folder: Path) -> Path:
     """Make a Python environment with invoke alone, as `pip install invoke` gives a new user."""
     subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
     pip = [str(folder / "bin" / "python"), "-m", "pip", "install", "--quiet"]
-    subprocess.run([*pip, f"invoke=={invoke_version()}"], check=True, timeout=300)
+    subprocess.run([*pip, f"invoke=={locked_version('invoke')}"], check=True, timeout=300)
     return folder
 
 
@@ -526,12 +526,6 @@ def test_projects_from_copier_upgrade_and_keep_the_teams_edits(tmp_path: Path) -
                     check=False,
                     timeout=120,
                 )
-
-
-def invoke_version() -> str:
-    """Return the invoke version poetry.lock holds (the one the workflows install)."""
-    lock = tomllib.loads((TEMPLATE / "poetry.lock").read_text())
-    return next(item["version"] for item in lock["package"] if item["name"] == "invoke")
 
 
 def _pull_request_body() -> str:

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import TEMPLATE
+from conftest import TEMPLATE, locked_version
 from pyflow_kit import bootstrap, gcp
 
 GITHUB = TEMPLATE / ".github"
@@ -129,13 +129,6 @@ def read_names(value: object, context: str) -> set[str]:
         for expression in expressions(value)
         for name in re.findall(rf"\b{context}\.([A-Za-z_][A-Za-z0-9_]*)", expression)
     }
-
-
-def locked_version(package: str) -> str:
-    """Return the version of a package poetry.lock holds."""
-    lock = tomllib.loads((TEMPLATE / "poetry.lock").read_text(encoding="utf-8"))
-    [version] = [item["version"] for item in lock["package"] if item["name"] == package]
-    return str(version)
 
 
 def tool(name: str) -> str:
