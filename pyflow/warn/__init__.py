@@ -37,7 +37,8 @@ BENCH = Command(
             "variants",
             "comma-separated, of 0 (csv module), a (plain), b (threads), a1 (plain, one engine "
             "thread), p (a plain process per worker), c (temporary Dask), d (running Dask), d1 "
-            "(running Dask, one worker), e (the real state files), r (a second `invoke run`) "
+            "(running Dask, one worker), e (the real state files), e2 (the real files again, each "
+            "source reused), r (a second `invoke run`) "
             "(default: all)",
         ),
         Option(

@@ -14,6 +14,7 @@ error, the summary lists it, and the flow reports it once the other sources are 
 from __future__ import annotations
 
 import errno
+import io
 import itertools
 import json
 import logging
@@ -25,6 +26,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import IO, Any
 
 import fsspec
@@ -35,19 +37,25 @@ from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
 from pyflow.warn import normalise, reading, values
+from pyflow.warn.changes import find_changes
 from pyflow.warn.columns import ColumnMap, Rules, map_columns
 from pyflow.warn.errors import FetchError, SourceError
 from pyflow.warn.schema import (
+    CHANGES_FILE,
     FORMULA_STARTS,
+    INTEGRATED_FILE,
     NOTICE_FIELDS,
+    NOTICES_FILE,
     REJECT_FIELDS,
+    REJECTS_FILE,
+    SUMMARY_FILE,
     TEXT_NOTICE_FIELDS,
     TEXT_REJECT_FIELDS,
     Source,
     redact_location,
     source_label_from,
 )
-from pyflow_kit import publish
+from pyflow_kit import publish, reuse
 from pyflow_kit.errors import OutputError
 
 logger = logging.getLogger(__name__)
@@ -69,10 +77,7 @@ class RedactUrls(logging.Filter):
 if not any(isinstance(f, RedactUrls) for f in logging.getLogger("httpx").filters):
     logging.getLogger("httpx").addFilter(RedactUrls())
 
-NOTICES_FILE = "notices.csv"
-REJECTS_FILE = "rejects.csv"
-SUMMARY_FILE = "summary.json"
-OUTPUT_FILES = (NOTICES_FILE, REJECTS_FILE, SUMMARY_FILE)
+OUTPUT_FILES = (NOTICES_FILE, REJECTS_FILE, CHANGES_FILE, INTEGRATED_FILE, SUMMARY_FILE)
 """What a run publishes, in the order the files are copied to the top: data first, the summary
 last (it names the others)."""
 
@@ -123,6 +128,8 @@ class SourcePlan:
     reject_reason: str | None = None
     rows_expected: int = 0
     """For a source failed for giving no rows: how many an earlier run read from it."""
+    digest: str = ""
+    """The SHA-256 of the source's bytes: what says whether an earlier run read the same."""
 
     @property
     def label(self) -> str:
@@ -168,6 +175,8 @@ class PartResult:
     rejected_by: dict[str, int] = field(default_factory=dict)
     unread: dict[str, tuple[int, list[str]]] = field(default_factory=dict)
     error: str | None = None
+    read_in: str = ""
+    """The run that read the partition: this one, or an earlier one whose result is reused."""
 
 
 @dataclass(frozen=True)
@@ -196,6 +205,13 @@ class Summary:
     sources: list[dict[str, Any]]
     run: str = ""
     """The run's id: its files are under ``runs/<run>/`` in the output location."""
+    changes: dict[str, Any] = field(default_factory=dict)
+    """What changed since the run published before (`pyflow.warn.changes.find_changes`)."""
+
+    @property
+    def read_sources(self) -> list[str]:
+        """The labels of the sources this run read (their notices may be removed)."""
+        return [entry["source"] for entry in self.sources if not entry["error"]]
 
     @property
     def failures(self) -> list[dict[str, Any]]:
@@ -213,6 +229,12 @@ class Summary:
             f"notices, {self.rows_rejected:,} rejected, {self.rows_duplicate:,} duplicates dropped."
         ]
         output = self.notices.rsplit("/", 3)[0]
+        if self.changes.get("compared_with"):
+            lines.append(
+                f"since run {self.changes['compared_with']}: {self.changes['added']:,} added, "
+                f"{self.changes['amended']:,} amended, {self.changes['removed']:,} removed "
+                "(changes.csv; every notice so far in integrated.csv)"
+            )
         latest, _ = publish.Store.of(output).read_pointer()
         if latest is None or latest["run"] == self.run:
             lines.append(
@@ -380,6 +402,7 @@ def plan_sources(
             ranges = tuple(reading.record_ranges(location, layout, partition_bytes))
             end = reading.sample_end(location, layout)
             sample = reading.read_records(location, layout, layout.data_start, end)
+            digest = reuse.file_digest(location)
         except (SourceError, OSError) as error:
             message = str(error) if isinstance(error, SourceError) else f"cannot be read ({error})"
             message = source.scrub(message)
@@ -387,7 +410,7 @@ def plan_sources(
                 message = f"source '{source.label}' {message}"
             plans[index] = SourcePlan(index, source, location, error=message)
             continue
-        plans[index] = SourcePlan(index, source, location, layout, ranges=ranges)
+        plans[index] = SourcePlan(index, source, location, layout, ranges=ranges, digest=digest)
         samples[index] = sample
     profile = values.Profile(samples)
     for index in samples:
@@ -445,21 +468,67 @@ def batch_sizes(partition_bytes: int) -> tuple[int, int]:
 
 
 def plan_batches(plans: list[SourcePlan], batch_bytes: int) -> list[list[Partition]]:
-    """Group partitions into batches of even size, each at most ``batch_bytes``: one task each.
+    """Group each source's partitions into batches of even size, at most ``batch_bytes``.
 
-    A task costs tens of milliseconds to orchestrate in the flow, and more on a Dask worker: a
-    run over many small files is faster with one task per many megabytes than one per file.
-    Batches are as few as the limit allows and of even size, so tasks running at once finish
-    together (142 MB under a 128 MB limit is two batches of 71 MB, not 128 and 14). A task
-    reads its batch a stack at a time (`transform_batch`), so a batch can be larger than memory
-    should hold at once. 0 gives one partition per batch.
+    A batch is one task, and holds one source's partitions only: so a source that did not
+    change is reused on its own (`batch_key`), whatever changed in the others. A source larger
+    than the limit is cut into batches of even size, so tasks running at once finish together
+    (142 MB under a 128 MB limit is two batches of 71 MB, not 128 and 14). A task reads its
+    batch a stack at a time (`transform_batch`), so a batch can be larger than memory should
+    hold at once. 0 gives one partition per batch.
     """
-    partitions = [partition for plan in plans for partition in partitions_of(plan)]
-    total = sum(partition.end - partition.start for partition in partitions)
-    if batch_bytes <= 0 or not partitions:
-        return [[partition] for partition in partitions]
-    target = total / math.ceil(total / batch_bytes) if total else batch_bytes
-    return _runs(partitions, batch_bytes, target)
+    batches: list[list[Partition]] = []
+    for plan in plans:
+        partitions = partitions_of(plan)
+        total = sum(partition.end - partition.start for partition in partitions)
+        if batch_bytes <= 0 or not partitions:
+            batches += [[partition] for partition in partitions]
+            continue
+        target = total / math.ceil(total / batch_bytes) if total else batch_bytes
+        batches += _runs(partitions, batch_bytes, target)
+    return batches
+
+
+def reuse_version(rules: Rules) -> str:
+    """Return what, besides a source's bytes and mapping, a batch's result depends on.
+
+    That is the rules (the bundled ones and an aliases file's), the example's code and files
+    (`pyflow_kit.reuse.code_version`) and the Polars that parses: a change to any of them
+    reads every source again.
+    """
+    rules_text = json.dumps(
+        asdict(rules),
+        sort_keys=True,
+        default=lambda value: sorted(value) if isinstance(value, (set, frozenset)) else str(value),
+    )
+    return reuse.key(rules_text, reuse.code_version(Path(__file__).parent), pl.__version__)
+
+
+def batch_key(batch: list[Partition], version: str) -> str:
+    """Return the reuse key of a batch: its source's bytes, mapping and ranges, and ``version``.
+
+    The mapping (`SourcePlan.report`) holds what the rules and aliases made of the header, so
+    new rules that map a source otherwise read it again; the label and constants are written
+    into its notices and rejects.
+    """
+    plan = batch[0].plan
+    return reuse.key(
+        plan.digest,
+        plan.label,
+        sorted(plan.source.constants.items()),
+        json.dumps(plan.report(), sort_keys=True, default=str),
+        repr(plan.columns),
+        plan.error,
+        plan.reject_reason,
+        [(partition.index, partition.start, partition.end) for partition in batch],
+        version,
+    )
+
+
+def adopt(parts: list[PartResult], batch: list[Partition]) -> list[PartResult]:
+    """Give a batch's results this run's index of its source (a reused one has its run's)."""
+    index = batch[0].plan.index
+    return [replace(part, source_index=index) for part in parts]
 
 
 def _runs(
@@ -485,23 +554,29 @@ def _runs(
     return runs
 
 
-def transform_batch(batch: list[Partition], work_dir: str, stack_bytes: int) -> list[PartResult]:
+def transform_batch(
+    batch: list[Partition], work_dir: str, stack_bytes: int, run: str = "", fix: str = ""
+) -> list[PartResult]:
     """Transform a task's partitions a stack at a time, so memory holds one stack, not the batch.
 
     Args:
         batch: The partitions, of one or more sources.
-        work_dir: The run's folder for intermediate files.
+        work_dir: The folder for its part files.
         stack_bytes: Partitions are stacked up to this many bytes (one larger stands alone).
+        run: The run reading them, recorded in each result (`PartResult.read_in`).
+        fix: What to do when the part files cannot be written (default: `publish.work_fix`'s).
 
     Returns:
         One result per partition, in the batch's order.
     """
     return [
-        part for stack in _runs(batch, stack_bytes) for part in transform_stack(stack, work_dir)
+        replace(part, read_in=run)
+        for stack in _runs(batch, stack_bytes)
+        for part in transform_stack(stack, work_dir, fix)
     ]
 
 
-def transform_stack(batch: list[Partition], work_dir: str) -> list[PartResult]:
+def transform_stack(batch: list[Partition], work_dir: str, fix: str = "") -> list[PartResult]:
     """Read a stack of partitions and turn their rows into notices and rejects, in one pass.
 
     Each partition's columns are renamed to the fields, the partitions are stacked, and the
@@ -512,7 +587,8 @@ def transform_stack(batch: list[Partition], work_dir: str) -> list[PartResult]:
 
     Args:
         batch: The partitions, of one or more sources.
-        work_dir: The run's folder for intermediate files.
+        work_dir: The folder for its part files.
+        fix: What to do when they cannot be written (default: `publish.work_fix`'s).
 
     Returns:
         One result per partition, in the stack's order.
@@ -558,9 +634,10 @@ def transform_stack(batch: list[Partition], work_dir: str) -> list[PartResult]:
                 *(f.select(*normalise.IDS, pl.lit("source failed").alias("rule")) for f in failed),
             ]
         )
-    notices_path = _write_part(notices, f"{prefix}-notices", sorted_=True)
+    fix = fix or publish.work_fix(work_dir)
+    notices_path = _write_part(notices, f"{prefix}-notices", fix, sorted_=True)
     rejects_path = _write_part(
-        pl.concat(rejects) if rejects else pl.DataFrame(), f"{prefix}-rejects"
+        pl.concat(rejects) if rejects else pl.DataFrame(), f"{prefix}-rejects", fix
     )
     counts = _counts(rows)
     keys: tuple[str, ...] = ()
@@ -667,29 +744,42 @@ def _unread(
     return found
 
 
-def _write_part(frame: pl.DataFrame, prefix: str, *, sorted_: bool = False) -> str | None:
+def _write_part(frame: pl.DataFrame, prefix: str, fix: str, *, sorted_: bool = False) -> str | None:
     """Write a part file; None when it is empty.
 
     Sorted notices go to Parquet, in row groups whose key statistics let a merge bucket skip
-    the others; everything else to Arrow IPC, which is faster to write and read whole.
+    the others; everything else to Arrow IPC, which is faster to write and read whole. The file
+    is made in memory, then written, so that a full disk is an `OSError` (`publish.writing`
+    names it, with ``fix``), not the engine's own error.
     """
     if frame.is_empty():
         return None
     path = f"{prefix}.parquet" if sorted_ else f"{prefix}.arrow"
-    with (
-        publish.writing(path, publish.work_fix(path)),
-        fsspec.open(path, "wb", auto_mkdir=True) as handle,
-    ):
-        if sorted_:
-            frame.write_parquet(handle, compression="uncompressed", row_group_size=64 * 1024)
-        else:
-            frame.write_ipc(handle)
+    data = io.BytesIO()
+    if sorted_:
+        frame.write_parquet(data, compression="uncompressed", row_group_size=64 * 1024)
+    else:
+        frame.write_ipc(data)
+    with publish.writing(path, fix), fsspec.open(path, "wb", auto_mkdir=True) as handle:
+        handle.write(data.getbuffer())
     return path
 
 
 def _scan_parts(paths: list[str]) -> pl.LazyFrame:
-    """Scan part files, Parquet or Arrow IPC (all of one run are of one kind)."""
-    if paths[0].endswith(".parquet"):
+    """Scan part files, Parquet or Arrow IPC (all of one run are of one kind).
+
+    Files in an object store (reused ones, in an output's cache) are read through fsspec, whose
+    credentials and endpoint are the output's, rather than by Polars' own cloud reader.
+    """
+    parquet = paths[0].endswith(".parquet")
+    if any("://" in path and not path.startswith("file://") for path in paths):
+        read = pl.read_parquet if parquet else pl.read_ipc
+        frames = []
+        for path in paths:
+            with fsspec.open(path, "rb") as handle:
+                frames.append(read(handle.read()))
+        return pl.concat(frames).lazy()
+    if parquet:
         return pl.scan_parquet(paths)
     return pl.scan_ipc(paths)
 
@@ -735,15 +825,28 @@ def plan_buckets(
     return list(itertools.pairwise(bounds))
 
 
-def notice_files(parts: list[PartResult]) -> tuple[list[str], list[int]]:
-    """Return the part files of notices, and the sources whose notices are to be merged."""
-    return sorted({p.notices for p in parts if p.notices}), sorted({p.source_index for p in parts})
+def notice_files(parts: list[PartResult]) -> dict[str, int]:
+    """Return the part files of notices, each with the run's index of its source.
+
+    A part file holds one source's rows; a reused one has the index its run gave the source,
+    which the merge replaces by this run's.
+    """
+    return {p.notices: p.source_index for p in sorted(parts, key=_origin) if p.notices}
+
+
+def _origin(part: PartResult) -> tuple[int, int]:
+    return part.source_index, part.index
+
+
+def _scan_as(path: str, source_index: int) -> pl.LazyFrame:
+    """Scan a part file, its rows given this run's index of their source."""
+    return _scan_parts([path]).with_columns(pl.lit(source_index, pl.UInt32).alias("source_index"))
 
 
 def merge_bucket(
     index: int,
     bounds: tuple[str | None, str | None],
-    files: tuple[list[str], list[int]],
+    files: Mapping[str, int],
     labels: Mapping[int, str],
     work_dir: str,
 ) -> BucketResult:
@@ -756,21 +859,20 @@ def merge_bucket(
     Args:
         index: The bucket's position; chunks are concatenated in this order.
         bounds: The key range, low inclusive, high exclusive.
-        files: The part files and the sources to merge (`notice_files`).
+        files: The part files to merge, each with its source (`notice_files`).
         labels: Source index to the label written in the ``source`` column.
         work_dir: The run's folder for intermediate files.
     """
-    paths, sources = files
-    if not paths:
+    if not files:
         return BucketResult(index, 0, 0, None)
     assert tuple(NOTICE_FIELDS) == ("notice_id", *normalise.NOTICE_COLUMNS[1:-3], "source")
     low, high = bounds
-    keep = pl.col("source_index").is_in(sources)
+    keep = pl.lit(True)
     if low is not None:
         keep &= pl.col("key") >= low
     if high is not None:
         keep &= pl.col("key") < high
-    scans = [_scan_parts([path]).filter(keep) for path in paths]
+    scans = [_scan_as(path, source).filter(keep) for path, source in files.items()]
     while len(scans) > 1:
         scans = [
             pair[0].merge_sorted(pair[1], key=["key", *normalise.IDS]) if len(pair) > 1 else pair[0]
@@ -835,7 +937,7 @@ def write_rejects(parts: list[PartResult], labels: Mapping[int, str], run_folder
     for part in sorted(parts, key=lambda p: (p.source_index, p.index)):
         offsets[part.source_index, part.index] = seen.get(part.source_index, 0)
         seen[part.source_index] = offsets[part.source_index, part.index] + part.records
-    paths = sorted({part.rejects for part in parts if part.rejects})
+    paths = {p.rejects: p.source_index for p in sorted(parts, key=_origin) if p.rejects}
     target = join_path(run_folder, REJECTS_FILE)
     with publish.writing(target), _binary_writer(target) as out:
         out.write((",".join(REJECT_FIELDS) + "\n").encode())
@@ -847,7 +949,7 @@ def write_rejects(parts: list[PartResult], labels: Mapping[int, str], run_folder
             orient="row",
         )
         rejects = (
-            _scan_parts(paths)
+            pl.concat([_scan_as(path, source) for path, source in paths.items()])
             .join(table.lazy(), on=["source_index", "part_index"], how="inner")
             .sort("source_index", "part_index", "record")
             .select(
@@ -948,8 +1050,10 @@ def summarise(
         RuntimeError: If the counts do not add up, which would mean a row was lost.
     """
     usable = usable_parts(parts)
+    run = output.rstrip("/").rsplit("/", 1)[-1]
     entries = [
-        _source_entry(plan, [p for p in parts if p.source_index == plan.index]) for plan in plans
+        _source_entry(plan, [p for p in parts if p.source_index == plan.index], run)
+        for plan in plans
     ]
     summary = Summary(
         rows_in=sum(part.rows_in for part in usable),
@@ -962,7 +1066,7 @@ def summarise(
         notices=join_path(output, NOTICES_FILE),
         rejects=join_path(output, REJECTS_FILE),
         sources=entries,
-        run=output.rstrip("/").rsplit("/", 1)[-1],
+        run=run,
     )
     kept = sum(part.rows_kept for part in usable)
     if (
@@ -973,7 +1077,7 @@ def summarise(
     return summary
 
 
-def _source_entry(plan: SourcePlan, parts: list[PartResult]) -> dict[str, Any]:
+def _source_entry(plan: SourcePlan, parts: list[PartResult], run: str) -> dict[str, Any]:
     """One source's entry in ``summary.json``: counts, mapping, unread values, and its error."""
     failed_part = next((part.error for part in parts if part.error), None)
     read = failed_part is None
@@ -988,9 +1092,11 @@ def _source_entry(plan: SourcePlan, parts: list[PartResult]) -> dict[str, Any]:
             entry["examples"] = (
                 entry["examples"] + [e for e in examples if e not in entry["examples"]]
             )[:EXAMPLES]
+    reused = {part.read_in for part in parts} - {run, ""}
     entry = {
         "source": plan.label,
         "location": plan.source.shown_location,
+        "reused_from": min(reused) if read and reused else "",
         "error": plan.error or failed_part,
         "rows_in": sum(part.rows_in for part in parts) if read else 0,
         "rows_kept": sum(part.rows_kept for part in parts) if read else 0,
@@ -1003,6 +1109,14 @@ def _source_entry(plan: SourcePlan, parts: list[PartResult]) -> dict[str, Any]:
     if plan.rows_expected:
         entry["rows_expected"] = plan.rows_expected  # so the next run fails it too
     return entry
+
+
+def with_changes(summary: Summary, output: str, run_folder: str) -> Summary:
+    """Write the run's changes and integrated history (`find_changes`), then its summary."""
+    changes = find_changes(output, run_folder, summary.read_sources, summary.started_at)
+    summary = replace(summary, changes=changes)
+    write_summary(summary, run_folder)
+    return summary
 
 
 def write_summary(summary: Summary, run_folder: str) -> str:
@@ -1067,7 +1181,9 @@ def run_local(
             batch_bytes, stack_bytes = batch_sizes(partition_bytes)
             batches = plan_batches(plans, batch_bytes)
             parts = [
-                part for batch in batches for part in transform_batch(batch, work_dir, stack_bytes)
+                part
+                for batch in batches
+                for part in transform_batch(batch, work_dir, stack_bytes, run_id)
             ]
             plans = fail_emptied(plans, parts, location, allow_empty)
             raise_failures(plans, parts, strict=strict)
@@ -1080,7 +1196,7 @@ def run_local(
             ]
             write_outputs(usable, buckets, labels, run_folder)
             summary = summarise(plans, parts, buckets, run_folder, started_at)
-            write_summary(summary, run_folder)
+            summary = with_changes(summary, location, run_folder)
             publish.publish(location, run_id, OUTPUT_FILES, rows_out=summary.rows_out)
             published = True
     finally:

@@ -16,6 +16,7 @@ from prefect.states import Failed
 from prefect.utilities.annotations import quote
 
 from pyflow.warn import etl
+from pyflow.warn.alerts import ALERTS
 from pyflow.warn.cli import check_before_run as check_parameters
 from pyflow.warn.parameters import (
     FETCH_BACKOFF,
@@ -31,10 +32,13 @@ from pyflow.warn.parameters import (
     run_options,
 )
 from pyflow.warn.tasks import (
+    announce_notices,
     check_row_counts,
     clean_up,
     fetch_source,
+    find_changes,
     merge_bucket,
+    output_assets,
     plan_sources,
     prepare_output,
     publish_outputs,
@@ -42,7 +46,7 @@ from pyflow.warn.tasks import (
     stage_outputs,
     transform_batch,
 )
-from pyflow_kit import publish
+from pyflow_kit import publish, reuse
 from pyflow_kit.settings import get_settings
 
 T = TypeVar("T")
@@ -102,23 +106,35 @@ def warn_notices(
     run_folder = publish.run_dir(location, run)
     work_dir = publish.work_dir(run_folder, shared=settings.dask_address is not None)
     published = False
+    used: list[str] = []
     try:
         with publish.leased(run_folder, settings.run_lease_seconds):
-            summary = transform_and_stage(options, location, run, work_dir, started_at)
-            publish_outputs(location, run, summary.rows_out)
+            summary = transform_and_stage(options, location, run, work_dir, started_at, used)
+            publish_outputs.with_options(assets=output_assets(location))(
+                location, run, summary.rows_out
+            )
             published = True
             publish_summary(summary)
+            announce_notices(summary, location)
     finally:  # once the lease is dropped, so that no renewal writes it again
-        clean_up(location, run, work_dir, published, settings.keep_runs)
+        clean_up(location, run, work_dir, published, settings.keep_runs, used)
     if summary.failures:
         return Failed(message=failure_message(summary), data=summary)
     return summary
 
 
 def transform_and_stage(
-    options: RunOptions, location: str, run: str, work_dir: str, started_at: str
+    options: RunOptions,
+    location: str,
+    run: str,
+    work_dir: str,
+    started_at: str,
+    used: list[str],
 ) -> etl.Summary:
     """Fetch, read, merge and write a run's files into its folder: the flow's tasks, in order.
+
+    Each source's batches are reused from an earlier run that read the same (`etl.batch_key`);
+    their keys are added to ``used``, which the cache keeps.
 
     Raises:
         SourceError: If a source fails in strict mode, or every source fails.
@@ -146,11 +162,21 @@ def transform_and_stage(
         options.partition_bytes,
     )
     batch_bytes, stack_bytes = etl.batch_sizes(options.partition_bytes)
-    batches = transform_batch.map(
-        etl.plan_batches(plans, batch_bytes), unmapped(work_dir), unmapped(stack_bytes)
-    )
+    planned = etl.plan_batches(plans, batch_bytes)
+    version = etl.reuse_version(options.rules)
+    used += [etl.batch_key(batch, version) for batch in planned]
+    batches = [
+        transform_batch.with_options(**reuse.options(location, key)).submit(
+            batch, reuse.files_dir(location, key), stack_bytes, run, key
+        )
+        for batch, key in zip(planned, used, strict=True)
+    ]
     wait(batches)
-    parts = [part for batch in batches.result() for part in batch]
+    parts = [
+        part
+        for batch, future in zip(planned, batches, strict=True)
+        for part in etl.adopt(future.result(), batch)
+    ]
     plans = check_row_counts(plans, parts, location, options.allow_empty)
     etl.raise_failures(plans, parts, strict=options.strict)
     usable = etl.usable_parts(parts)
@@ -164,7 +190,8 @@ def transform_and_stage(
         unmapped(work_dir),
     )
     # as_is: the task starts at once, and writes the rejects while the merges run
-    return stage_outputs(plans, as_is(parts), as_is(list(merged)), run_folder, started_at)
+    summary = stage_outputs(plans, as_is(parts), as_is(list(merged)), run_folder, started_at)
+    return find_changes(summary, location, run_folder)
 
 
 def as_is(value: T) -> T:
@@ -186,4 +213,4 @@ def failure_message(summary: etl.Summary) -> str:
     )
 
 
-__all__ = ["check_parameters", "warn_notices"]
+__all__ = ["ALERTS", "check_parameters", "warn_notices"]

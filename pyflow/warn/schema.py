@@ -27,6 +27,12 @@ FLAG_FIELDS: tuple[str, ...] = ("is_closure", "is_temporary", "is_amendment")
 NOTICE_FIELDS: tuple[str, ...] = ("notice_id", *INPUT_FIELDS, *FLAG_FIELDS, "source")
 """Columns of ``notices.csv``, in order."""
 
+NOTICES_FILE = "notices.csv"
+REJECTS_FILE = "rejects.csv"
+CHANGES_FILE = "changes.csv"
+INTEGRATED_FILE = "integrated.csv"
+SUMMARY_FILE = "summary.json"
+
 REJECT_FIELDS: tuple[str, ...] = ("source", "record", "reason", "raw")
 """Columns of ``rejects.csv``, in order: ``record`` counts the file's records, 1 after the header."""
 

@@ -11,15 +11,19 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.assets import materialize
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 from prefect.futures import PrefectFuture
 
 from pyflow.warn import etl
+from pyflow.warn.alerts import CHANGED_LABEL, PUBLISHED_EVENT
 from pyflow.warn.columns import Rules
 from pyflow.warn.errors import FetchError
-from pyflow.warn.schema import Source
-from pyflow_kit import publish
+from pyflow.warn.schema import CHANGES_FILE, INTEGRATED_FILE, NOTICES_FILE, Source
+from pyflow_kit import alerts, publish, reuse
+from pyflow_kit.bootstrap import redact_url
+from pyflow_kit.errors import OutputError
 
 SUMMARY_ARTIFACT_KEY = "warn-notices-summary"
 """Stable key of the run summary artifact, so the UI shows its history."""
@@ -75,12 +79,22 @@ def plan_sources(
     return plans
 
 
-@task(name="transform-sources", cache_policy=NO_CACHE)
+@task(name="transform-source", cache_key_fn=reuse.by_key)
 def transform_batch(
-    batch: list[etl.Partition], work_dir: str, stack_bytes: int
+    batch: list[etl.Partition], work_dir: str, stack_bytes: int, run: str, reuse_key: str
 ) -> list[etl.PartResult]:
-    """Normalise a batch of partitions into part files of notices and rejects."""
-    parts = etl.transform_batch(batch, work_dir, stack_bytes)
+    """Normalise a batch of one source's partitions into part files of notices and rejects.
+
+    Its result is reused by a later run whose batch has the same ``reuse_key`` (`etl.batch_key`:
+    the source's bytes, mapping and ranges, and the code's version): the flow gives it the
+    output's result storage (`pyflow_kit.reuse.options`) and a folder of the key's for its
+    part files, which the later run reads in place.
+    """
+    try:  # the part files go to the output's cache, so a full disk is the output's
+        parts = etl.transform_batch(batch, work_dir, stack_bytes, run, publish.OUTPUT_FIX)
+    except OutputError:
+        publish.remove(work_dir)  # half of them: a later run writes them again
+        raise
     logger = get_run_logger()
     for part in parts:
         if part.error:
@@ -114,7 +128,7 @@ def check_row_counts(
 def merge_bucket(
     index: int,
     bounds: tuple[str | None, str | None],
-    files: tuple[list[str], list[int]],
+    files: dict[str, int],
     labels: dict[int, str],
     work_dir: str,
 ) -> etl.BucketResult:
@@ -130,7 +144,7 @@ def stage_outputs(
     run_folder: str,
     started_at: str,
 ) -> etl.Summary:
-    """Write rejects.csv while the merges run, then notices.csv and summary.json; check the counts.
+    """Write rejects.csv while the merges run, then notices.csv; add up and check the counts.
 
     ``merges`` are the merge tasks' futures, in bucket order, passed quoted (`prefect.utilities.
     annotations.quote`) so the task starts before they finish and writes the rejects meanwhile.
@@ -142,7 +156,6 @@ def stage_outputs(
     etl.write_rejects(usable, labels, run_folder)
     buckets = etl.write_notices([merge.result() for merge in merges], run_folder)
     summary = etl.summarise(plans, parts, buckets, run_folder, started_at)
-    etl.write_summary(summary, run_folder)
     get_run_logger().info(
         "Merged %s notices (%s rejected, %s duplicates dropped)",
         f"{summary.rows_out:,}",
@@ -152,9 +165,34 @@ def stage_outputs(
     return summary
 
 
-@task(name="publish-outputs", cache_policy=NO_CACHE)
+@task(name="find-changes", cache_policy=NO_CACHE)
+def find_changes(summary: etl.Summary, output: str, run_folder: str) -> etl.Summary:
+    """Write changes.csv and integrated.csv against the published run, then summary.json."""
+    summary = etl.with_changes(summary, output, run_folder)
+    changes = summary.changes
+    if changes["compared_with"]:
+        get_run_logger().info(
+            "Since run %s: %s added, %s amended, %s removed",
+            changes["compared_with"],
+            f"{changes['added']:,}",
+            f"{changes['amended']:,}",
+            f"{changes['removed']:,}",
+        )
+    else:
+        get_run_logger().info("No changes listed: %s", changes["reason"])
+    return summary
+
+
+ASSET_FILES = (NOTICES_FILE, CHANGES_FILE, INTEGRATED_FILE)
+"""The files at the top of the output the UI's asset view shows each run materializing."""
+
+
+@materialize("pyflow://warn-notices/outputs", name="publish-outputs", cache_policy=NO_CACHE)
 def publish_outputs(output: str, run: str, rows_out: int) -> publish.Published:
-    """Point latest.json at the run, unless a run that started later is published already."""
+    """Point latest.json at the run, unless a run that started later is published already.
+
+    The flow names the assets it materializes: the output's `ASSET_FILES` (`output_assets`).
+    """
     published = publish.publish(output, run, etl.OUTPUT_FILES, rows_out=rows_out)
     if published.is_latest:
         get_run_logger().info("Published run %s: latest.json and the files at the top name it", run)
@@ -165,6 +203,11 @@ def publish_outputs(output: str, run: str, rows_out: int) -> publish.Published:
             publish.run_dir(output, run),
         )
     return published
+
+
+def output_assets(output: str) -> list[str]:
+    """Return the asset keys of the files a run publishes at the top of the output."""
+    return [publish.asset_key(output, name) for name in ASSET_FILES]
 
 
 @task(name="publish-summary", cache_policy=NO_CACHE)
@@ -212,7 +255,35 @@ def summary_markdown(summary: etl.Summary) -> str:
         )
         details.append(f"- **{_text(entry['source'])}**")
         details += [f"  - {name}: {_text(text)}" for name, text in _details(entry) if text]
-    return "\n".join(lines + details) + "\n"
+    return "\n".join(lines + changes_markdown(summary.changes) + details) + "\n"
+
+
+def changes_markdown(changes: dict[str, Any]) -> list[str]:
+    """Render a run's changes for the artifact: counts per state and kind, then the first rows."""
+    lines = ["", "## Changes", ""]
+    if not changes.get("compared_with"):
+        return [*lines, _text(changes.get("reason") or "No changes were listed.")]
+    kinds = ("added", "amended", "removed")
+    lines += [
+        f"Since run `{changes['compared_with']}`: "
+        + ", ".join(f"{changes[kind]:,} {kind}" for kind in kinds)
+        + " (every one in `changes.csv`).",
+        "",
+    ]
+    if not changes.get("by_state"):
+        return lines
+    lines += ["| State | Added | Amended | Removed |", "|---|---:|---:|---:|"]
+    lines += [
+        f"| {_cell(state)} | " + " | ".join(f"{counts[kind]:,}" for kind in kinds) + " |"
+        for state, counts in changes["by_state"].items()
+    ]
+    lines += ["", "| Change | State | Company | Notice date | Notice |", "|---|---|---|---|---|"]
+    lines += [
+        f"| {row['change']} | {_cell(row['state'])} | {_cell(row['company'])} | "
+        f"{_cell(row['notice_date'])} | `{row['notice_id']}` |"
+        for row in changes.get("first", [])
+    ]
+    return lines
 
 
 def _details(entry: dict[str, Any]) -> list[tuple[str, str]]:
@@ -247,9 +318,48 @@ def _text(text: str) -> str:
     return " ".join(text.replace("\\", "\\\\").replace("*", "\\*").split())
 
 
+@task(name="announce-notices", cache_policy=NO_CACHE)
+def announce_notices(summary: etl.Summary, output: str) -> None:
+    """Emit the run's event (`PUBLISHED_EVENT`) with its counts, for the alerts to follow."""
+    changes = summary.changes
+    payload = {
+        "run": summary.run,
+        "output": redact_url(output),
+        "notices": summary.rows_out,
+        "sources_failed": summary.sources_failed,
+        "compared_with": changes.get("compared_with"),
+        **{kind: changes.get(kind, 0) for kind in ("added", "amended", "removed")},
+        "companies": changes.get("companies", []),
+    }
+    changed = bool(payload["added"] or payload["amended"])
+    alerts.emit(
+        PUBLISHED_EVENT,
+        f"pyflow.output.{payload['output']}",
+        payload,
+        **{CHANGED_LABEL: str(changed).lower()},
+    )
+    get_run_logger().info(
+        "Emitted %s (%s added, %s amended, %s removed); the Prefect server sends the alerts "
+        "`invoke deploy` created for it, if PYFLOW_ALERT_WEBHOOK was set then",
+        PUBLISHED_EVENT,
+        payload["added"],
+        payload["amended"],
+        payload["removed"],
+    )
+
+
 @task(name="clean-up", cache_policy=NO_CACHE)
-def clean_up(output: str, run: str, work_dir: str, published: bool, keep_runs: int) -> None:
-    """Delete the run's intermediate files (all its files if it did not publish); tidy old runs."""
+def clean_up(
+    output: str, run: str, work_dir: str, published: bool, keep_runs: int, used: list[str]
+) -> None:
+    """Delete the run's intermediate files (all its files if it did not publish); tidy old runs.
+
+    It also prunes the cache (`reuse.prune`): what no run used lately, and the records Prefect
+    keeps of failed tasks; it keeps what this run used, for the next.
+    """
     removed = publish.finish_run(output, run, work_dir, published, keep_runs)
     if removed:
         get_run_logger().info("Removed old or crashed runs: %s", ", ".join(removed))
+    pruned = reuse.prune(output, used)
+    if pruned:
+        get_run_logger().info("Removed %s cached results no run will use", len(pruned))

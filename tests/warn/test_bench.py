@@ -68,7 +68,7 @@ def test_report_gives_ratios_and_verdicts_against_each_target() -> None:
 @pytest.mark.slow
 @pytest.mark.heavy
 def test_bench_runs_every_variant_and_checks_their_outputs(tmp_path: Path) -> None:
-    """`python -m pyflow.warn.bench` runs 0, a, b, a1, p, c, d, d1, e and r, prints the table, outputs agree."""
+    """`python -m pyflow.warn.bench` runs every variant, prints the table, and the outputs agree."""
     env = isolated_env()
     result = subprocess.run(
         [sys.executable, "-m", "pyflow.warn.bench", "--rows", "3000", "--files", "2",
@@ -78,9 +78,11 @@ def test_bench_runs_every_variant_and_checks_their_outputs(tmp_path: Path) -> No
     assert result.returncode == 0, result.stderr[-3000:]
     table = [line for line in result.stdout.splitlines() if line.startswith("| (")]
     assert [line.split(")")[0] for line in table] == [
-        "| (0", "| (a", "| (b", "| (a1", "| (p", "| (c", "| (d", "| (d1", "| (e", "| (r",
+        "| (0", "| (a", "| (b", "| (a1", "| (p", "| (c", "| (d", "| (d1", "| (e", "| (e2", "| (r",
     ]  # fmt: skip
     assert "| (e) 9 real state files, python -m pyflow |" in result.stdout
+    assert "| (e2) 9 real state files again (9 reused), python -m pyflow; imports " in result.stdout
+    assert "(tasks: " in result.stdout and "transform-source" in result.stdout
     assert "| (r) invoke run on the bundled sample, the second run | " in result.stdout
     assert "Outputs identical across the flow variants: yes" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr

@@ -338,15 +338,42 @@ def test_plan_buckets_cuts_one_per_transform_when_each_is_large_enough() -> None
     assert len(etl.plan_buckets(parts, merge_rows=rows // 2, at_least=8)) == 2
 
 
-def test_plan_batches_groups_small_sources_and_keeps_order(tmp_path: Path) -> None:
-    """Partitions are batched by size, in source order, so small sources share a task."""
+def test_plan_batches_never_mixes_sources_and_keeps_order(tmp_path: Path) -> None:
+    """Each batch holds one source's partitions, in source order, so each can be reused alone."""
     sources = [
         Source(location=str(SAMPLE / f"{stem}.csv"), constants={"state": stem.upper()})
         for stem in ("ca", "dc", "fl")
     ]
     plans = etl.plan_sources(sources, {}, {}, RULES, 0)
-    assert [[p.plan.index for p in b] for b in etl.plan_batches(plans, 10_000)] == [[0, 1], [2]]
-    assert [[p.plan.index for p in b] for b in etl.plan_batches(plans, 0)] == [[0], [1], [2]]
+    assert [[p.plan.index for p in b] for b in etl.plan_batches(plans, 10_000)] == [[0], [1], [2]]
+    split = etl.plan_sources(sources, {}, {}, RULES, 2_000)
+    found = [[p.plan.index for p in b] for b in etl.plan_batches(split, 4_000)]
+    assert [index for batch in found for index in batch] == sorted(
+        index for batch in found for index in batch
+    )
+    assert all(len(set(batch)) == 1 for batch in found) and len(found) > 3
+
+
+def test_batch_key_follows_the_bytes_mapping_and_version(tmp_path: Path) -> None:
+    """The reuse key changes with the source's bytes, its constants, or the rules and code."""
+    path = tmp_path / "wa.csv"
+    path.write_text(WA_TEXT, encoding="utf-8")
+
+    def key(text: str = WA_TEXT, state: str = "WA", version: str = "v1") -> str:
+        path.write_text(text, encoding="utf-8")
+        source = Source(location=str(path), constants={"state": state}, name="wa")
+        plans = etl.plan_sources([source], {}, {}, RULES, 0)
+        return etl.batch_key(etl.plan_batches(plans, 0)[0], version)
+
+    same = key()
+    assert key() == same
+    assert key(WA_TEXT.replace("119", "120")) != same
+    assert key(state="OR") != same
+    assert key(version="v2") != same
+    assert etl.reuse_version(RULES) == etl.reuse_version(load_rules())
+    aliases = tmp_path / "aliases.toml"
+    aliases.write_text('jobs = ["Headcount"]\n', encoding="utf-8")
+    assert etl.reuse_version(load_rules(aliases)) != etl.reuse_version(RULES)
 
 
 def test_plan_batches_makes_even_batches_within_the_limit() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 from prefect.exceptions import ParameterTypeError
 
 from conftest import PUBLISHED, SAMPLE
@@ -16,7 +17,7 @@ from pyflow.warn import etl
 from pyflow.warn.errors import SourceError
 from pyflow.warn.flow import warn_notices
 from pyflow.warn.parameters import SAMPLE_STATES
-from pyflow.warn.tasks import SUMMARY_ARTIFACT_KEY
+from pyflow.warn.tasks import ASSET_FILES, SUMMARY_ARTIFACT_KEY
 from pyflow_kit.testing import HttpSources
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
@@ -117,7 +118,9 @@ def test_warn_notices_publishes_the_others_and_fails_when_a_source_always_fails(
     runs = list((tmp_path / "out" / "runs").iterdir())
     assert len(runs) == 1
     assert sorted(p.name for p in runs[0].iterdir()) == [
+        "changes.csv",
         "files.json",
+        "integrated.csv",
         "notices.csv",
         "rejects.csv",
         "summary.json",
@@ -197,3 +200,82 @@ def test_warn_notices_fails_a_source_that_drops_to_no_rows(tmp_path: Path) -> No
     } == {"wi"}
     allowed = warn_notices(sources=sources, output=str(out), allow_empty=True)
     assert allowed.failures == []
+
+
+def test_warn_notices_shows_changes_in_the_artifact_and_materializes_assets(
+    tmp_path: Path,
+) -> None:
+    """A new notice is in the artifact's Changes table; each run materializes the outputs' assets.
+
+    The assets are notices.csv, changes.csv and integrated.csv at the top of the output, whose
+    folder's name holds characters an asset key may not (they become ``-``).
+    """
+    source = tmp_path / "wi.csv"
+    source.write_text(GOOD_CSV, encoding="utf-8")
+    output = tmp_path / "out dir#1"
+    first = warn_notices(sources=[f"{source}#name=wi"], output=str(output))
+    assert "No changes" not in latest_artifact()
+    assert "no run was published in this output before" in latest_artifact()
+    source.write_text(GOOD_CSV + "Gamma | Sons,CA,2024-02-01,5\n", encoding="utf-8")
+    second = warn_notices(sources=[f"{source}#name=wi"], output=str(output))
+    markdown = latest_artifact()
+    changes = markdown.split("## Changes", 1)[1]
+    assert f"Since run `{first.run}`: 1 added, 0 amended, 0 removed" in changes
+    assert "| CA | 1 | 0 | 0 |" in changes
+    assert "| added | CA | Gamma \\| Sons | 2024-02-01 |" in changes
+    keys = [f"file://{tmp_path}/out-dir-1/{name}" for name in ASSET_FILES]
+    with get_client(sync_client=True) as client:
+        page = client.read_events(
+            filter=EventFilter(
+                event=EventNameFilter(name=["prefect.asset.materialization.succeeded"]),
+                resource=EventResourceFilter(id=keys),
+            ),
+            limit=50,
+        )
+    runs = {
+        (event.resource.id, related.id)
+        for event in page.events
+        for related in event.related
+        if related.role == "flow-run"
+    }
+    assert {key for key, _ in runs} == set(keys)
+    assert len({run for _, run in runs}) == 2
+    assert second.changes["added"] == 1
+
+
+def reused(summary: etl.Summary) -> dict[str, str]:
+    """Each source's label, and the run its rows were reused from ('' when read)."""
+    return {entry["source"]: entry["reused_from"] for entry in summary.sources}
+
+
+def test_warn_notices_reuses_what_did_not_change_and_reads_the_rest(tmp_path: Path) -> None:
+    """A source with the same bytes, rules and code is not read again; a changed one is."""
+    for name, company in (("a.csv", "Acme"), ("b.csv", "Beta"), ("c.csv", "Cora")):
+        (tmp_path / name).write_text(GOOD_CSV.replace("Acme", company), encoding="utf-8")
+    sources = [f"{tmp_path / name}#name={name}" for name in ("a.csv", "b.csv", "c.csv")]
+    output = str(tmp_path / "out")
+    first = warn_notices(sources=sources, output=output)
+    assert set(reused(first).values()) == {""}
+    notices = (tmp_path / "out" / "notices.csv").read_bytes()
+    second = warn_notices(sources=sources, output=output)
+    assert reused(second) == dict.fromkeys(("a.csv", "b.csv", "c.csv"), first.run)
+    assert (tmp_path / "out" / "notices.csv").read_bytes() == notices
+    assert (tmp_path / "out" / "changes.csv").read_text().count("\n") == 1  # the header only
+
+    (tmp_path / "b.csv").write_text(GOOD_CSV + "Dune,WA,2024-03-01,7\n", encoding="utf-8")
+    third = warn_notices(sources=[sources[2], *sources[:2]], output=output)  # another order too
+    assert reused(third) == {"c.csv": first.run, "a.csv": first.run, "b.csv": ""}
+    assert third.changes["added"] == 1
+    assert [entry["source"] for entry in third.sources] == ["c.csv", "a.csv", "b.csv"]
+    written = (tmp_path / "out" / "notices.csv").read_text()
+    assert {line.rsplit(",", 1)[1] for line in written.splitlines()[1:]} == {
+        "a.csv",
+        "b.csv",
+        "c.csv",
+    }
+
+    aliases = tmp_path / "aliases.toml"
+    aliases.write_text('ignore = ["Unused Column"]\n', encoding="utf-8")
+    fourth = warn_notices(sources=sources, output=output, aliases_file=aliases)
+    assert set(reused(fourth).values()) == {""}, "other rules read every source again"
+    assert fourth.rows_out == third.rows_out

@@ -23,8 +23,10 @@ from pyflow_kit.testing import GcsEmulator, PrefectServer
 
 pytestmark = pytest.mark.slow
 
-RUN_FILES = ["files.json", "notices.csv", "rejects.csv", "summary.json"]
-"""What a published run's folder holds: its three files, and the kit's list of them."""
+RUN_FILES = [
+    "changes.csv", "files.json", "integrated.csv", "notices.csv", "rejects.csv", "summary.json",
+]  # fmt: skip
+"""What a published run's folder holds: its five files, and the kit's list of them."""
 
 RUN_TIMEOUT = 300
 KILLER = """
@@ -125,6 +127,7 @@ def test_flow_publishes_to_gcs_and_a_rerun_replaces_it(
     """A run publishes to gs://; the next takes the pointer and the top-level files; both stay."""
     output = f"{gcs_emulator.bucket()}/warn"
     first_out = runs.run(output, "ca", "tx")
+
     first, first_notices = consistent(output)
     assert (
         f"pyflow: wrote {output}/notices.csv and {output}/rejects.csv (run {first}, which latest.json names)"
@@ -138,7 +141,19 @@ def test_flow_publishes_to_gcs_and_a_rerun_replaces_it(
     assert all(files == RUN_FILES for files in folders.values())
     store = Store.of(output)
     top = sorted(p.rsplit("/", 1)[-1] for p in store.fs.ls(store.root, detail=False))
-    assert top == ["latest.json", "notices.csv", "rejects.csv", "runs", "summary.json"]
+    assert top == [
+        "cache", "changes.csv", "integrated.csv", "latest.json", "notices.csv", "rejects.csv",
+        "runs", "summary.json",
+    ]  # fmt: skip
+    runs.run(output, "ca", "tx")  # the first run's sources again: reused from the bucket's cache
+    third, third_notices = consistent(output)
+    assert third > second
+    summary = json.loads(store.fs.cat_file(store.path("summary.json")))
+    assert [entry["reused_from"] for entry in summary["sources"]] == [first, first]
+    assert third_notices == first_notices
+    assert store.fs.cat_file(store.path("notices.csv")) == store.fs.cat_file(
+        store.path("runs", first, "notices.csv")
+    )
 
 
 @dataclass
@@ -234,3 +249,48 @@ def test_a_run_killed_while_publishing_leaves_readers_a_whole_run(
     folders = run_folders(output)
     assert folders[crashed] == RUN_FILES, "whole files stay"
     assert all("work" not in files and "lease.json" not in files for files in folders.values())
+
+
+TRANSFORM_KILLER = """
+import os, signal, sys, threading
+from pyflow.warn import etl
+original, calls, lock = etl.transform_batch, [], threading.Lock()
+def killer(*args, **kwargs):
+    with lock:
+        calls.append(1)
+        if len(calls) == int(sys.argv[1]):
+            os.kill(os.getpid(), signal.SIGKILL)
+    return original(*args, **kwargs)
+etl.transform_batch = killer
+from pyflow_kit.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+"""Runs the flow's command line, killing itself as it starts reading the ``count``-th source."""
+
+
+def test_flow_killed_half_way_is_resumed_reading_only_the_rest(runs: Runs, tmp_path: Path) -> None:
+    """Sources a killed run finished reading are reused by the next run; only the rest are read."""
+    states = ["ca", "dc", "fl", "in", "mo", "tx"]
+    output = str(tmp_path / "out")
+    args = [
+        arg
+        for state in states
+        for arg in ("--source", f"{SAMPLE / state}.csv#state={state.upper()}")
+    ]
+    killed = subprocess.run(
+        [sys.executable, "-c", TRANSFORM_KILLER, "4", "--output", output, *args],
+        env={**runs.env, "PYFLOW_TASK_RUNNER": "threads", "PYFLOW_THREAD_WORKERS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    crashed = next(iter(run_folders(output)))
+    runs.run(output, *states)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert [entry["reused_from"] for entry in summary["sources"]] == [crashed] * 3 + [""] * 3
+    fresh = tmp_path / "fresh"
+    runs.run(str(fresh), *states)
+    assert (tmp_path / "out" / "notices.csv").read_bytes() == (fresh / "notices.csv").read_bytes()
+    assert (tmp_path / "out" / "rejects.csv").read_bytes() == (fresh / "rejects.csv").read_bytes()

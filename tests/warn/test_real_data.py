@@ -7,13 +7,15 @@ project's checkout, not in the package; without them these tests are skipped, sa
 from __future__ import annotations
 
 import csv
+import shutil
 import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-from pyflow.warn import etl
+from conftest import make_day_two
+from pyflow.warn import changes, etl
 from pyflow.warn.columns import load_rules
 from pyflow.warn.schema import Source
 
@@ -103,3 +105,32 @@ def test_real_data_split_into_small_ranges_gives_the_same_bytes(
     for name in (etl.NOTICES_FILE, etl.REJECTS_FILE):
         assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "split" / name).read_bytes()
     assert whole.rows_in == split.rows_in
+
+
+def test_real_data_day_two_finds_every_change_and_keeps_first_seen(
+    warn_data: Path, tmp_path: Path
+) -> None:
+    """Run, run again, then run on a second day where states amended, removed and added notices."""
+    folder = tmp_path / "raw"
+    shutil.copytree(warn_data / "raw", folder)
+    out = tmp_path / "out"
+    first = etl.run_local(state_sources(folder), str(out), RULES, 0)
+    again = etl.run_local(state_sources(folder), str(out), RULES, 0)
+    assert [again.changes[kind] for kind in changes.KINDS] == [0, 0, 0]
+    made = make_day_two(folder, out / "summary.json")
+    assert len(made.states) >= 30
+    etl.run_local(state_sources(folder), str(out), RULES, 0)
+    with (out / "changes.csv").open(newline="", encoding="utf-8") as handle:
+        found = list(csv.DictReader(handle))
+    by_kind = {
+        kind: {(r["state"], r["company"]) for r in found if r["change"] == kind}
+        for kind in changes.KINDS
+    }
+    assert by_kind == {"added": made.added, "amended": made.amended, "removed": made.removed}
+    touched = {r["previous_notice_id"] or r["notice_id"] for r in found}
+    unchanged = set(pl.read_csv(again.notices, infer_schema=False)["notice_id"]) - touched
+    integrated = pl.read_csv(out / "integrated.csv", infer_schema=False)
+    kept = integrated.filter(pl.col("notice_id").is_in(list(unchanged)))
+    assert kept.height == len(unchanged)
+    assert set(kept["first_seen"]) == {first.started_at}
+    assert set(kept["status"]) == {"current"}

@@ -130,7 +130,7 @@ def test_cli_reports_a_full_disk_in_one_line_and_keeps_the_previous_outputs(
         assert result.returncode == 1
         assert "Traceback" not in result.stdout + result.stderr
         [line] = [line for line in result.stderr.splitlines() if line.startswith("pyflow:")]
-        assert line.startswith(f"pyflow: the run failed: cannot write {out}/runs/")
+        assert line.startswith(f"pyflow: the run failed: cannot write {out}/cache/files/")
         assert line.endswith(
             ": no space is left on its disk: free some space, or choose another location with "
             "--output or PYFLOW_OUTPUT; the previous outputs are as they were"

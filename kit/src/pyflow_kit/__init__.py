@@ -4,4 +4,4 @@ Importing it imports nothing else: invoke's tasks (`pyflow_kit.collection`) load
 Python that runs invoke, before the project's environment exists.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -23,7 +23,7 @@ from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
 from prefect.client.schemas.schedules import CronSchedule
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
-from pyflow_kit import bootstrap, commands
+from pyflow_kit import alerts, bootstrap, commands, project
 from pyflow_kit.errors import DeployError, PyflowError, SettingsError
 from pyflow_kit.flows import entrypoint
 from pyflow_kit.server import running_server
@@ -378,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     home, pool_only = Path(args.home), args.command == "pool"
 
     api_url = None
+    said: list[str] = []
     try:
         settings = get_settings()
         api_url = PREFECT_API_URL.value()
@@ -409,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
                 chosen = args.image or image.pushed_image(home, pushed)
                 require_digest(chosen)
                 registered = deploy_production(settings, chosen, args.version or pushed.version)
+            if registered:
+                said = alerts.apply(settings, project.found_alerts())
     except PrefectHTTPStatusError as error:
         status = error.response.status_code
         print(
@@ -431,6 +434,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pyflow deploy: work pool '{settings.pool}' is up to date at {api_url}")
     for item in registered:
         print(f"pyflow deploy: registered {item.name} on work pool '{item.work_pool}' at {api_url}")
+    for line in said:
+        print(f"pyflow deploy: {line}")
     return 0
 
 

@@ -45,6 +45,8 @@ FLOW_MODULE = "flow"
 
 CHECK = "check_parameters"
 """The optional function of a flow module that checks a run's parameters before it starts."""
+ALERTS = "ALERTS"
+"""What a flow module calls its alerts (`pyflow_kit.alerts.Alert`), which `invoke deploy` applies."""
 
 Check = Callable[[dict[str, Any]], None]
 
@@ -176,6 +178,27 @@ def found_flows() -> list[FoundFlow]:
             f"{project.package} (there are: {', '.join(sorted(names))}): fix it in pyproject.toml"
         )
     return found
+
+
+def found_alerts() -> list[Any]:
+    """Return the alerts every flow module declares (its ``ALERTS``), in the flows' order.
+
+    Raises:
+        SettingsError: If two alerts share a name.
+    """
+    alerts = [
+        alert
+        for name in dict.fromkeys(item.module for item in found_flows())
+        for alert in getattr(importlib.import_module(name), ALERTS, ())
+    ]
+    names = [alert.name for alert in alerts]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise SettingsError(
+            f"alert name {', '.join(twice)} is declared twice: give each alert in the flow "
+            "modules' ALERTS a name of its own"
+        )
+    return alerts
 
 
 def flows() -> tuple[Flow[Any, Any], ...]:

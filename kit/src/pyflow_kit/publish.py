@@ -32,9 +32,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -53,6 +55,7 @@ from fsspec import AbstractFileSystem
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
+from pyflow_kit.bootstrap import redact_url
 from pyflow_kit.errors import OutputError
 
 logger = logging.getLogger(__name__)
@@ -61,6 +64,8 @@ RUNS_DIR = "runs"
 POINTER_FILE = "latest.json"
 LEASE_FILE = "lease.json"
 WORK_DIR = "work"
+CACHE_DIR = "cache"
+"""What later runs reuse (`pyflow_kit.reuse`)."""
 LOCK_FILE = ".latest.lock"
 SAME_TIME = 1.0
 """Seconds within which two readings of a boot or process start time are the same moment."""
@@ -432,7 +437,7 @@ def check_files(files: Sequence[str]) -> None:
     Raises:
         OutputError: Naming the file and what to do.
     """
-    reserved = {RUNS_DIR, POINTER_FILE, LOCK_FILE, MANIFEST_FILE, LEASE_FILE, WORK_DIR}
+    reserved = {RUNS_DIR, POINTER_FILE, LOCK_FILE, MANIFEST_FILE, LEASE_FILE, WORK_DIR, CACHE_DIR}
     if not files:
         raise OutputError("a run publishes at least one file: hand `publish` the files it wrote")
     for name in files:
@@ -524,6 +529,27 @@ def copy_latest_to_top(store: Store, run_id: str) -> None:
         current, _ = store.read_pointer()
 
 
+ASSET_KEY_LENGTH = 512
+ASSET_UNSAFE = re.compile(r"[\s#?&%\"'<>\[\]{}|\\^`\x00]")
+"""Characters a Prefect asset key may not hold (`prefect.types.names`)."""
+
+
+def asset_key(output: str, name: str) -> str:
+    """Return the Prefect asset key of a file published at the top of an output location.
+
+    The key is the file's URL (``file:///...`` for a folder), without credentials or query;
+    characters an asset key may not hold become ``-``, and a key too long for Prefect is
+    shortened to the location's hash, so that any output location has one, always the same.
+    """
+    protocol = output.split("://", 1)[0] if "://" in output else "file"
+    base = output if "://" in output else f"file://{Path(output).resolve()}"
+    key = ASSET_UNSAFE.sub("-", join(redact_url(base, mark=""), name))
+    if len(key) > ASSET_KEY_LENGTH:
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        key = f"{protocol.lower()}://pyflow-output-{digest}/{ASSET_UNSAFE.sub('-', name)}"
+    return key
+
+
 def write_lease(store: Store, run_folder: str, seconds: float) -> None:
     """Record that a run is alive for ``seconds`` more."""
     lease = {"expires_at": time.time() + seconds}
@@ -585,6 +611,12 @@ def _remove(store: Store, path: str) -> None:
     """Delete a file or folder; one that is already gone is fine."""
     with contextlib.suppress(FileNotFoundError):
         store.fs.rm(path, recursive=True)
+
+
+def remove(location: str) -> None:
+    """Delete a file or folder, local or in an fsspec store; one that is already gone is fine."""
+    store = Store.of(location)
+    _remove(store, store.root)
 
 
 def clean_runs(store: Store, keep: int, now: float | None = None) -> list[str]:

@@ -13,7 +13,14 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -103,6 +110,10 @@ class Settings(BaseSettings):
         description="Worker processes of a local Dask cluster; unset: the CPUs the process may use (a pod's CPU limit).",
     )
     dask_threads: int = Field(default=1, ge=1, description="Threads per local Dask worker process.")
+    alert_webhook: SecretStr | None = Field(
+        default=None,
+        description="URL of a Slack incoming webhook (or any that takes Slack's `{\"text\": ...}`) that `invoke deploy` gives the flows' alerts (Prefect automations); unset: no alert is created or sent. A secret: never printed.",
+    )
     keep_runs: int = Field(
         default=10,
         ge=1,

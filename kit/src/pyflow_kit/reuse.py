@@ -1,0 +1,157 @@
+"""Reuse: a task's result is taken from an earlier run when what it reads did not change.
+
+This is Prefect's own task caching, with a key the flow computes (`key`: the hash of the
+input's bytes, the rules that read it and the code's version) rather than Prefect's default,
+which holds the run's id and so never matches across runs. Results are persisted under the
+output location, ``cache/results/KEY``, beside any files a task writes for later runs in
+``cache/files/KEY/`` (`files_dir`); `prune` removes entries no recent run used.
+
+A task takes part by declaring ``cache_key_fn=reuse.by_key`` and a ``reuse_key`` parameter,
+and the flow gives it the output's storage: ``task.with_options(**reuse.options(output, key))``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+import time
+from collections.abc import Iterable
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+from pyflow_kit import publish
+
+CACHE_DIR = publish.CACHE_DIR
+RESULTS_DIR = "results"
+FILES_DIR = "files"
+KEY_PATTERN = re.compile(r"[0-9a-f]{64}")
+"""What a reuse key looks like (`key`)."""
+KEEP_SECONDS = 24 * 3600.0
+"""An entry no run used is kept this long (a run may be using it at the time), then pruned."""
+
+
+def key(*parts: object) -> str:
+    """Return a reuse key: the SHA-256 of the parts' text, in hex."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(repr(part).encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def file_digest(location: str) -> str:
+    """Return the SHA-256 of a file's bytes (a path or fsspec URL), in hex."""
+    with fsspec.open(location, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+@cache
+def code_version(folder: Path) -> str:
+    """Return the hash of a package folder's code and data files: its version, for reuse."""
+    paths = sorted(
+        path
+        for path in folder.rglob("*")
+        if path.suffix in (".py", ".toml") and "__pycache__" not in path.parts
+    )
+    return key(*((str(path.relative_to(folder)), path.read_bytes()) for path in paths))
+
+
+def by_key(context: Any, parameters: dict[str, Any]) -> str:
+    """Prefect's ``cache_key_fn``: the task's ``reuse_key`` parameter."""
+    return str(parameters["reuse_key"])
+
+
+def cache_root(output: str) -> str:
+    """Return where the output keeps what later runs reuse: a folder, or a URL like the output's."""
+    return publish.join(output, CACHE_DIR)
+
+
+def files_dir(output: str, reuse_key: str) -> str:
+    """Return the folder for the files a task writes for later runs, under its key."""
+    return publish.join(cache_root(output), FILES_DIR, reuse_key)
+
+
+def result_storage(output: str) -> Any:
+    """Return the result storage of the output's cache: a local folder, else an fsspec block.
+
+    Prefect takes a remote storage only as a block saved on its API: it is saved once per
+    process, named after the location (``pyflow-cache-HASH``; the URL holds no credentials).
+    """
+    root = publish.join(cache_root(output), RESULTS_DIR)
+    if "://" not in root or root.startswith("file://"):
+        return Path(root.removeprefix("file://"))
+    return _saved_storage(root)
+
+
+@cache
+def _saved_storage(root: str) -> Any:
+    """Save, once, and return the remote file system block of a cache's results."""
+    from prefect.filesystems import RemoteFileSystem
+
+    block = RemoteFileSystem(basepath=root)
+    block.save(f"pyflow-cache-{key(root)[:16]}", overwrite=True)
+    return block
+
+
+def options(output: str, reuse_key: str) -> dict[str, Any]:
+    """Return a task's options for reuse in this output: its storage, and whether to read again.
+
+    A result whose files are gone (pruned, or deleted by hand) is not reused: the task runs
+    again and writes both anew.
+    """
+    store = publish.Store.of(output)
+    present = store.fs.exists(store.path(CACHE_DIR, RESULTS_DIR, reuse_key)) and store.fs.exists(
+        store.path(CACHE_DIR, FILES_DIR, reuse_key)
+    )
+    return {
+        "result_storage": result_storage(output),
+        "persist_result": True,
+        "refresh_cache": not present,
+    }
+
+
+def prune(output: str, used: Iterable[str], now: float | None = None) -> list[str]:
+    """Remove the cache entries not in ``used`` and older than `KEEP_SECONDS`; return their keys.
+
+    Records whose name is no reuse key go at once: Prefect keeps a failed task's exception in
+    its result storage under a name of its own, which no run reads.
+    """
+    store = publish.Store.of(output)
+    keep = set(used)
+    now = time.time() if now is None else now
+    entries: dict[str, float] = {}
+    for folder in (RESULTS_DIR, FILES_DIR):  # files without a result: a failed task's
+        try:
+            found = store.fs.ls(store.path(CACHE_DIR, folder), detail=True)
+        except FileNotFoundError:
+            continue
+        for entry in found:
+            name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+            modified = _modified(entry)
+            if not modified and entry.get("type") == "directory":  # an object store's prefix
+                inside = store.fs.ls(entry["name"], detail=True)
+                modified = max((_modified(item) for item in inside), default=now)
+            entries[name] = max(entries.get(name, 0.0), modified)
+    removed = []
+    for name, modified in sorted(entries.items()):
+        if KEY_PATTERN.fullmatch(name) and (name in keep or now - modified < KEEP_SECONDS):
+            continue
+        for folder in (RESULTS_DIR, FILES_DIR):
+            with contextlib.suppress(FileNotFoundError):
+                store.fs.rm(store.path(CACHE_DIR, folder, name), recursive=True)
+        removed.append(name)
+    return removed
+
+
+def _modified(entry: dict[str, Any]) -> float:
+    """Return an ``ls`` entry's modification time, in seconds since the epoch."""
+    value = entry.get("mtime") or entry.get("updated") or entry.get("created") or 0
+    if isinstance(value, str):
+        from datetime import datetime
+
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    return value.timestamp() if hasattr(value, "timestamp") else float(value)
