@@ -99,3 +99,20 @@ def test_asset_key_is_a_valid_key_for_any_output_location(tmp_path: Path) -> Non
     assert long.startswith("gs://pyflow-output-") and long.endswith("/notices.csv")
     assert Asset(key=long).key == long
     assert long == publish.asset_key("gs://bucket/" + "x" * 600, "notices.csv")
+
+
+def test_prune_keeps_what_another_run_recorded_using_and_forgets_failed_reads(
+    tmp_path: Path,
+) -> None:
+    theirs, failed, old = (reuse.key(name) for name in ("theirs", "failed", "old"))
+    entry(tmp_path, theirs, age=10 * reuse.KEEP_SECONDS)
+    entry(tmp_path, old, age=10 * reuse.KEEP_SECONDS)
+    entry(tmp_path, failed)
+    reuse.record_use(str(tmp_path), "20261207T000000000000Z-other", [theirs])
+    assert sorted(reuse.prune(str(tmp_path), [], forget=[failed])) == sorted([old, failed])
+    assert [p.name for p in (tmp_path / "cache" / "results").iterdir()] == [theirs]
+    record = tmp_path / "cache" / "used" / "20261207T000000000000Z-other.json"
+    when = record.stat().st_mtime - 10 * reuse.KEEP_SECONDS
+    os.utime(record, (when, when))
+    assert reuse.prune(str(tmp_path), []) == [theirs], "a use recorded long ago keeps nothing"
+    assert not record.exists()

@@ -1,6 +1,7 @@
 """What changed since the last published run (``changes.csv``) and the integrated history.
 
-A run compares its notices with those of the run ``latest.json`` named before it:
+A run compares its notices with those of the run ``latest.json`` named before it (and of the
+sources that run did not read, as its history has them):
 
 - **added**: a notice that run did not have, and that is no amendment of one of its notices;
 - **amended**: a notice of the same state, the same company (its name normalised: case,
@@ -19,6 +20,7 @@ changes, never by reading older runs again.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
@@ -32,8 +34,10 @@ from pyflow.warn.schema import (
     NOTICE_FIELDS,
     NOTICES_FILE,
     SUMMARY_FILE,
+    source_label_from,
 )
 from pyflow_kit import publish
+from pyflow_kit.errors import OutputError
 
 CHANGE_FIELDS: tuple[str, ...] = (
     "change", "notice_id", "state", "company", "notice_date", "source",
@@ -74,14 +78,24 @@ class Previous:
     integrated: pl.DataFrame | None
 
 
-def read_csv(path: str, fields: tuple[str, ...]) -> pl.DataFrame:
+def read_csv(
+    path: str, fields: tuple[str, ...], store: publish.Store | None = None
+) -> pl.DataFrame:
     """Read a CSV file pyflow wrote, its ``fields`` as text (empty cells as empty text).
+
+    Args:
+        path: A path or URL; with ``store``, a path in that store (`publish.Store.path`).
+        fields: The columns to read.
+        store: The store ``path`` is in.
 
     Raises:
         ValueError: If the file lacks one of the fields.
     """
-    with fsspec.open(path, "rb") as handle:
-        data = handle.read()
+    if store is not None:
+        data = store.fs.cat_file(path)
+    else:
+        with fsspec.open(path, "rb") as handle:
+            data = handle.read()
     frame = pl.read_csv(data, infer_schema=False, empty_string_is_null=False)
     missing = [name for name in fields if name not in frame.columns]
     if missing:
@@ -101,9 +115,9 @@ def read_previous(output: str) -> Previous | None:
         return None
     files = pointer["files"]
     summary = json.loads(store.fs.cat_file(store.path(files[SUMMARY_FILE]["path"])))
-    notices = read_csv(store.path(files[NOTICES_FILE]["path"]), NOTICE_FIELDS)
+    notices = read_csv(store.path(files[NOTICES_FILE]["path"]), NOTICE_FIELDS, store)
     integrated = (
-        read_csv(store.path(files[INTEGRATED_FILE]["path"]), INTEGRATED_FIELDS)
+        read_csv(store.path(files[INTEGRATED_FILE]["path"]), INTEGRATED_FIELDS, store)
         if INTEGRATED_FILE in files
         else None
     )
@@ -128,7 +142,10 @@ def _match_key() -> pl.Expr:
 
 
 def compare(
-    previous: pl.DataFrame, current: pl.DataFrame, read_sources: Collection[str]
+    previous: pl.DataFrame,
+    current: pl.DataFrame,
+    read_sources: Collection[str],
+    named_sources: Collection[str] = (),
 ) -> pl.DataFrame:
     """Return the changes from ``previous`` notices to ``current`` ones, as ``changes.csv`` rows.
 
@@ -136,13 +153,14 @@ def compare(
         previous: The notices of the run compared with.
         current: This run's notices.
         read_sources: Labels of the sources this run read: only their notices can be removed.
+        named_sources: Labels of every source of this run, read or failed (`read_as`).
     """
-    before = set(previous["notice_id"])
-    now = set(current["notice_id"])
+    labels = read_as(previous["source"].unique().to_list(), read_sources, named_sources)
     old = previous.filter(
-        ~pl.col("notice_id").is_in(now) & pl.col("source").is_in(list(read_sources))
+        ~pl.col("notice_id").is_in(current["notice_id"].implode())
+        & pl.col("source").is_in(pl.Series(labels, dtype=pl.String).implode())
     ).with_columns(_match_key().alias("match"))
-    new = current.filter(~pl.col("notice_id").is_in(before)).with_columns(
+    new = current.filter(~pl.col("notice_id").is_in(previous["notice_id"].implode())).with_columns(
         _match_key().alias("match")
     )
     old_by: dict[str, list[dict[str, str]]] = {}
@@ -162,6 +180,34 @@ def compare(
     order = {kind: index for index, kind in enumerate(KINDS)}
     rows.sort(key=lambda r: (order[r["change"]], r["state"], r["company"], r["notice_id"]))
     return pl.DataFrame(rows, schema=dict.fromkeys(CHANGE_FIELDS, pl.String))
+
+
+def read_as(
+    before: Collection[str], read_sources: Collection[str], named_sources: Collection[str]
+) -> list[str]:
+    """Return the earlier run's source labels whose sources this run read.
+
+    A label this run has is read if its source was. A label it does not have is the same source
+    moved (``day1/ca.csv`` then ``day2/ca.csv``) when its file name is that of exactly one
+    source of this run, which was read, and of no other earlier label; otherwise that source was
+    left out of this run, and its notices stay.
+    """
+    read, named = set(read_sources), set(named_sources) | set(read_sources)
+    name = source_label_from
+    names_before = Counter(name(label) for label in before)
+    names_now = Counter(name(label) for label in named)
+    read_names = {name(label) for label in read}
+    return sorted(
+        label
+        for label in before
+        if label in read
+        or (
+            label not in named
+            and names_before[name(label)] == 1
+            and names_now[name(label)] == 1
+            and name(label) in read_names
+        )
+    )
 
 
 def _same(old: dict[str, str], new: dict[str, str]) -> int:
@@ -237,10 +283,21 @@ def integrate(
     return pl.concat([rest, seen]).sort("state", "notice_date", "company", "notice_id")
 
 
+def baseline(previous: Previous, history: pl.DataFrame) -> pl.DataFrame:
+    """Return the notices to compare with: the history's current ones, else the run's notices.
+
+    The history's current notices are the published run's, and those of sources it did not
+    read (one that failed): so a source that comes back is compared with what it last gave.
+    """
+    if previous.integrated is None:
+        return previous.notices
+    return history.filter(pl.col("status") == "current").select(NOTICE_FIELDS)
+
+
 def history_of(previous: Previous) -> pl.DataFrame:
     """Return the previous run's history: its ``integrated.csv``, or its notices as all new."""
     if previous.integrated is not None:
-        return previous.integrated
+        return previous.integrated.unique("notice_id", keep="first", maintain_order=True)
     return previous.notices.with_columns(
         pl.lit(previous.started_at).alias("first_seen"),
         pl.lit(previous.started_at).alias("last_seen"),
@@ -260,7 +317,11 @@ def write_csv(frame: pl.DataFrame, target: str) -> None:
 
 
 def find_changes(
-    output: str, run_folder: str, read_sources: Collection[str], started_at: str
+    output: str,
+    run_folder: str,
+    read_sources: Collection[str],
+    started_at: str,
+    named_sources: Collection[str] = (),
 ) -> dict[str, Any]:
     """Write ``changes.csv`` and ``integrated.csv`` into the run's folder; return what to report.
 
@@ -269,6 +330,7 @@ def find_changes(
         run_folder: This run's folder, holding its ``notices.csv``.
         read_sources: Labels of the sources this run read.
         started_at: When this run started.
+        named_sources: Labels of every source of this run, read or failed.
 
     Returns:
         The ``changes`` entry of ``summary.json``: the run compared with (or why none), the
@@ -278,23 +340,23 @@ def find_changes(
     try:
         previous = read_previous(output)
     except (OSError, ValueError, KeyError, TypeError, pl.exceptions.PolarsError) as error:
-        previous = None
-        reason = (
-            f"the run latest.json names cannot be read ({error}): no changes are listed, and "
-            "integrated.csv starts again from this run"
-        )
-    else:
+        raise OutputError(
+            f"the run latest.json names in {output} cannot be read ({error}), so this run cannot "
+            "say what changed, and publishing it would lose the history: nothing is published. "
+            "Check the output location and run again; to start the history anew, delete its "
+            "latest.json"
+        ) from None
+    reason = ""
+    if previous is None:
+        changes = _empty(CHANGE_FIELDS)
+        history = None
         reason = (
             "no run was published in this output before: every notice is new, so changes.csv "
             "lists none and integrated.csv starts here"
         )
-    if previous is None:
-        changes = _empty(CHANGE_FIELDS)
-        history = None
     else:
-        changes = compare(previous.notices, current, read_sources)
         history = history_of(previous)
-        reason = ""
+        changes = compare(baseline(previous, history), current, read_sources, named_sources)
     write_csv(changes, publish.join(run_folder, CHANGES_FILE))
     write_csv(
         integrate(history, current, changes, started_at), publish.join(run_folder, INTEGRATED_FILE)

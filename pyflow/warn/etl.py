@@ -508,16 +508,17 @@ def batch_key(batch: list[Partition], version: str) -> str:
     """Return the reuse key of a batch: its source's bytes, mapping and ranges, and ``version``.
 
     The mapping (`SourcePlan.report`) holds what the rules and aliases made of the header, so
-    new rules that map a source otherwise read it again; the label and constants are written
-    into its notices and rejects.
+    new rules that map a source otherwise read it again; the constants are written into its
+    notices. Its label and location are not in the key (the merge writes the label): the same
+    bytes moved to another folder are reused.
     """
     plan = batch[0].plan
     return reuse.key(
         plan.digest,
-        plan.label,
         sorted(plan.source.constants.items()),
         json.dumps(plan.report(), sort_keys=True, default=str),
         repr(plan.columns),
+        repr(plan.layout),
         plan.error,
         plan.reject_reason,
         [(partition.index, partition.start, partition.end) for partition in batch],
@@ -525,10 +526,23 @@ def batch_key(batch: list[Partition], version: str) -> str:
     )
 
 
-def adopt(parts: list[PartResult], batch: list[Partition]) -> list[PartResult]:
-    """Give a batch's results this run's index of its source (a reused one has its run's)."""
+def adopt(parts: list[PartResult], batch: list[Partition], files: str) -> list[PartResult]:
+    """Give a batch's results this run's index of its source, and its part files' folder.
+
+    A reused result has the index its run gave the source, and the paths its run saw: the same
+    files, in ``files`` (the key's folder) wherever the output is now.
+    """
     index = batch[0].plan.index
-    return [replace(part, source_index=index) for part in parts]
+
+    def moved(path: str | None) -> str | None:
+        return (
+            publish.join(files, path.rsplit("/", 2)[-2], path.rsplit("/", 1)[-1]) if path else None
+        )
+
+    return [
+        replace(part, source_index=index, notices=moved(part.notices), rejects=moved(part.rejects))
+        for part in parts
+    ]
 
 
 def _runs(
@@ -784,6 +798,11 @@ def _scan_parts(paths: list[str]) -> pl.LazyFrame:
     return pl.scan_ipc(paths)
 
 
+def failed(parts: list[PartResult]) -> bool:
+    """Return whether a batch's partitions could not all be read (its result is not reused)."""
+    return any(part.error for part in parts)
+
+
 def usable_parts(parts: list[PartResult]) -> list[PartResult]:
     """Return the parts of sources whose every partition could be read."""
     failed = {part.source_index for part in parts if part.error}
@@ -825,13 +844,15 @@ def plan_buckets(
     return list(itertools.pairwise(bounds))
 
 
-def notice_files(parts: list[PartResult]) -> dict[str, int]:
+def notice_files(parts: list[PartResult]) -> list[tuple[str, int]]:
     """Return the part files of notices, each with the run's index of its source.
 
     A part file holds one source's rows; a reused one has the index its run gave the source,
-    which the merge replaces by this run's.
+    which the merge replaces by this run's. A source named twice has the same files twice.
     """
-    return {p.notices: p.source_index for p in sorted(parts, key=_origin) if p.notices}
+    return list(
+        dict.fromkeys((p.notices, p.source_index) for p in sorted(parts, key=_origin) if p.notices)
+    )
 
 
 def _origin(part: PartResult) -> tuple[int, int]:
@@ -846,7 +867,7 @@ def _scan_as(path: str, source_index: int) -> pl.LazyFrame:
 def merge_bucket(
     index: int,
     bounds: tuple[str | None, str | None],
-    files: Mapping[str, int],
+    files: list[tuple[str, int]],
     labels: Mapping[int, str],
     work_dir: str,
 ) -> BucketResult:
@@ -872,7 +893,7 @@ def merge_bucket(
         keep &= pl.col("key") >= low
     if high is not None:
         keep &= pl.col("key") < high
-    scans = [_scan_as(path, source).filter(keep) for path, source in files.items()]
+    scans = [_scan_as(path, source).filter(keep) for path, source in files]
     while len(scans) > 1:
         scans = [
             pair[0].merge_sorted(pair[1], key=["key", *normalise.IDS]) if len(pair) > 1 else pair[0]
@@ -937,7 +958,9 @@ def write_rejects(parts: list[PartResult], labels: Mapping[int, str], run_folder
     for part in sorted(parts, key=lambda p: (p.source_index, p.index)):
         offsets[part.source_index, part.index] = seen.get(part.source_index, 0)
         seen[part.source_index] = offsets[part.source_index, part.index] + part.records
-    paths = {p.rejects: p.source_index for p in sorted(parts, key=_origin) if p.rejects}
+    paths = list(
+        dict.fromkeys((p.rejects, p.source_index) for p in sorted(parts, key=_origin) if p.rejects)
+    )
     target = join_path(run_folder, REJECTS_FILE)
     with publish.writing(target), _binary_writer(target) as out:
         out.write((",".join(REJECT_FIELDS) + "\n").encode())
@@ -949,7 +972,7 @@ def write_rejects(parts: list[PartResult], labels: Mapping[int, str], run_folder
             orient="row",
         )
         rejects = (
-            pl.concat([_scan_as(path, source) for path, source in paths.items()])
+            pl.concat([_scan_as(path, source) for path, source in paths])
             .join(table.lazy(), on=["source_index", "part_index"], how="inner")
             .sort("source_index", "part_index", "record")
             .select(
@@ -1113,7 +1136,13 @@ def _source_entry(plan: SourcePlan, parts: list[PartResult], run: str) -> dict[s
 
 def with_changes(summary: Summary, output: str, run_folder: str) -> Summary:
     """Write the run's changes and integrated history (`find_changes`), then its summary."""
-    changes = find_changes(output, run_folder, summary.read_sources, summary.started_at)
+    changes = find_changes(
+        output,
+        run_folder,
+        summary.read_sources,
+        summary.started_at,
+        [entry["source"] for entry in summary.sources],
+    )
     summary = replace(summary, changes=changes)
     write_summary(summary, run_folder)
     return summary

@@ -107,9 +107,12 @@ def warn_notices(
     work_dir = publish.work_dir(run_folder, shared=settings.dask_address is not None)
     published = False
     used: list[str] = []
+    forget: list[str] = []
     try:
         with publish.leased(run_folder, settings.run_lease_seconds):
-            summary = transform_and_stage(options, location, run, work_dir, started_at, used)
+            summary = transform_and_stage(
+                options, location, run, work_dir, started_at, used, forget
+            )
             publish_outputs.with_options(assets=output_assets(location))(
                 location, run, summary.rows_out
             )
@@ -117,7 +120,7 @@ def warn_notices(
             publish_summary(summary)
             announce_notices(summary, location)
     finally:  # once the lease is dropped, so that no renewal writes it again
-        clean_up(location, run, work_dir, published, settings.keep_runs, used)
+        clean_up(location, run, work_dir, published, settings.keep_runs, used, forget)
     if summary.failures:
         return Failed(message=failure_message(summary), data=summary)
     return summary
@@ -130,11 +133,13 @@ def transform_and_stage(
     work_dir: str,
     started_at: str,
     used: list[str],
+    forget: list[str],
 ) -> etl.Summary:
     """Fetch, read, merge and write a run's files into its folder: the flow's tasks, in order.
 
     Each source's batches are reused from an earlier run that read the same (`etl.batch_key`);
-    their keys are added to ``used``, which the cache keeps.
+    the keys of those that read without error are added to ``used`` (the cache keeps them), the
+    others' to ``forget`` (`pyflow_kit.reuse.prune`).
 
     Raises:
         SourceError: If a source fails in strict mode, or every source fails.
@@ -164,19 +169,23 @@ def transform_and_stage(
     batch_bytes, stack_bytes = etl.batch_sizes(options.partition_bytes)
     planned = etl.plan_batches(plans, batch_bytes)
     version = etl.reuse_version(options.rules)
-    used += [etl.batch_key(batch, version) for batch in planned]
+    keys = [etl.batch_key(batch, version) for batch in planned]
+    reuse.record_use(location, run, keys)
     batches = [
         transform_batch.with_options(**reuse.options(location, key)).submit(
             batch, reuse.files_dir(location, key), stack_bytes, run, key
         )
-        for batch, key in zip(planned, used, strict=True)
+        for batch, key in zip(planned, keys, strict=True)
     ]
     wait(batches)
     parts = [
         part
-        for batch, future in zip(planned, batches, strict=True)
-        for part in etl.adopt(future.result(), batch)
+        for batch, key, future in zip(planned, keys, batches, strict=True)
+        for part in etl.adopt(future.result(), batch, reuse.files_dir(location, key))
     ]
+    # a source that could not be read is read again next time, not reused with its error
+    for key, future in zip(keys, batches, strict=True):
+        (forget if etl.failed(future.result()) else used).append(key)
     plans = check_row_counts(plans, parts, location, options.allow_empty)
     etl.raise_failures(plans, parts, strict=options.strict)
     usable = etl.usable_parts(parts)

@@ -128,7 +128,7 @@ def check_row_counts(
 def merge_bucket(
     index: int,
     bounds: tuple[str | None, str | None],
-    files: dict[str, int],
+    files: list[tuple[str, int]],
     labels: dict[int, str],
     work_dir: str,
 ) -> etl.BucketResult:
@@ -329,7 +329,7 @@ def announce_notices(summary: etl.Summary, output: str) -> None:
         "sources_failed": summary.sources_failed,
         "compared_with": changes.get("compared_with"),
         **{kind: changes.get(kind, 0) for kind in ("added", "amended", "removed")},
-        "companies": changes.get("companies", []),
+        "companies": [slack_text(name) for name in changes.get("companies", [])],
     }
     changed = bool(payload["added"] or payload["amended"])
     alerts.emit(
@@ -348,18 +348,31 @@ def announce_notices(summary: etl.Summary, output: str) -> None:
     )
 
 
+def slack_text(text: str) -> str:
+    """Escape what Slack reads as markup in a message (``<!channel>``, ``<url|label>``)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 @task(name="clean-up", cache_policy=NO_CACHE)
 def clean_up(
-    output: str, run: str, work_dir: str, published: bool, keep_runs: int, used: list[str]
+    output: str,
+    run: str,
+    work_dir: str,
+    published: bool,
+    keep_runs: int,
+    used: list[str],
+    forget: list[str],
 ) -> None:
     """Delete the run's intermediate files (all its files if it did not publish); tidy old runs.
 
-    It also prunes the cache (`reuse.prune`): what no run used lately, and the records Prefect
-    keeps of failed tasks; it keeps what this run used, for the next.
+    It also prunes the cache (`reuse.prune`): what no run used lately, the results of sources
+    that could not be read (``forget``), and the records Prefect keeps of failed tasks.
     """
     removed = publish.finish_run(output, run, work_dir, published, keep_runs)
     if removed:
         get_run_logger().info("Removed old or crashed runs: %s", ", ".join(removed))
-    pruned = reuse.prune(output, used)
+    if not published:
+        reuse.drop_use(output, run)  # what it wrote stays, young, for the next run to reuse
+    pruned = reuse.prune(output, used, forget)
     if pruned:
         get_run_logger().info("Removed %s cached results no run will use", len(pruned))

@@ -119,7 +119,7 @@ def test_bench_refuses_unknown_variants(capsys: pytest.CaptureFixture[str]) -> N
         bench.main(["--variants", "ax"])
     assert raised.value.code == 2
     assert (
-        "'ax' is not a list of the variants 0, a, b, a1, p, c, d, d1, e, r"
+        "'ax' is not a list of the variants 0, a, b, a1, p, c, d, d1, e, e2, r"
         in capsys.readouterr().err
     )
 

@@ -14,6 +14,7 @@ from conftest import SAMPLE, make_day_two
 from pyflow.warn import changes, etl
 from pyflow.warn.columns import load_rules
 from pyflow.warn.schema import NOTICE_FIELDS, Source
+from pyflow_kit.errors import OutputError
 
 RULES = load_rules()
 
@@ -78,6 +79,21 @@ def test_compare_removes_nothing_from_a_source_this_run_did_not_read() -> None:
     before = frame(notice("a1", "Acme"), notice("w1", "Wren", state="WA", source="wa.csv"))
     found = changes.compare(before, frame(), {"tx.csv"})
     assert kinds(found) == [("removed", "a1", "")]
+
+
+def test_compare_follows_a_source_moved_to_another_folder() -> None:
+    before = frame(
+        notice("a1", "Acme", source="day1/tx.csv"), notice("b1", "Bolt", source="day1/tx.csv")
+    )
+    after = frame(notice("a2", "Acme", jobs="12", source="day2/tx.csv"))
+    found = changes.compare(before, after, {"day2/tx.csv"}, {"day2/tx.csv", "day2/wa.csv"})
+    assert kinds(found) == [("amended", "a2", "a1"), ("removed", "b1", "")]
+    # a file name two sources share is no proof: nothing is removed
+    both = {"day2/tx.csv", "other/tx.csv"}
+    assert kinds(changes.compare(before, after, both, both)) == [("added", "a2", "")]
+    # a source this run names, but failed, keeps its notices
+    failed = changes.compare(before, after, set(), {"day1/tx.csv"})
+    assert kinds(failed) == [("added", "a2", "")]
 
 
 def test_integrate_keeps_first_seen_and_records_status() -> None:
@@ -180,17 +196,41 @@ def test_run_removes_nothing_from_a_source_that_failed(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("damage", ["missing", "garbled"])
-def test_run_starts_history_again_when_the_published_run_cannot_be_read(
+def test_run_publishes_nothing_when_the_published_run_cannot_be_read(
     tmp_path: Path, damage: str
 ) -> None:
     out = tmp_path / "out"
     first = etl.run_local(sample_sources(SAMPLE), str(out), RULES, 0)
-    published = out / "runs" / first.run / "notices.csv"
+    published = out / "runs" / first.run / "integrated.csv"
     if damage == "missing":
         published.unlink()
     else:
         published.write_bytes(b"\xff\xfe\x00garbage")
-    summary = etl.run_local(sample_sources(SAMPLE), str(out), RULES, 0)
-    assert summary.changes["compared_with"] is None
-    assert "cannot be read" in summary.changes["reason"]
-    assert len(read_rows(out / "integrated.csv")) == summary.rows_out
+    before = (out / "latest.json").read_bytes()
+    with pytest.raises(OutputError) as raised:
+        etl.run_local(sample_sources(SAMPLE), str(out), RULES, 0)
+    assert str(raised.value).startswith(f"the run latest.json names in {out} cannot be read (")
+    assert str(raised.value).endswith(
+        "nothing is published. Check the output location and run again; to start the history "
+        "anew, delete its latest.json"
+    )
+    assert (out / "latest.json").read_bytes() == before
+    assert sorted(p.name for p in (out / "runs").iterdir()) == [first.run]
+
+
+def test_run_compares_a_source_that_comes_back_with_what_it_last_gave(tmp_path: Path) -> None:
+    """A source that failed in the run before is not new when it comes back, nor its removals lost."""
+    folder = tmp_path / "sources"
+    shutil.copytree(SAMPLE, folder)
+    out = tmp_path / "out"
+    etl.run_local(sample_sources(folder), str(out), RULES, 0)
+    good = (folder / "wi.csv").read_text(encoding="utf-8")
+    (folder / "wi.csv").write_text("not,a,warn,file\n1,2,3,4\n", encoding="utf-8")
+    etl.run_local(sample_sources(folder), str(out), RULES, 0)
+    (folder / "wi.csv").write_text(good, encoding="utf-8")
+    back = etl.run_local(sample_sources(folder), str(out), RULES, 0)
+    assert [back.changes[kind] for kind in changes.KINDS] == [0, 0, 0]
+    lines = good.splitlines(keepends=True)
+    (folder / "wi.csv").write_text("".join(lines[:-1]), encoding="utf-8")  # its last notice goes
+    gone = etl.run_local(sample_sources(folder), str(out), RULES, 0)
+    assert [gone.changes[kind] for kind in changes.KINDS] == [0, 0, 1]

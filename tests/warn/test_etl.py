@@ -359,9 +359,13 @@ def test_batch_key_follows_the_bytes_mapping_and_version(tmp_path: Path) -> None
     path = tmp_path / "wa.csv"
     path.write_text(WA_TEXT, encoding="utf-8")
 
-    def key(text: str = WA_TEXT, state: str = "WA", version: str = "v1") -> str:
+    def key(
+        text: str = WA_TEXT, state: str = "WA", version: str = "v1", encoding: str = "utf-8"
+    ) -> str:
         path.write_text(text, encoding="utf-8")
-        source = Source(location=str(path), constants={"state": state}, name="wa")
+        source = Source(
+            location=str(path), constants={"state": state}, name="wa", encoding=encoding
+        )
         plans = etl.plan_sources([source], {}, {}, RULES, 0)
         return etl.batch_key(etl.plan_batches(plans, 0)[0], version)
 
@@ -370,6 +374,7 @@ def test_batch_key_follows_the_bytes_mapping_and_version(tmp_path: Path) -> None
     assert key(WA_TEXT.replace("119", "120")) != same
     assert key(state="OR") != same
     assert key(version="v2") != same
+    assert key(encoding="cp1252") != same, "another encoding reads other text"
     assert etl.reuse_version(RULES) == etl.reuse_version(load_rules())
     aliases = tmp_path / "aliases.toml"
     aliases.write_text('jobs = ["Headcount"]\n', encoding="utf-8")

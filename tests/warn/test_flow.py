@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,10 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 from prefect.exceptions import ParameterTypeError
+from pytest_mock import MockerFixture
 
 from conftest import PUBLISHED, SAMPLE
-from pyflow.warn import etl
+from pyflow.warn import etl, reading
 from pyflow.warn.errors import SourceError
 from pyflow.warn.flow import warn_notices
 from pyflow.warn.parameters import SAMPLE_STATES
@@ -279,3 +281,34 @@ def test_warn_notices_reuses_what_did_not_change_and_reads_the_rest(tmp_path: Pa
     fourth = warn_notices(sources=sources, output=output, aliases_file=aliases)
     assert set(reused(fourth).values()) == {""}, "other rules read every source again"
     assert fourth.rows_out == third.rows_out
+
+
+def test_warn_notices_reuses_in_an_output_moved_elsewhere_and_a_source_named_twice(
+    tmp_path: Path,
+) -> None:
+    """A reused result's part files are found where the output is now; a twice-named source too."""
+    source = tmp_path / "a.csv"
+    source.write_text(GOOD_CSV, encoding="utf-8")
+    sources = [f"{source}#name=a", f"{source}#name=again"]
+    first = warn_notices(sources=sources, output=str(tmp_path / "out"))
+    notices = (tmp_path / "out" / "notices.csv").read_bytes()
+    shutil.move(tmp_path / "out", tmp_path / "moved")
+    second = warn_notices(sources=sources, output=str(tmp_path / "moved"))
+    assert reused(second) == {"a": first.run, "again": first.run}
+    assert (second.rows_in, second.rows_out, second.rows_duplicate) == (4, 2, 2)
+    assert (tmp_path / "moved" / "notices.csv").read_bytes() == notices
+
+
+def test_warn_notices_reads_again_a_source_it_could_not_read(
+    tmp_path: Path, mocker: MockerFixture
+) -> None:
+    """A source whose read failed is not reused with its error: the next run reads it again."""
+    (tmp_path / "a.csv").write_text(GOOD_CSV, encoding="utf-8")
+    sources = [f"{tmp_path / 'a.csv'}#name=a"]
+    real = reading.read_records
+    broken = mocker.patch.object(reading, "read_records", side_effect=OSError("the disk hiccuped"))
+    state = warn_notices(sources=sources, output=str(tmp_path / "out"), return_state=True)
+    assert state.is_failed() and "the disk hiccuped" in str(state.message)
+    broken.side_effect = real
+    again = warn_notices(sources=sources, output=str(tmp_path / "out"))
+    assert reused(again) == {"a": ""} and again.rows_out == 2

@@ -10,6 +10,7 @@ tools take. Without the setting no alert is created, and `apply` says so.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from prefect.automations import Automation
 from prefect.events import emit_event
 from prefect.events.actions import SendNotification
 from prefect.events.schemas.automations import EventTrigger, Posture
+from prefect.exceptions import ObjectNotFound
 
 from pyflow_kit.settings import Settings
 
@@ -113,6 +115,8 @@ def apply(settings: Settings, alerts: Iterable[Alert]) -> list[str]:
         return []
     if settings.alert_webhook is None:
         removed = [alert.name for alert in alerts if _delete(alert.automation_name)]
+        with contextlib.suppress(ValueError, ObjectNotFound):  # it holds the URL: not kept
+            CustomWebhookNotificationBlock.delete(BLOCK_NAME)
         return [
             "alerts are off: PYFLOW_ALERT_WEBHOOK is not set, so no notification is attempted"
             + (f" (removed: {', '.join(removed)})" if removed else "")

@@ -32,7 +32,7 @@ from urllib.parse import quote
 
 from packaging.version import InvalidVersion, Version
 
-from pyflow_kit import bootstrap, commands, history, image, smoke
+from pyflow_kit import alerts, bootstrap, commands, history, image, project, smoke
 from pyflow_kit.errors import NoCredentialsError, PyflowError, ReleaseError, run_command
 from pyflow_kit.settings import Settings, get_settings
 
@@ -441,6 +441,8 @@ def release(settings: Settings, options: Options) -> str:
         registered = deploy_production(settings, pinned, version)
         for item in registered:
             print(f"registered {item.name} on work pool '{item.work_pool}'")
+        for line in alerts.apply(settings, project.found_alerts()):
+            print(line)
         names = [item.name for item in registered]
         history.record(history.Release(version, release_image.commit, pinned, names))
     print(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import re
 import time
 from collections.abc import Iterable
@@ -28,6 +29,7 @@ from pyflow_kit import publish
 CACHE_DIR = publish.CACHE_DIR
 RESULTS_DIR = "results"
 FILES_DIR = "files"
+USED_DIR = "used"
 KEY_PATTERN = re.compile(r"[0-9a-f]{64}")
 """What a reuse key looks like (`key`)."""
 KEEP_SECONDS = 24 * 3600.0
@@ -114,31 +116,55 @@ def options(output: str, reuse_key: str) -> dict[str, Any]:
     }
 
 
-def prune(output: str, used: Iterable[str], now: float | None = None) -> list[str]:
-    """Remove the cache entries not in ``used`` and older than `KEEP_SECONDS`; return their keys.
+def record_use(output: str, run: str, keys: Iterable[str]) -> None:
+    """Record that a run is using these entries, so that no other run's `prune` removes them.
 
-    Records whose name is no reuse key go at once: Prefect keeps a failed task's exception in
-    its result storage under a name of its own, which no run reads.
+    One small file per run, ``cache/used/RUN.json``, written before the run reads its entries.
     """
     store = publish.Store.of(output)
-    keep = set(used)
+    path = store.path(CACHE_DIR, USED_DIR, f"{run}.json")
+    with publish.writing(path):
+        store.fs.makedirs(store.path(CACHE_DIR, USED_DIR), exist_ok=True)
+        store.fs.pipe_file(path, json.dumps(sorted(set(keys))).encode())
+
+
+def drop_use(output: str, run: str) -> None:
+    """Remove a run's record of use (`record_use`): for a run that did not publish."""
+    store = publish.Store.of(output)
+    with contextlib.suppress(FileNotFoundError):
+        store.fs.rm(store.path(CACHE_DIR, USED_DIR, f"{run}.json"))
+
+
+def prune(
+    output: str, used: Iterable[str], forget: Iterable[str] = (), now: float | None = None
+) -> list[str]:
+    """Remove cache entries no run used in `KEEP_SECONDS`, and those to ``forget``; say which.
+
+    An entry is kept while this run uses it (``used``), or a run recorded using it
+    (`record_use`) in the last `KEEP_SECONDS`, or it was written in that time (a run may be
+    writing it). Records whose name is no reuse key go at once: Prefect keeps a failed task's
+    exception in its result storage under a name of its own, which no run reads.
+    """
+    store = publish.Store.of(output)
     now = time.time() if now is None else now
-    entries: dict[str, float] = {}
+    gone = set(forget)
+    keep = set(used) - gone
+    for entry in _entries(store, USED_DIR):
+        if now - _modified(store, entry) < KEEP_SECONDS:
+            with contextlib.suppress(OSError, ValueError):
+                keep.update(json.loads(store.fs.cat_file(entry["name"])))
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                store.fs.rm(entry["name"])
+    written: dict[str, float] = {}
     for folder in (RESULTS_DIR, FILES_DIR):  # files without a result: a failed task's
-        try:
-            found = store.fs.ls(store.path(CACHE_DIR, folder), detail=True)
-        except FileNotFoundError:
-            continue
-        for entry in found:
+        for entry in _entries(store, folder):
             name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
-            modified = _modified(entry)
-            if not modified and entry.get("type") == "directory":  # an object store's prefix
-                inside = store.fs.ls(entry["name"], detail=True)
-                modified = max((_modified(item) for item in inside), default=now)
-            entries[name] = max(entries.get(name, 0.0), modified)
+            written[name] = max(written.get(name, 0.0), _modified(store, entry))
     removed = []
-    for name, modified in sorted(entries.items()):
-        if KEY_PATTERN.fullmatch(name) and (name in keep or now - modified < KEEP_SECONDS):
+    for name, modified in sorted(written.items()):
+        stale = name not in keep and now - modified >= KEEP_SECONDS
+        if KEY_PATTERN.fullmatch(name) and name not in gone and not stale:
             continue
         for folder in (RESULTS_DIR, FILES_DIR):
             with contextlib.suppress(FileNotFoundError):
@@ -147,8 +173,25 @@ def prune(output: str, used: Iterable[str], now: float | None = None) -> list[st
     return removed
 
 
-def _modified(entry: dict[str, Any]) -> float:
-    """Return an ``ls`` entry's modification time, in seconds since the epoch."""
+def _entries(store: publish.Store, folder: str) -> list[dict[str, Any]]:
+    """List a cache folder's entries (none if it is not there)."""
+    try:
+        return list(store.fs.ls(store.path(CACHE_DIR, folder), detail=True))
+    except FileNotFoundError:
+        return []
+
+
+def _modified(store: publish.Store, entry: dict[str, Any]) -> float:
+    """Return when an entry was last written: a folder's newest file on an object store."""
+    when = _time(entry)
+    if not when and entry.get("type") == "directory":  # an object store's prefix has no time
+        found = store.fs.find(entry["name"], detail=True).values()
+        when = max((_time(item) for item in found), default=time.time())
+    return when
+
+
+def _time(entry: dict[str, Any]) -> float:
+    """Return an ``ls`` entry's modification time, in seconds since the epoch (0: none)."""
     value = entry.get("mtime") or entry.get("updated") or entry.get("created") or 0
     if isinstance(value, str):
         from datetime import datetime

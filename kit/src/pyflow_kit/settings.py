@@ -112,7 +112,7 @@ class Settings(BaseSettings):
     dask_threads: int = Field(default=1, ge=1, description="Threads per local Dask worker process.")
     alert_webhook: SecretStr | None = Field(
         default=None,
-        description="URL of a Slack incoming webhook (or any that takes Slack's `{\"text\": ...}`) that `invoke deploy` gives the flows' alerts (Prefect automations); unset: no alert is created or sent. A secret: never printed.",
+        description="URL of a Slack incoming webhook (or any that takes Slack's `{\"text\": ...}`) that `invoke deploy` gives the flows' alerts (Prefect automations); unset: no alert is created or sent. A secret: pyflow never prints it.",
     )
     keep_runs: int = Field(
         default=10,
