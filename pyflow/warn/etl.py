@@ -763,8 +763,9 @@ def _write_part(frame: pl.DataFrame, prefix: str, fix: str, *, sorted_: bool = F
 
     Sorted notices go to Parquet, in row groups whose key statistics let a merge bucket skip
     the others; everything else to Arrow IPC, which is faster to write and read whole. The file
-    is made in memory, then written, so that a full disk is an `OSError` (`publish.writing`
-    names it, with ``fix``), not the engine's own error.
+    is made in memory, then written beside and moved into place, so that a full disk is an
+    `OSError` (`publish.writing` names it, with ``fix``), not the engine's own error, and a run
+    reusing the file (another one, writing the same) never reads half of it.
     """
     if frame.is_empty():
         return None
@@ -774,7 +775,8 @@ def _write_part(frame: pl.DataFrame, prefix: str, fix: str, *, sorted_: bool = F
         frame.write_parquet(data, compression="uncompressed", row_group_size=64 * 1024)
     else:
         frame.write_ipc(data)
-    with publish.writing(path, fix), fsspec.open(path, "wb", auto_mkdir=True) as handle:
+    # beside, then moved into place: a run reusing the file never reads half of it
+    with publish.writing(path, fix), _atomic_open(path) as handle:
         handle.write(data.getbuffer())
     return path
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -204,6 +205,33 @@ def test_warn_notices_fails_a_source_that_drops_to_no_rows(tmp_path: Path) -> No
     assert allowed.failures == []
 
 
+def materializations(keys: list[str], runs: int, timeout: float = 60.0) -> set[tuple[str, str]]:
+    """Return (asset key, flow run) of the server's materialization events of these assets.
+
+    The server stores events a moment after they are sent: this waits until ``runs`` flow runs'
+    events are there, or the time is up.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        with get_client(sync_client=True) as client:
+            page = client.read_events(
+                filter=EventFilter(
+                    event=EventNameFilter(name=["prefect.asset.materialization.succeeded"]),
+                    resource=EventResourceFilter(id=keys),
+                ),
+                limit=50,
+            )
+        found = {
+            (event.resource.id, related.id)
+            for event in page.events
+            for related in event.related
+            if related.role == "flow-run"
+        }
+        if len({run for _, run in found}) >= runs or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
 def test_warn_notices_shows_changes_in_the_artifact_and_materializes_assets(
     tmp_path: Path,
 ) -> None:
@@ -226,20 +254,7 @@ def test_warn_notices_shows_changes_in_the_artifact_and_materializes_assets(
     assert "| CA | 1 | 0 | 0 |" in changes
     assert "| added | CA | Gamma \\| Sons | 2024-02-01 |" in changes
     keys = [f"file://{tmp_path}/out-dir-1/{name}" for name in ASSET_FILES]
-    with get_client(sync_client=True) as client:
-        page = client.read_events(
-            filter=EventFilter(
-                event=EventNameFilter(name=["prefect.asset.materialization.succeeded"]),
-                resource=EventResourceFilter(id=keys),
-            ),
-            limit=50,
-        )
-    runs = {
-        (event.resource.id, related.id)
-        for event in page.events
-        for related in event.related
-        if related.role == "flow-run"
-    }
+    runs = materializations(keys, runs=2)
     assert {key for key, _ in runs} == set(keys)
     assert len({run for _, run in runs}) == 2
     assert second.changes["added"] == 1
