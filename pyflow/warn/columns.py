@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pyflow.warn import values
+from pyflow.warn import reading, values
 from pyflow.warn.schema import INPUT_FIELDS
 
 IGNORE = "ignore"
@@ -26,6 +26,11 @@ IGNORE = "ignore"
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 _WORD = re.compile(r"[a-z0-9]+")
+
+SECTION_FIELDS = 3
+"""Fields a record's cells must name by the header rules, the company among them, to be a header."""
+
+_DIGIT = re.compile(r"\d")
 
 KIND_SHARE = 0.5
 """A column whose non-blank values are at least this share of short notice-kind labels
@@ -284,3 +289,35 @@ def _yes_no_columns(
                 found[flag] = index
                 break
     return found
+
+
+def header_cue(rules: Rules) -> tuple[bytes, ...]:
+    """Return what every line that can name a company column holds: a cheap first look for headers.
+
+    The words of the company field's patterns, the synonyms of those words, and each word of the
+    names the overrides give the company, in lower case, to be found anywhere (``CompanyName``).
+    """
+    company = next(rule for rule in rules.fields if rule.name == "company")
+    words = set().union(*(slot for pattern in company.patterns for slot in pattern))
+    words |= {word for word, meaning in rules.synonyms.items() if meaning in words}
+    for name, target in rules.overrides.items():
+        if target == "company":
+            words |= set(name.split())
+    # a word that holds another is found by it: look for the shorter alone
+    kept = {word for word in words if not any(other in word for other in words - {word})}
+    return tuple(sorted(word.lower().encode() for word in kept))
+
+
+def section_header(cells: list[str], rules: Rules) -> ColumnMap | None:
+    """Return a record's cells mapped as a header, if they read as one; else None.
+
+    A header names columns, so no cell holds a digit (a date, a count), and the header rules
+    find the company and at least two other fields in its names alone (`SECTION_FIELDS`).
+    """
+    filled = [cell for cell in cells if cell.strip()]
+    if len(filled) < SECTION_FIELDS or any(_DIGIT.search(cell) for cell in filled):
+        return None
+    mapping = map_columns(reading.header_of(cells), values.Profile({}).of(0), rules, {})
+    if "company" not in mapping.fields or len(mapping.fields) < SECTION_FIELDS:
+        return None
+    return mapping

@@ -13,6 +13,7 @@ error, the summary lists it, and the flow reports it once the other sources are 
 
 from __future__ import annotations
 
+import bisect
 import errno
 import io
 import itertools
@@ -38,7 +39,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from pyflow.warn import normalise, reading, values
 from pyflow.warn.changes import find_changes
-from pyflow.warn.columns import ColumnMap, Rules, map_columns
+from pyflow.warn.columns import ColumnMap, Rules, header_cue, map_columns, section_header
 from pyflow.warn.errors import FetchError, SourceError
 from pyflow.warn.schema import (
     CHANGES_FILE,
@@ -111,6 +112,22 @@ ID_LENGTH = 16
 
 
 @dataclass(frozen=True)
+class Section:
+    """A table that starts part-way down a source, under a header of its own (its first record)."""
+
+    record: int
+    """The number of its header record in the source, as rejects number records."""
+    start: int
+    """The byte where its header record starts."""
+    layout: reading.Layout
+    columns: ColumnMap
+
+    def report(self, constants: Mapping[str, str]) -> dict[str, Any]:
+        """Where the section starts, its header, and its column mapping, for ``summary.json``."""
+        return {"record": self.record, "header": list(self.layout.header), **self.columns.report(constants)}  # fmt: skip
+
+
+@dataclass(frozen=True)
 class SourcePlan:
     """What a run knows of one source before reading its rows: layout, mapping and ranges.
 
@@ -130,6 +147,8 @@ class SourcePlan:
     """For a source failed for giving no rows: how many an earlier run read from it."""
     digest: str = ""
     """The SHA-256 of the source's bytes: what says whether an earlier run read the same."""
+    sections: tuple[Section, ...] = ()
+    """The tables below the first, each under its own header, in file order."""
 
     @property
     def label(self) -> str:
@@ -141,17 +160,42 @@ class SourcePlan:
         if not self.columns:
             return None
         assert self.layout is not None
-        return {**self.columns.report(self.source.constants), **self.layout.report()}
+        found = {**self.columns.report(self.source.constants), **self.layout.report()}
+        if self.sections:
+            found["sections"] = [section.report(self.source.constants) for section in self.sections]
+        return found
 
 
 @dataclass(frozen=True)
 class Partition:
-    """A byte range of one source that starts and ends at a record boundary: a unit of work."""
+    """A byte range of one source that starts and ends at a record boundary: a unit of work.
+
+    ``section`` says under which header its records are: 0 the source's, ``n`` the header of
+    ``plan.sections[n - 1]``, which is then the range's first record when ``header_first``.
+    """
 
     plan: SourcePlan
     index: int
     start: int
     end: int
+    section: int = 0
+    header_first: bool = False
+
+    @property
+    def layout(self) -> reading.Layout:
+        """The layout its records are read with: the source's, or its section's."""
+        layout = self.plan.sections[self.section - 1].layout if self.section else self.plan.layout
+        assert layout is not None
+        return layout
+
+    @property
+    def columns(self) -> ColumnMap:
+        """The column mapping of its records: the source's, or its section's."""
+        columns = (
+            self.plan.sections[self.section - 1].columns if self.section else self.plan.columns
+        )
+        assert columns is not None
+        return columns
 
 
 @dataclass(frozen=True)
@@ -390,6 +434,8 @@ def plan_sources(
     """
     plans: dict[int, SourcePlan] = {}
     samples: dict[int, pl.DataFrame] = {}
+    found: dict[int, list[tuple[int, reading.Layout, int]]] = {}
+    cue = header_cue(rules)
     for index, source in enumerate(sources):
         location = locations.get(index, source.location)
         if index in errors:
@@ -403,6 +449,14 @@ def plan_sources(
             end = reading.sample_end(location, layout)
             sample = reading.read_records(location, layout, layout.data_start, end)
             digest = reuse.file_digest(location)
+            heads = _section_heads(location, layout, rules, cue)
+            for start, head in heads:
+                key = len(sources) + len(samples)
+                stop = min(
+                    [reading.sample_end(location, head), *(s for s, _ in heads if s > start)]
+                )
+                samples[key] = reading.read_records(location, head, head.data_start, stop)
+                found.setdefault(index, []).append((start, head, key))
         except (SourceError, OSError) as error:
             message = str(error) if isinstance(error, SourceError) else f"cannot be read ({error})"
             message = source.scrub(message)
@@ -413,11 +467,23 @@ def plan_sources(
         plans[index] = SourcePlan(index, source, location, layout, ranges=ranges, digest=digest)
         samples[index] = sample
     profile = values.Profile(samples)
-    for index in samples:
+    for index in range(len(sources)):
         plan = plans[index]
+        if index not in samples:
+            continue
         assert plan.layout is not None
-        columns = map_columns(plan.layout.header, profile.of(index), rules, plan.source.constants)
-        plan = replace(plan, columns=columns)
+        constants = plan.source.constants
+        columns = map_columns(plan.layout.header, profile.of(index), rules, constants)
+        sections = tuple(
+            Section(
+                reading.record_number(plan.location, plan.layout, start),
+                start,
+                head,
+                map_columns(head.header, profile.of(key), rules, constants),
+            )
+            for start, head, key in found.get(index, [])
+        )
+        plan = replace(plan, columns=columns, sections=sections, ranges=_cut(plan.ranges, sections))
         problem = _unmapped(plan)
         if problem:
             missing = "company" if "no column for the company" in problem else "state"
@@ -430,6 +496,44 @@ def plan_sources(
             )
         plans[index] = plan
     return [plans[index] for index in range(len(sources))]
+
+
+def _section_heads(
+    location: str, layout: reading.Layout, rules: Rules, cue: tuple[bytes, ...]
+) -> list[tuple[int, reading.Layout]]:
+    """Find the headers part-way down a source: where each starts, and the layout below it.
+
+    A record that reads as a header (`pyflow.warn.columns.section_header`) and differs from the
+    header above it starts a section; one that repeats that header does not (its row is
+    rejected as a repeat). Its empty cells at the end are unnamed columns as far as the
+    source's header goes, so rows lined up with the source's columns keep their cells.
+    """
+    heads: list[tuple[int, reading.Layout]] = []
+    above = _header_key(layout.header)
+    for start, end, cells in reading.header_records(location, layout, cue):
+        header = reading.header_of(cells, at_least=layout.width)
+        if _header_key(header) == above or section_header(cells, rules) is None:
+            continue
+        heads.append((start, replace(layout, header=header, data_start=end, above_header=())))
+        above = _header_key(header)
+    return heads
+
+
+def _header_key(header: tuple[str, ...]) -> tuple[str, ...]:
+    """A header as compared with another: case and spaces ignored."""
+    return tuple(" ".join(name.lower().split()) for name in header)
+
+
+def _cut(
+    ranges: tuple[tuple[int, int], ...], sections: tuple[Section, ...]
+) -> tuple[tuple[int, int], ...]:
+    """Cut a source's record ranges where each section starts, so a range is under one header."""
+    starts = {section.start for section in sections}
+    cut: list[tuple[int, int]] = []
+    for start, end in ranges:
+        bounds = sorted({start, end, *(s for s in starts if start < s < end)})
+        cut += itertools.pairwise(bounds)
+    return tuple(cut)
 
 
 def _unmapped(plan: SourcePlan) -> str | None:
@@ -458,7 +562,11 @@ def _unmapped(plan: SourcePlan) -> str | None:
 
 def partitions_of(plan: SourcePlan) -> list[Partition]:
     """Return a source's partitions, one per record range (none for an unreadable source)."""
-    return [Partition(plan, i, start, end) for i, (start, end) in enumerate(plan.ranges)]
+    starts = [section.start for section in plan.sections]
+    return [
+        Partition(plan, i, start, end, bisect.bisect_right(starts, start), start in starts)
+        for i, (start, end) in enumerate(plan.ranges)
+    ]
 
 
 def batch_sizes(partition_bytes: int) -> tuple[int, int]:
@@ -519,6 +627,7 @@ def batch_key(batch: list[Partition], version: str) -> str:
         json.dumps(plan.report(), sort_keys=True, default=str),
         repr(plan.columns),
         repr(plan.layout),
+        repr(plan.sections),
         plan.error,
         plan.reject_reason,
         [(partition.index, partition.start, partition.end) for partition in batch],
@@ -613,19 +722,20 @@ def transform_stack(batch: list[Partition], work_dir: str, fix: str = "") -> lis
     failed: list[pl.DataFrame] = []
     for partition in batch:
         plan, where = partition.plan, (partition.plan.index, partition.index)
-        assert plan.layout is not None
         try:
-            frame = reading.read_records(plan.location, plan.layout, partition.start, partition.end)
+            frame = reading.read_records(plan.location, partition.layout, partition.start, partition.end)  # fmt: skip
         except (SourceError, OSError) as error:
             errors[where] = plan.source.scrub(f"source '{plan.label}' {error}")
             continue
         frames[where] = frame
         if plan.error:
-            failed.append(_reject_whole(frame, plan, partition.index))
+            failed.append(_reject_whole(frame, partition))
         else:
-            assert plan.columns is not None
-            raws.append(normalise.raw_fields(frame, plan.columns, plan.source.constants, *where))
-    plans = {partition.plan.index: partition.plan for partition in batch}
+            raw = normalise.raw_fields(frame, partition.columns, plan.source.constants, *where)
+            if partition.header_first:  # the section's header: read as its names, not a row
+                raw = raw.with_columns((pl.col("blank") | (pl.col("record") == 1)).alias("blank"))
+            raws.append(raw)
+    partitions = {(partition.plan.index, partition.index): partition for partition in batch}
     prefix = join_path(work_dir, "parts", f"{batch[0].plan.index:06d}-{batch[0].index:06d}")
     notices = pl.DataFrame(schema=dict.fromkeys(normalise.NOTICE_COLUMNS, pl.String))
     rows = pl.DataFrame(schema={**dict.fromkeys(normalise.IDS, pl.UInt32), "rule": pl.String})
@@ -639,7 +749,7 @@ def transform_stack(batch: list[Partition], work_dir: str, fix: str = "") -> lis
         notices = normal.filter(kept).select(normalise.key(), *normalise.NOTICE_COLUMNS[1:])
         notices = notices.sort("key", *normalise.IDS)
         rows = normal.select(*normalise.IDS, "rule")
-        rejects += _rejects(normal.filter(~kept), frames, plans)
+        rejects += _rejects(normal.filter(~kept), frames, partitions)
         unread = _unread(stack, readings, kept)
     if failed:
         rows = pl.concat(
@@ -683,11 +793,12 @@ def transform_stack(batch: list[Partition], work_dir: str, fix: str = "") -> lis
     return results
 
 
-def _reject_whole(frame: pl.DataFrame, plan: SourcePlan, part_index: int) -> pl.DataFrame:
+def _reject_whole(frame: pl.DataFrame, partition: Partition) -> pl.DataFrame:
     """Reject every non-blank row of a source that could not be mapped, with the plan's reason."""
-    assert plan.layout is not None
-    width = plan.layout.width
+    plan, part_index, width = partition.plan, partition.index, partition.layout.width
     blank = normalise.blank_rows(frame, width)
+    if partition.header_first:
+        blank = blank.scatter(0, True)
     return (
         frame.with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.UInt32).alias("record"))
         .filter(~blank)
@@ -704,22 +815,21 @@ def _reject_whole(frame: pl.DataFrame, plan: SourcePlan, part_index: int) -> pl.
 def _rejects(
     rejected: pl.DataFrame,
     frames: Mapping[tuple[int, int], pl.DataFrame],
-    plans: Mapping[int, SourcePlan],
+    partitions: Mapping[tuple[int, int], Partition],
 ) -> list[pl.DataFrame]:
     """Give each rejected row its reason and its raw text, from its own partition's cells."""
     found = []
     for (source_index, part_index), rows in rejected.group_by("source_index", "part_index"):
-        plan = plans[int(source_index)]
-        assert plan.layout is not None and plan.columns is not None
-        header, fields = plan.layout.header, plan.columns.fields
-        company = header[fields["company"]] if "company" in fields else "company"
-        state = header[fields["state"]] if "state" in fields else "state"
-        cells = frames[int(source_index), int(part_index)].gather(rows.get_column("record") - 1)
+        where = (int(source_index), int(part_index))
+        layout, fields = partitions[where].layout, partitions[where].columns.fields
+        company = layout.header[fields["company"]] if "company" in fields else "company"
+        state = layout.header[fields["state"]] if "state" in fields else "state"
+        cells = frames[where].gather(rows.get_column("record") - 1)
         found.append(
             pl.concat(
                 [
-                    rows.select(*normalise.IDS, normalise.reject_reason(plan.layout.width, company, state)),
-                    cells.select(normalise.raw_row(plan.layout.width)),
+                    rows.select(*normalise.IDS, normalise.reject_reason(layout.width, company, state)),
+                    cells.select(normalise.raw_row(layout.width)),
                 ],
                 how="horizontal",
             )

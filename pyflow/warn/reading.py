@@ -16,6 +16,7 @@ import contextlib
 import csv
 import io
 import itertools
+import re
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -50,6 +51,8 @@ MAX_EXTRA_COLUMNS = 512
 
 EXTRA = values.EXTRA_COLUMN
 """Column of the cells a row has beyond the header's, rendered as CSV (null when none)."""
+
+_DIGIT = re.compile(rb"[0-9]")
 
 UTF8_NAMES = frozenset({"utf-8", "utf-8-sig"})
 _CP1252_UNDEFINED = frozenset({0x81, 0x8D, 0x8F, 0x90, 0x9D})
@@ -170,16 +173,92 @@ def read_layout(location: str, encoding: str, label: str) -> Layout:
             f"{bounds[position] + error.start:,}): name its encoding, for example "
             "'#encoding=cp1252', or leave it out to read UTF-8"
         ) from None
-    cells = list(rows[position])
-    while cells and not cells[-1].strip():
-        cells.pop()
-    header = tuple(name.strip() or f"column {i + 1}" for i, name in enumerate(cells))
+    header = header_of(rows[position])
     if not header:
         raise SourceError(f"source '{label}' is empty: it needs a header row of column names")
     above = tuple(
         texts[i].strip()[:200] for i in range(position) if any(cell.strip() for cell in rows[i])
     )
     return Layout(header, bounds[position + 1], size, newline, encoding, delimiter, above)
+
+
+def header_of(cells: list[str], at_least: int = 0) -> tuple[str, ...]:
+    """Return a header record's column names: end cells that are empty dropped, down to ``at_least``.
+
+    An empty cell that stays is named by its place (``column 3``).
+    """
+    cells = list(cells)
+    while len(cells) > at_least and not cells[-1].strip():
+        cells.pop()
+    return tuple(name.strip() or f"column {i + 1}" for i, name in enumerate(cells))
+
+
+def header_records(
+    location: str, layout: Layout, cue: tuple[bytes, ...]
+) -> list[tuple[int, int, list[str]]]:
+    """Find the records after the header that hold a word of ``cue``, to look at as headers.
+
+    A scan at memory speed: only lines where a word of ``cue`` (lower case) is found, in any
+    case, are looked at, and only those that start outside quotes (by quote parity), hold a
+    whole record and no digit (a header names columns) are parsed.
+
+    Returns:
+        For each such record, in file order: where it starts, where the next record starts,
+        and its cells.
+    """
+    mark = layout.newline.encode()
+    found: list[tuple[int, int, list[str]]] = []
+    with fsspec.open(location, "rb") as handle:
+        handle.seek(layout.data_start)
+        offset, quotes, carry = layout.data_start, 0, b""
+        while True:
+            chunk = handle.read(SCAN_BYTES)
+            data = carry + chunk
+            cut = data.rfind(mark) + 1 if chunk else len(data)
+            lines, carry = data[:cut], data[cut:]
+            position = 0  # quote characters are counted up to here
+            for start in _lines_holding(lines, lines.lower(), cue, mark):
+                end = lines.find(mark, start)
+                end = len(lines) if end == -1 else end + len(mark)
+                quotes += lines.count(b'"', position, start)
+                inside = lines.count(b'"', start, end)
+                line = lines[start:end]
+                if quotes % 2 == 0 and inside % 2 == 0 and not _DIGIT.search(line):
+                    text = _lenient(layout, line).rstrip("\r\n")
+                    cells = next(csv.reader([text], delimiter=layout.delimiter), [])
+                    found.append((offset + start, offset + end, cells))
+                quotes += inside
+                position = end
+            quotes += lines.count(b'"', position)
+            offset += cut
+            if not chunk:
+                return found
+
+
+def _lines_holding(data: bytes, lower: bytes, words: tuple[bytes, ...], mark: bytes) -> list[int]:
+    """Return where each line of ``data`` that holds one of ``words`` starts, in order."""
+    starts: set[int] = set()
+    for word in words:
+        found = lower.find(word)
+        while found != -1:
+            starts.add(data.rfind(mark, 0, found) + 1)
+            line_end = data.find(mark, found)
+            found = -1 if line_end == -1 else lower.find(word, line_end)
+    return sorted(starts)
+
+
+def record_number(location: str, layout: Layout, offset: int) -> int:
+    """Return the number of the record that starts at ``offset`` (the first after the header is 1).
+
+    Numbered as rejects are: every record counts, blank ones too.
+    """
+    with fsspec.open(location, "rb") as handle:
+        handle.seek(layout.data_start)
+        data = handle.read(offset - layout.data_start)
+    number, position = 1, 0
+    while (found := _record_end(data, position, layout.newline)) is not None:
+        number, position = number + 1, found
+    return number
 
 
 def _lenient(layout: Layout, data: bytes) -> str:

@@ -300,9 +300,15 @@ def _details(entry: dict[str, Any]) -> list[tuple[str, str]]:
     layout += [f"{len(above)} title line(s) above the header skipped"] if above else []
     ignored = mapping.get("ignored", [])
     more = f" and {len(ignored) - 5} more" if len(ignored) > 5 else ""
+    sections = " / ".join(
+        f"from record {section['record']}: "
+        + "; ".join(f"{field} ← {header}" for field, header in section["fields"].items())
+        for section in mapping.get("sections", [])
+    )
     return [
         ("Failed", entry["error"] or ""),
         ("Columns", "; ".join(filter(None, (columns, constants, *layout)))),
+        ("Sections", sections),
         ("Ignored", ", ".join(ignored[:5]) + more),
         ("Lacks", ", ".join(mapping.get("missing", []))),
     ]

@@ -9,7 +9,14 @@ import polars as pl
 import pytest
 
 from pyflow.warn import values
-from pyflow.warn.columns import ColumnMap, header_words, load_rules, map_columns
+from pyflow.warn.columns import (
+    ColumnMap,
+    header_cue,
+    header_words,
+    load_rules,
+    map_columns,
+    section_header,
+)
 
 RULES = load_rules()
 
@@ -204,3 +211,32 @@ def test_map_columns_reports_each_rule_with_its_whole_words() -> None:
     slots = found.how["jobs"].removeprefix("header words: ").split(" + ")
     assert [frozenset(slot.split("|")) for slot in slots] in [list(p) for p in jobs.patterns]
     assert max(len(slot) for slot in slots) > 40, "a slot longer than the old cut is whole"
+
+
+def test_header_cue_holds_the_company_words_and_the_aliases(tmp_path: Path) -> None:
+    """The first look for headers finds the company's words and a user's company names."""
+    aliases = tmp_path / "aliases.toml"
+    aliases.write_text('company = ["Legal Entity"]\n')
+    cue = header_cue(load_rules(aliases))
+    assert {b"company", b"employer", b"name", b"legal", b"entity"} <= set(cue)
+    assert b"legal" not in header_cue(RULES)
+
+
+@pytest.mark.parametrize(
+    ("cells", "header"),
+    [
+        (["Employer Name", "Location", "WARN Received Date", "Number of Workers"], True),
+        (["", "Company", "", "Notice Date", "Jobs Affected", ""], True),
+        (["Employer Name", "Location", "Notice Date 2", "Number of Workers"], False),
+        (["Acme Company", "Springfield Business Park", "TBD", "Unknown"], False),
+        (["Company", "Notice Date"], False),
+    ],
+)
+def test_section_header_takes_names_of_three_fields_without_digits(
+    cells: list[str], header: bool
+) -> None:
+    """A record is a header when its names map the company and two more fields, and hold no digit."""
+    found = section_header(cells, RULES)
+    assert (found is not None) == header
+    if found:
+        assert found.header[found.fields["company"]] in cells

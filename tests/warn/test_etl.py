@@ -290,6 +290,78 @@ def test_run_split_gives_the_same_bytes_as_unsplit(tmp_path: Path, size: int) ->
     )
 
 
+SECTIONS_TEXT = """Company,City,Notice Date,Employees Affected
+Acme Foods,Topeka,1/2/2020,50
+Company,City,Notice Date,Employees Affected
+"Brick Co
+Company,City,Notice Date,Employees Affected",Wichita,2/3/2020,12
+Employer Name,Location,WARN Received Date,Layoff Date,Number of Workers,Closure
+Cedar Mills,Salina,2021-03-04,2021-05-01,80,Yes
+"Dune, Inc.",Lawrence,2021-04-05,2021-06-01,15,No
+Employer Name,Location,WARN Received Date,Layoff Date,Number of Workers,Closure
+Elm Works,Hays,2021-06-07,2021-08-01,7,No,late cell
+"""
+"""A state's file whose form changed: a second, wider table below the first, under its own
+header; each header also repeated once, and a quoted cell that holds a header-like line."""
+
+
+@pytest.mark.parametrize("size", [0, 40])
+def test_run_reads_a_second_table_by_its_own_header(tmp_path: Path, size: int) -> None:
+    """Rows below a second header are mapped by it; a repeated header is still a reject."""
+    path = tmp_path / "ks.csv"
+    path.write_text(SECTIONS_TEXT, encoding="utf-8")
+    summary = run([Source(location=str(path), constants={"state": "KS"}, name="ks")], tmp_path / "out", size)  # fmt: skip
+    notices = {row["company"]: row for row in read_rows(tmp_path / "out" / "notices.csv")}
+    assert {
+        k: notices["Cedar Mills"][k]
+        for k in ("city", "notice_date", "effective_date", "jobs", "is_closure")
+    } == {
+        "city": "Salina",
+        "notice_date": "2021-03-04",
+        "effective_date": "2021-05-01",
+        "jobs": "80",
+        "is_closure": "true",
+    }
+    assert notices["Acme Foods"]["jobs"] == "50"
+    assert notices["Brick Co Company,City,Notice Date,Employees Affected"]["city"] == "Wichita"
+    rejects = read_rows(tmp_path / "out" / "rejects.csv")
+    assert [(r["record"], r["reason"]) for r in rejects] == [
+        ("2", "the row repeats the header"),
+        ("7", "the row repeats the header"),
+        ("8", "the row has values beyond the header's 6 columns: late cell"),
+    ]
+    [entry] = summary.sources
+    [section] = entry["mapping"]["sections"]
+    assert section["record"] == 4
+    assert section["header"][0] == "Employer Name"
+    assert section["fields"] == {
+        "company": "Employer Name",
+        "city": "Location",
+        "notice_date": "WARN Received Date",
+        "effective_date": "Layoff Date",
+        "jobs": "Number of Workers",
+    }
+    assert entry["mapping"]["fields"]["jobs"] == "Employees Affected"
+    assert (entry["rows_in"], entry["rows_kept"]) == (7, 4)
+
+
+def test_run_takes_no_row_for_a_header(tmp_path: Path) -> None:
+    """A row whose cells hold digits, or name too few fields, is a row, not a new header."""
+    path = tmp_path / "ks.csv"
+    path.write_text(
+        "Company,City,Notice Date,Employees Affected\n"
+        "Acme Foods,Topeka,1/2/2020,50\n"
+        "Acme Company,Springfield Business Park,TBD,Unknown\n"
+        "Employer Name,City,Notice Date 2,Workers\n"
+        "Brick Co,Wichita,2/3/2020,12\n",
+        encoding="utf-8",
+    )
+    summary = run([Source(location=str(path), constants={"state": "KS"}, name="ks")], tmp_path / "out")  # fmt: skip
+    [entry] = summary.sources
+    assert "sections" not in entry["mapping"]
+    assert entry["rows_in"] == 4
+
+
 def test_run_gives_the_same_bytes_whatever_the_number_of_buckets(tmp_path: Path) -> None:
     """Merging in many key ranges gives the same output as in one, run after run."""
     source = big_source(tmp_path / "big.csv", 3_000)

@@ -220,3 +220,25 @@ def test_sample_end_stops_at_a_whole_record(tmp_path: Path) -> None:
     whole = csv_rows(path, layout)
     sample = rows_of(path, layout, layout.data_start, end)
     assert sample == whole[: len(sample)] and len(sample) > 100
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r"])
+def test_header_records_finds_whole_records_outside_quotes(tmp_path: Path, newline: str) -> None:
+    """Lines holding a cue word are found where a record starts, not inside a quoted cell or with digits."""
+    lines = [
+        "Company,City,Date",
+        "Acme,Topeka,1/2/2020",
+        '"Brick',
+        'Employer Name,City,Date",Wichita,2/3/2020',
+        "Employer Name,Town,Received",
+        "Cedar 2 Company,Salina,3/4/2021",
+    ]
+    path = tmp_path / "two.csv"
+    path.write_bytes(newline.join(lines).encode() + newline.encode())
+    layout = reading.read_layout(str(path), "utf-8", "two")
+    found = reading.header_records(str(path), layout, (b"employer", b"company"))
+    data = path.read_bytes()
+    [(start, end, cells)] = found
+    assert cells == ["Employer Name", "Town", "Received"]
+    assert data[start:end] == f"Employer Name,Town,Received{newline}".encode()
+    assert reading.record_number(str(path), layout, start) == 3

@@ -103,6 +103,15 @@ def test_summary_markdown_shows_a_sources_delimiter_and_title_lines() -> None:
     ) in markdown
 
 
+def test_summary_markdown_shows_each_section_and_its_columns() -> None:
+    """A source with a second table lists where it starts and what its columns became."""
+    entry = summary().sources[0]
+    sections = [{"record": 231, "fields": {"company": "Company", "jobs": "Layoff Total"}}]
+    mapping = {**entry["mapping"], "sections": sections}
+    markdown = tasks.summary_markdown(summary(sources=[{**entry, "mapping": mapping}]))
+    assert "  - Sections: from record 231: company ← Company; jobs ← Layoff Total\n" in markdown
+
+
 def test_summary_markdown_keeps_its_table_narrow_whatever_the_details() -> None:
     """Many columns and a long failure go in the list: each table row stays under 80 characters."""
     entry = summary().sources[0]
