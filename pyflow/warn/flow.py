@@ -172,10 +172,10 @@ def transform_and_stage(
     keys = [etl.batch_key(batch, version) for batch in planned]
     reuse.record_use(location, run, keys)
     batches = [
-        transform_batch.with_options(**reuse.options(location, key)).submit(
-            batch, reuse.files_dir(location, key), stack_bytes, run, key
+        transform.submit(batch, reuse.files_dir(location, key), stack_bytes, run, key)
+        for batch, key, transform in zip(
+            planned, keys, reuse.tasks_for(transform_batch, location, keys), strict=True
         )
-        for batch, key in zip(planned, keys, strict=True)
     ]
     wait(batches)
     parts = [
