@@ -108,10 +108,11 @@ def warn_notices(
     published = False
     used: list[str] = []
     forget: list[str] = []
+    made: list[str] = []
     try:
         with publish.leased(run_folder, settings.run_lease_seconds):
             summary = transform_and_stage(
-                options, location, run, work_dir, started_at, used, forget
+                options, location, run, work_dir, started_at, used, forget, made
             )
             publish_outputs.with_options(assets=output_assets(location))(
                 location, run, summary.rows_out
@@ -120,6 +121,8 @@ def warn_notices(
             publish_summary(summary)
             announce_notices(summary, location)
     finally:  # once the lease is dropped, so that no renewal writes it again
+        # a run that did not publish leaves the output as it was, but for what it read
+        forget += [] if published else made
         clean_up(location, run, work_dir, published, settings.keep_runs, used, forget)
     if summary.failures:
         return Failed(message=failure_message(summary), data=summary)
@@ -134,12 +137,15 @@ def transform_and_stage(
     started_at: str,
     used: list[str],
     forget: list[str],
+    made: list[str],
 ) -> etl.Summary:
     """Fetch, read, merge and write a run's files into its folder: the flow's tasks, in order.
 
-    Each source's batches are reused from an earlier run that read the same (`etl.batch_key`);
-    the keys of those that read without error are added to ``used`` (the cache keeps them), the
-    others' to ``forget`` (`pyflow_kit.reuse.prune`).
+    The plans are reused from an earlier run of the same sources, bytes, rules and code
+    (`etl.plan_key`), and each source's batches from an earlier run that read the same
+    (`etl.batch_key`); the keys of those that read without error are added to ``used`` (the
+    cache keeps them), the others' to ``forget`` (`pyflow_kit.reuse.prune`). Plans made anew
+    are added to ``made`` too: the cache keeps them only if the run publishes.
 
     Raises:
         SourceError: If a source fails in strict mode, or every source fails.
@@ -159,18 +165,32 @@ def transform_and_stage(
         for error in fetched.values():
             if isinstance(error, BaseException):
                 raise error
-    plans = plan_sources(
+    locations = {index: where for index, where in fetched.items() if isinstance(where, str)}
+    errors = {index: str(error) for index, error in fetched.items() if not isinstance(error, str)}
+    version = etl.reuse_version(options.rules)
+    digests = etl.source_digests(options.sources, locations, errors)
+    plans_key = etl.plan_key(options.sources, digests, errors, options.partition_bytes, version)
+    reuse.record_use(location, run, [plans_key])
+    planning = plan_sources.with_options(**reuse.options(location, plans_key, files=False))(
         options.sources,
-        {index: where for index, where in fetched.items() if isinstance(where, str)},
-        {index: str(error) for index, error in fetched.items() if not isinstance(error, str)},
+        locations,
+        errors,
         options.rules,
         options.partition_bytes,
+        plans_key,
+        return_state=True,
     )
+    plans = etl.rebased(planning.result(), options.sources, locations)
+    if not etl.plans_reusable(plans, digests):
+        forget.append(plans_key)
+    else:
+        used.append(plans_key)
+        if planning.name != "Cached":
+            made.append(plans_key)
     batch_bytes, stack_bytes = etl.batch_sizes(options.partition_bytes)
     planned = etl.plan_batches(plans, batch_bytes)
-    version = etl.reuse_version(options.rules)
     keys = [etl.batch_key(batch, version) for batch in planned]
-    reuse.record_use(location, run, keys)
+    reuse.record_use(location, run, [plans_key, *keys])
     batches = [
         transform.submit(batch, reuse.files_dir(location, key), stack_bytes, run, key)
         for batch, key, transform in zip(
