@@ -13,7 +13,7 @@ from prefect import flow, unmapped
 from prefect.client.schemas.objects import State
 from prefect.futures import wait
 from prefect.states import Failed
-from prefect.utilities.annotations import quote
+from prefect.utilities.annotations import opaque, quote
 
 from pyflow.warn import etl
 from pyflow.warn.alerts import ALERTS
@@ -118,8 +118,8 @@ def warn_notices(
                 location, run, summary.rows_out
             )
             published = True
-            publish_summary(summary)
-            announce_notices(summary, location)
+            publish_summary(whole(summary))
+            announce_notices(whole(summary), location)
     finally:  # once the lease is dropped, so that no renewal writes it again
         # a run that did not publish leaves the output as it was, but for what it read
         forget += [] if published else made
@@ -172,10 +172,10 @@ def transform_and_stage(
     plans_key = etl.plan_key(options.sources, digests, errors, options.partition_bytes, version)
     reuse.record_use(location, run, [plans_key])
     planning = plan_sources.with_options(**reuse.options(location, plans_key, files=False))(
-        options.sources,
+        whole(options.sources),
         locations,
         errors,
-        options.rules,
+        whole(options.rules),
         options.partition_bytes,
         plans_key,
         return_state=True,
@@ -206,7 +206,7 @@ def transform_and_stage(
     # a source that could not be read is read again next time, not reused with its error
     for key, future in zip(keys, batches, strict=True):
         (forget if etl.failed(future.result()) else used).append(key)
-    plans = check_row_counts(plans, parts, location, options.allow_empty)
+    plans = check_row_counts(whole(plans), whole(parts), location, options.allow_empty)
     etl.raise_failures(plans, parts, strict=options.strict)
     usable = etl.usable_parts(parts)
     ranges = etl.plan_buckets(usable, at_least=len(batches))
@@ -219,8 +219,8 @@ def transform_and_stage(
         unmapped(work_dir),
     )
     # as_is: the task starts at once, and writes the rejects while the merges run
-    summary = stage_outputs(plans, as_is(parts), as_is(list(merged)), run_folder, started_at)
-    return find_changes(summary, location, run_folder)
+    summary = stage_outputs(whole(plans), as_is(parts), as_is(list(merged)), run_folder, started_at)
+    return find_changes(whole(summary), location, run_folder)
 
 
 def as_is(value: T) -> T:
@@ -231,6 +231,16 @@ def as_is(value: T) -> T:
     not those it submits: a Dask runner walks what it submits all the same.
     """
     return cast("T", quote(value))
+
+
+def whole(value: T) -> T:
+    """Hand a value to a task as it is, without Prefect walking into it (`opaque`).
+
+    Prefect still waits for it if it is a future and records the task that returned it, but
+    does not visit each of its items looking for more: with every source's plan, part or
+    summary entry, that walk cost more than the tasks themselves.
+    """
+    return cast("T", opaque(value))
 
 
 def failure_message(summary: etl.Summary) -> str:
