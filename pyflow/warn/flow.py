@@ -11,8 +11,10 @@ from typing import TypeVar, cast
 
 from prefect import flow, unmapped
 from prefect.client.schemas.objects import State
+from prefect.context import FlowRunContext
 from prefect.futures import wait
 from prefect.states import Failed
+from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import opaque, quote
 
 from pyflow.warn import etl
@@ -192,7 +194,7 @@ def transform_and_stage(
     keys = [etl.batch_key(batch, version) for batch in planned]
     reuse.record_use(location, run, [plans_key, *keys])
     batches = [
-        transform.submit(batch, reuse.files_dir(location, key), stack_bytes, run, key)
+        transform.submit(whole_here(batch), reuse.files_dir(location, key), stack_bytes, run, key)
         for batch, key, transform in zip(
             planned, keys, reuse.tasks_for(transform_batch, location, keys), strict=True
         )
@@ -238,9 +240,21 @@ def whole(value: T) -> T:
 
     Prefect still waits for it if it is a future and records the task that returned it, but
     does not visit each of its items looking for more: with every source's plan, part or
-    summary entry, that walk cost more than the tasks themselves.
+    summary entry, that walk cost more than the tasks themselves. Only for tasks the flow
+    calls (`whole_here` for those it submits).
     """
     return cast("T", opaque(value))
+
+
+def whole_here(value: T) -> T:
+    """Hand a value to a submitted task as it is (`whole`) when it runs in this process.
+
+    On threads Prefect walks a submitted task's arguments as it does a called one's; a Dask
+    runner takes the annotation for a tuple, so there the value goes as it is.
+    """
+    context = FlowRunContext.get()
+    on_threads = context is not None and isinstance(context.task_runner, ThreadPoolTaskRunner)
+    return whole(value) if on_threads else value
 
 
 def failure_message(summary: etl.Summary) -> str:
