@@ -116,3 +116,29 @@ def test_prune_keeps_what_another_run_recorded_using_and_forgets_failed_reads(
     os.utime(record, (when, when))
     assert reuse.prune(str(tmp_path), []) == [theirs], "a use recorded long ago keeps nothing"
     assert not record.exists()
+
+
+def test_stored_lists_the_cache_once_for_many_keys(tmp_path: Path) -> None:
+    assert reuse.stored(str(tmp_path / "nothing")) == reuse.Stored(frozenset(), frozenset())
+    entry(tmp_path, "k1")
+    (tmp_path / "cache" / "results" / "k2").write_text("{}")
+    cached = reuse.stored(str(tmp_path))
+    assert cached.has("k1") and not cached.has("k2") and cached.has("k2", files=False)
+    assert reuse.options(str(tmp_path), "k1", cached)["refresh_cache"] is False
+    assert reuse.options(str(tmp_path), "k2", cached)["refresh_cache"] is True
+    assert reuse.options(str(tmp_path), "k3", files=False)["refresh_cache"] is False
+
+
+def test_tasks_for_makes_one_task_per_option_set(tmp_path: Path) -> None:
+    from prefect import task
+
+    @task(cache_key_fn=reuse.by_key)
+    def step(reuse_key: str) -> str:
+        return reuse_key
+
+    entry(tmp_path, "k1")
+    found = reuse.tasks_for(step, str(tmp_path), ["k1", "k2", "k3", "k1"])
+    assert found[0] is found[3] and found[1] is found[2] and found[0] is not found[1]
+    assert found[0].refresh_cache is False and found[1].refresh_cache is True
+    assert reuse.by_key(None, {"reuse_key": "k1"}) == "k1"
+    assert reuse.by_key(None, {"reuse_key": ""}) is None

@@ -464,7 +464,7 @@ def where_the_time_goes(total: float, imports: float, env: dict[str, str]) -> st
     return (
         f"imports {imports:.1f} s, flow run {flow_seconds:.1f} s (tasks: "
         + ", ".join(f"{name} {seconds:.2f} s x{count}" for name, (count, seconds) in longest)
-        + f"), the rest {total - imports - flow_seconds:.1f} s"
+        + f"), the rest {max(0.0, total - imports - flow_seconds):.1f} s"
     )
 
 

@@ -654,6 +654,77 @@ def adopt(parts: list[PartResult], batch: list[Partition], files: str) -> list[P
     ]
 
 
+def source_digests(
+    sources: list[Source], locations: Mapping[int, str], errors: Mapping[int, str]
+) -> list[str | None]:
+    """Return the SHA-256 of each source's bytes where the run reads them (`plan_key`).
+
+    None for a source that failed to download or cannot be read: its plan says why.
+    """
+    digests: list[str | None] = []
+    for index, source in enumerate(sources):
+        digest = None
+        if index not in errors and (index in locations or not source.is_remote_http):
+            try:
+                digest = reuse.file_digest(locations.get(index, source.location))
+            except (OSError, ValueError, ImportError):
+                digest = None  # planning says why
+        digests.append(digest)
+    return digests
+
+
+def plan_key(
+    sources: list[Source],
+    digests: list[str | None],
+    errors: Mapping[int, str],
+    partition_bytes: int,
+    version: str,
+) -> str:
+    """Return the reuse key of a run's plans (`plan_sources`): what they are made of.
+
+    That is each source as given (its location, constants, name, encoding) and its bytes, the
+    download failures, the partition size and ``version`` (`reuse_version`: the rules, the code
+    and the Polars that read them). Where a download was saved is not in it, only its bytes:
+    `rebased` gives reused plans this run's locations.
+    """
+    return reuse.key(
+        "plans",
+        [(repr(source), digest) for source, digest in zip(sources, digests, strict=True)],
+        sorted(errors.items()),
+        partition_bytes,
+        version,
+    )
+
+
+def plans_reusable(plans: list[SourcePlan], digests: list[str | None]) -> bool:
+    """Whether later runs may reuse these plans: every source planned, from the bytes keyed.
+
+    Plans with a failed source are made again next time, which reads it again (as `failed`
+    batches are) and logs why it failed; so are plans of bytes that changed while planned.
+    """
+    return all(
+        not plan.error and plan.digest == digest
+        for plan, digest in zip(plans, digests, strict=True)
+    )
+
+
+def rebased(
+    plans: list[SourcePlan], sources: list[Source], locations: Mapping[int, str]
+) -> list[SourcePlan]:
+    """Give plans, reused from an earlier run, this run's sources and where it reads them.
+
+    The plans themselves when nothing differs (a downloaded source is saved elsewhere each run).
+    """
+    moved = [
+        replace(plan, index=index, source=source, location=where)
+        if (plan.index, plan.source, plan.location) != (index, source, where)
+        else plan
+        for index, (plan, source) in enumerate(zip(plans, sources, strict=True))
+        for where in [locations.get(index, source.location)]
+    ]
+    return plans if all(new is old for new, old in zip(moved, plans, strict=True)) else moved
+
+
 def _runs(
     partitions: Iterable[Partition], limit: int, target: float | None = None
 ) -> list[list[Partition]]:

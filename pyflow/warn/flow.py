@@ -11,9 +11,11 @@ from typing import TypeVar, cast
 
 from prefect import flow, unmapped
 from prefect.client.schemas.objects import State
+from prefect.context import FlowRunContext
 from prefect.futures import wait
 from prefect.states import Failed
-from prefect.utilities.annotations import quote
+from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.annotations import opaque, quote
 
 from pyflow.warn import etl
 from pyflow.warn.alerts import ALERTS
@@ -108,18 +110,21 @@ def warn_notices(
     published = False
     used: list[str] = []
     forget: list[str] = []
+    made: list[str] = []
     try:
         with publish.leased(run_folder, settings.run_lease_seconds):
             summary = transform_and_stage(
-                options, location, run, work_dir, started_at, used, forget
+                options, location, run, work_dir, started_at, used, forget, made
             )
             publish_outputs.with_options(assets=output_assets(location))(
                 location, run, summary.rows_out
             )
             published = True
-            publish_summary(summary)
-            announce_notices(summary, location)
+            publish_summary(whole(summary))
+            announce_notices(whole(summary), location)
     finally:  # once the lease is dropped, so that no renewal writes it again
+        # a run that did not publish leaves the output as it was, but for what it read
+        forget += [] if published else made
         clean_up(location, run, work_dir, published, settings.keep_runs, used, forget)
     if summary.failures:
         return Failed(message=failure_message(summary), data=summary)
@@ -134,12 +139,15 @@ def transform_and_stage(
     started_at: str,
     used: list[str],
     forget: list[str],
+    made: list[str],
 ) -> etl.Summary:
     """Fetch, read, merge and write a run's files into its folder: the flow's tasks, in order.
 
-    Each source's batches are reused from an earlier run that read the same (`etl.batch_key`);
-    the keys of those that read without error are added to ``used`` (the cache keeps them), the
-    others' to ``forget`` (`pyflow_kit.reuse.prune`).
+    The plans are reused from an earlier run of the same sources, bytes, rules and code
+    (`etl.plan_key`), and each source's batches from an earlier run that read the same
+    (`etl.batch_key`); the keys of those that read without error are added to ``used`` (the
+    cache keeps them), the others' to ``forget`` (`pyflow_kit.reuse.prune`). Plans made anew
+    are added to ``made`` too: the cache keeps them only if the run publishes.
 
     Raises:
         SourceError: If a source fails in strict mode, or every source fails.
@@ -159,23 +167,37 @@ def transform_and_stage(
         for error in fetched.values():
             if isinstance(error, BaseException):
                 raise error
-    plans = plan_sources(
-        options.sources,
-        {index: where for index, where in fetched.items() if isinstance(where, str)},
-        {index: str(error) for index, error in fetched.items() if not isinstance(error, str)},
-        options.rules,
+    locations = {index: where for index, where in fetched.items() if isinstance(where, str)}
+    errors = {index: str(error) for index, error in fetched.items() if not isinstance(error, str)}
+    version = etl.reuse_version(options.rules)
+    digests = etl.source_digests(options.sources, locations, errors)
+    plans_key = etl.plan_key(options.sources, digests, errors, options.partition_bytes, version)
+    reuse.record_use(location, run, [plans_key])
+    planning = plan_sources.with_options(**reuse.options(location, plans_key, files=False))(
+        whole(options.sources),
+        locations,
+        errors,
+        whole(options.rules),
         options.partition_bytes,
+        plans_key,
+        return_state=True,
     )
+    plans = etl.rebased(planning.result(), options.sources, locations)
+    if not etl.plans_reusable(plans, digests):
+        forget.append(plans_key)
+    else:
+        used.append(plans_key)
+        if planning.name != "Cached":
+            made.append(plans_key)
     batch_bytes, stack_bytes = etl.batch_sizes(options.partition_bytes)
     planned = etl.plan_batches(plans, batch_bytes)
-    version = etl.reuse_version(options.rules)
     keys = [etl.batch_key(batch, version) for batch in planned]
-    reuse.record_use(location, run, keys)
+    reuse.record_use(location, run, [plans_key, *keys])
     batches = [
-        transform_batch.with_options(**reuse.options(location, key)).submit(
-            batch, reuse.files_dir(location, key), stack_bytes, run, key
+        transform.submit(whole_here(batch), reuse.files_dir(location, key), stack_bytes, run, key)
+        for batch, key, transform in zip(
+            planned, keys, reuse.tasks_for(transform_batch, location, keys), strict=True
         )
-        for batch, key in zip(planned, keys, strict=True)
     ]
     wait(batches)
     parts = [
@@ -186,7 +208,7 @@ def transform_and_stage(
     # a source that could not be read is read again next time, not reused with its error
     for key, future in zip(keys, batches, strict=True):
         (forget if etl.failed(future.result()) else used).append(key)
-    plans = check_row_counts(plans, parts, location, options.allow_empty)
+    plans = check_row_counts(whole(plans), whole(parts), location, options.allow_empty)
     etl.raise_failures(plans, parts, strict=options.strict)
     usable = etl.usable_parts(parts)
     ranges = etl.plan_buckets(usable, at_least=len(batches))
@@ -199,8 +221,8 @@ def transform_and_stage(
         unmapped(work_dir),
     )
     # as_is: the task starts at once, and writes the rejects while the merges run
-    summary = stage_outputs(plans, as_is(parts), as_is(list(merged)), run_folder, started_at)
-    return find_changes(summary, location, run_folder)
+    summary = stage_outputs(whole(plans), as_is(parts), as_is(list(merged)), run_folder, started_at)
+    return find_changes(whole(summary), location, run_folder)
 
 
 def as_is(value: T) -> T:
@@ -211,6 +233,28 @@ def as_is(value: T) -> T:
     not those it submits: a Dask runner walks what it submits all the same.
     """
     return cast("T", quote(value))
+
+
+def whole(value: T) -> T:
+    """Hand a value to a task as it is, without Prefect walking into it (`opaque`).
+
+    Prefect still waits for it if it is a future and records the task that returned it, but
+    does not visit each of its items looking for more: with every source's plan, part or
+    summary entry, that walk cost more than the tasks themselves. Only for tasks the flow
+    calls (`whole_here` for those it submits).
+    """
+    return cast("T", opaque(value))
+
+
+def whole_here(value: T) -> T:
+    """Hand a value to a submitted task as it is (`whole`) when it runs in this process.
+
+    On threads Prefect walks a submitted task's arguments as it does a called one's; a Dask
+    runner takes the annotation for a tuple, so there the value goes as it is.
+    """
+    context = FlowRunContext.get()
+    on_threads = context is not None and isinstance(context.task_runner, ThreadPoolTaskRunner)
+    return whole(value) if on_threads else value
 
 
 def failure_message(summary: etl.Summary) -> str:

@@ -56,15 +56,21 @@ def fetch_source(source: Source, work_dir: str, timeout: float) -> str:
     return location
 
 
-@task(name="plan-sources", cache_policy=NO_CACHE)
+@task(name="plan-sources", cache_key_fn=reuse.by_key)
 def plan_sources(
     sources: list[Source],
     locations: dict[int, str],
     errors: dict[int, str],
     rules: Rules,
     partition_bytes: int,
+    reuse_key: str = "",
 ) -> list[etl.SourcePlan]:
-    """Read each source's header and first rows, map its columns and cut it into record ranges."""
+    """Read each source's header and first rows, map its columns and cut it into record ranges.
+
+    The plans are reused from an earlier run with the same ``reuse_key`` (`etl.plan_key`: every
+    source's bytes, the rules, the code), from the output's result storage the flow gives it
+    (`pyflow_kit.reuse.options`); with none, they are made each time.
+    """
     plans = etl.plan_sources(sources, locations, errors, rules, partition_bytes)
     logger = get_run_logger()
     for plan in plans:

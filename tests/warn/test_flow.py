@@ -19,7 +19,8 @@ from conftest import PUBLISHED, SAMPLE
 from pyflow.warn import etl, reading
 from pyflow.warn.errors import SourceError
 from pyflow.warn.flow import warn_notices
-from pyflow.warn.parameters import SAMPLE_STATES
+from pyflow.warn.parameters import SAMPLE_STATES, load_aliases
+from pyflow.warn.schema import Source
 from pyflow.warn.tasks import ASSET_FILES, SUMMARY_ARTIFACT_KEY
 from pyflow_kit.testing import HttpSources
 
@@ -296,6 +297,52 @@ def test_warn_notices_reuses_what_did_not_change_and_reads_the_rest(tmp_path: Pa
     fourth = warn_notices(sources=sources, output=output, aliases_file=aliases)
     assert set(reused(fourth).values()) == {""}, "other rules read every source again"
     assert fourth.rows_out == third.rows_out
+
+
+def test_warn_notices_reuses_the_plans_of_the_same_sources_and_bytes(
+    tmp_path: Path, mocker: MockerFixture
+) -> None:
+    """The plans are made once for the same sources, bytes, rules and code; a change makes them anew."""
+    (tmp_path / "a.csv").write_text(GOOD_CSV, encoding="utf-8")
+    sources = [f"{tmp_path / 'a.csv'}#name=a"]
+    output = str(tmp_path / "out")
+    planning = mocker.patch.object(etl, "plan_sources", wraps=etl.plan_sources)
+    first = warn_notices(sources=sources, output=output)
+    second = warn_notices(sources=sources, output=output)
+    assert planning.call_count == 1
+    assert second.sources == [{**entry, "reused_from": first.run} for entry in first.sources]
+    (tmp_path / "a.csv").write_text(GOOD_CSV + "Dune,WA,2024-03-01,7\n", encoding="utf-8")
+    third = warn_notices(sources=sources, output=output)
+    assert planning.call_count == 2 and third.changes["added"] == 1
+    moved = tmp_path / "moved.csv"
+    shutil.copy(tmp_path / "a.csv", moved)
+    fourth = warn_notices(sources=[f"{moved}#name=a"], output=output)
+    assert planning.call_count == 3
+    assert fourth.sources[0]["location"] == str(moved) and fourth.rows_out == third.rows_out
+
+
+def test_plans_are_rebased_on_this_runs_locations_and_reused_only_when_read(
+    tmp_path: Path,
+) -> None:
+    """A reused plan reads where this run saved its source; a plan with a failure is not kept."""
+    (tmp_path / "a.csv").write_text(GOOD_CSV, encoding="utf-8")
+    sources = [Source.model_validate(f"{tmp_path / 'a.csv'}#name=a")]
+    rules = load_aliases(None)
+    plans = etl.plan_sources(sources, {}, {}, rules, 0)
+    digests = etl.source_digests(sources, {}, {})
+    assert etl.plans_reusable(plans, digests)
+    assert etl.rebased(plans, sources, {}) is plans
+    [moved] = etl.rebased(plans, sources, {0: str(tmp_path / "fetched.csv")})
+    assert moved.location == str(tmp_path / "fetched.csv") and moved.columns == plans[0].columns
+    version = etl.reuse_version(rules)
+    key = etl.plan_key(sources, digests, {}, 0, version)
+    assert key == etl.plan_key(sources, digests, {}, 0, version)
+    assert key != etl.plan_key(sources, digests, {}, 1_000, version)
+    assert key != etl.plan_key(sources, [None], {}, 0, version)
+    assert not etl.plans_reusable(plans, ["0" * 64])
+    missing = [Source.model_validate(f"{tmp_path / 'gone.csv'}#name=gone")]
+    assert etl.source_digests(missing, {}, {}) == [None]
+    assert not etl.plans_reusable(etl.plan_sources(missing, {}, {}, rules, 0), [None])
 
 
 def test_warn_notices_reuses_in_an_output_moved_elsewhere_and_a_source_named_twice(

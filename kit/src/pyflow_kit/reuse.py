@@ -18,9 +18,10 @@ import json
 import re
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import fsspec
 
@@ -30,6 +31,7 @@ CACHE_DIR = publish.CACHE_DIR
 RESULTS_DIR = "results"
 FILES_DIR = "files"
 USED_DIR = "used"
+T = TypeVar("T")
 KEY_PATTERN = re.compile(r"[0-9a-f]{64}")
 """What a reuse key looks like (`key`)."""
 KEEP_SECONDS = 24 * 3600.0
@@ -62,9 +64,9 @@ def code_version(folder: Path) -> str:
     return key(*((str(path.relative_to(folder)), path.read_bytes()) for path in paths))
 
 
-def by_key(context: Any, parameters: dict[str, Any]) -> str:
-    """Prefect's ``cache_key_fn``: the task's ``reuse_key`` parameter."""
-    return str(parameters["reuse_key"])
+def by_key(context: Any, parameters: dict[str, Any]) -> str | None:
+    """Prefect's ``cache_key_fn``: the task's ``reuse_key`` parameter (none given: no caching)."""
+    return str(parameters["reuse_key"]) or None
 
 
 def cache_root(output: str) -> str:
@@ -99,21 +101,81 @@ def _saved_storage(root: str) -> Any:
     return block
 
 
-def options(output: str, reuse_key: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Stored:
+    """What the output's cache holds, listed once: the keys with a result, and with files.
+
+    One listing of each folder for a run's every task (`stored`), where asking for each key
+    costs two requests a task on an object store.
+    """
+
+    results: frozenset[str]
+    files: frozenset[str]
+
+    def has(self, reuse_key: str, files: bool = True) -> bool:
+        """Whether the key's result is stored (and, with ``files``, its files too)."""
+        return reuse_key in self.results and (not files or reuse_key in self.files)
+
+
+def stored(output: str) -> Stored:
+    """List what the output's cache holds (`Stored`), one listing of each of its folders."""
+    store = publish.Store.of(output)
+    return Stored(*(frozenset(_names(store, folder)) for folder in (RESULTS_DIR, FILES_DIR)))
+
+
+def _names(store: publish.Store, folder: str) -> list[str]:
+    """List the names in a cache folder (none if it is not there), as they are now."""
+    path = store.path(CACHE_DIR, folder)
+    store.fs.invalidate_cache(path)
+    try:
+        found = store.fs.ls(path, detail=False)
+    except FileNotFoundError:
+        return []
+    return [str(name).rstrip("/").rsplit("/", 1)[-1] for name in found]
+
+
+def options(
+    output: str, reuse_key: str, cached: Stored | None = None, files: bool = True
+) -> dict[str, Any]:
     """Return a task's options for reuse in this output: its storage, and whether to read again.
 
     A result whose files are gone (pruned, or deleted by hand) is not reused: the task runs
-    again and writes both anew.
+    again and writes both anew. ``cached`` is what the cache holds (`stored`), listed once for
+    many tasks; without it, the key's entry is looked up. A task that writes no files
+    (``files=False``) needs only its result, which Prefect looks up itself.
     """
-    store = publish.Store.of(output)
-    present = store.fs.exists(store.path(CACHE_DIR, RESULTS_DIR, reuse_key)) and store.fs.exists(
-        store.path(CACHE_DIR, FILES_DIR, reuse_key)
-    )
+    if not files:
+        present = True
+    elif cached is not None:
+        present = cached.has(reuse_key)
+    else:
+        store = publish.Store.of(output)
+        present = store.fs.exists(
+            store.path(CACHE_DIR, RESULTS_DIR, reuse_key)
+        ) and store.fs.exists(store.path(CACHE_DIR, FILES_DIR, reuse_key))
     return {
         "result_storage": result_storage(output),
         "persist_result": True,
         "refresh_cache": not present,
     }
+
+
+def tasks_for(task: T, output: str, keys: Iterable[str]) -> list[T]:
+    """Return the task with its reuse `options` for each key, the cache listed once (`stored`).
+
+    The same task stands for every key its options agree on (two at most: read, or reuse), so
+    a run of many tasks makes each variant once.
+    """
+    cached = stored(output)
+    made: dict[bool, T] = {}
+    found = []
+    for reuse_key in keys:
+        found_options = options(output, reuse_key, cached)
+        refresh = bool(found_options["refresh_cache"])
+        if refresh not in made:
+            made[refresh] = task.with_options(**found_options)  # type: ignore[attr-defined]
+        found.append(made[refresh])
+    return found
 
 
 def record_use(output: str, run: str, keys: Iterable[str]) -> None:

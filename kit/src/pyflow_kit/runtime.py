@@ -320,7 +320,9 @@ def run_flow(
         PyflowError: The run's own error if it failed on bad input, else one naming its state.
     """
     from pyflow_kit.local import port_asked
+    from pyflow_kit.tls import share_tls_contexts
 
+    share_tls_contexts()  # the run's API clients load their CA file once, not once each
     chosen = flow.with_options(task_runner=build_task_runner(settings))
     keep_port = settings.server_port if keep_server else None
     with prefect_api(keep_port, port_asked(settings)), without_heartbeats():
