@@ -75,3 +75,11 @@ def test_alert_webhook_is_a_secret_in_the_settings(monkeypatch: pytest.MonkeyPat
     assert WEBHOOK not in repr(settings) and WEBHOOK not in str(settings.model_dump())
     assert settings.alert_webhook is not None
     assert settings.alert_webhook.get_secret_value() == WEBHOOK
+
+
+def test_chat_text_escapes_the_markup_of_a_slack_message() -> None:
+    """A company named like a mention or a link reaches the chat as text, ampersands first."""
+    assert alerts.chat_text("<!channel> & <https://x.test|Acme>") == (
+        "&lt;!channel&gt; &amp; &lt;https://x.test|Acme&gt;"
+    )
+    assert alerts.chat_text("Smith & Sons") == "Smith &amp; Sons"

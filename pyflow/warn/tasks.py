@@ -341,7 +341,7 @@ def announce_notices(summary: etl.Summary, output: str) -> None:
         "sources_failed": summary.sources_failed,
         "compared_with": changes.get("compared_with"),
         **{kind: changes.get(kind, 0) for kind in ("added", "amended", "removed")},
-        "companies": [slack_text(name) for name in changes.get("companies", [])],
+        "companies": [alerts.chat_text(name) for name in changes.get("companies", [])],
     }
     changed = bool(payload["added"] or payload["amended"])
     alerts.emit(
@@ -358,11 +358,6 @@ def announce_notices(summary: etl.Summary, output: str) -> None:
         payload["amended"],
         payload["removed"],
     )
-
-
-def slack_text(text: str) -> str:
-    """Escape what Slack reads as markup in a message (``<!channel>``, ``<url|label>``)."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 @task(name="clean-up", cache_policy=NO_CACHE)

@@ -90,6 +90,14 @@ def flow_failed(*flows: str) -> Alert:
     )
 
 
+def chat_text(text: str) -> str:
+    """Escape what the webhook's format (Slack's) reads as markup: ``<!channel>``, ``<url|label>``.
+
+    For text from the data (a company's name) that an alert's body shows as it is.
+    """
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def emit(event: str, resource_id: str, payload: Mapping[str, Any], **labels: str) -> None:
     """Emit an event about a resource (such as an output location), for automations to follow."""
     emitted = emit_event(
