@@ -30,7 +30,12 @@ _WORD = re.compile(r"[a-z0-9]+")
 SECTION_FIELDS = 3
 """Fields a record's cells must name by the header rules, the company among them, to be a header."""
 
-_DIGIT = re.compile(r"\d")
+_VALUE = re.compile(r"\d{3}|\d\s*[-/.:]\s*\d|^[\s\d.,$%()#+-]+$")
+"""What marks a cell as a value, not a column's name: three digits in a row (a year, a count),
+a date or a time, or a number alone. ``Address 1`` is a name."""
+
+HEADER_WORDS = 8
+"""Words a column's name holds at most: a cell with more is a sentence (a note), not a name."""
 
 KIND_SHARE = 0.5
 """A column whose non-blank values are at least this share of short notice-kind labels
@@ -311,11 +316,14 @@ def header_cue(rules: Rules) -> tuple[bytes, ...]:
 def section_header(cells: list[str], rules: Rules) -> ColumnMap | None:
     """Return a record's cells mapped as a header, if they read as one; else None.
 
-    A header names columns, so no cell holds a digit (a date, a count), and the header rules
-    find the company and at least two other fields in its names alone (`SECTION_FIELDS`).
+    A header names columns: no cell reads as a value (`_VALUE`: a date, a count, a year) or as
+    a sentence (more than `HEADER_WORDS` words), and the header rules find the company and at
+    least two other fields in its names alone (`SECTION_FIELDS`).
     """
     filled = [cell for cell in cells if cell.strip()]
-    if len(filled) < SECTION_FIELDS or any(_DIGIT.search(cell) for cell in filled):
+    if len(filled) < SECTION_FIELDS or any(
+        _VALUE.search(cell.strip()) or len(cell.split()) > HEADER_WORDS for cell in filled
+    ):
         return None
     mapping = map_columns(reading.header_of(cells), values.Profile({}).of(0), rules, {})
     if "company" not in mapping.fields or len(mapping.fields) < SECTION_FIELDS:

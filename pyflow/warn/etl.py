@@ -446,10 +446,11 @@ def plan_sources(
                 check_source_exists(source)
             layout = reading.read_layout(location, source.encoding, source.label)
             ranges = tuple(reading.record_ranges(location, layout, partition_bytes))
-            end = reading.sample_end(location, layout)
+            heads = _section_heads(location, layout, rules, cue)
+            # the first table's mapping is decided on its own rows, not a section's
+            end = min([reading.sample_end(location, layout), *(s for s, _ in heads[:1])])
             sample = reading.read_records(location, layout, layout.data_start, end)
             digest = reuse.file_digest(location)
-            heads = _section_heads(location, layout, rules, cue)
             for start, head in heads:
                 key = len(sources) + len(samples)
                 stop = min(
@@ -474,14 +475,13 @@ def plan_sources(
         assert plan.layout is not None
         constants = plan.source.constants
         columns = map_columns(plan.layout.header, profile.of(index), rules, constants)
+        tables = found.get(index, [])
+        numbers = reading.record_numbers(plan.location, plan.layout, [s for s, _, _ in tables])
         sections = tuple(
             Section(
-                reading.record_number(plan.location, plan.layout, start),
-                start,
-                head,
-                map_columns(head.header, profile.of(key), rules, constants),
+                number, start, head, map_columns(head.header, profile.of(key), rules, constants)
             )
-            for start, head, key in found.get(index, [])
+            for number, (start, head, key) in zip(numbers, tables, strict=True)
         )
         plan = replace(plan, columns=columns, sections=sections, ranges=_cut(plan.ranges, sections))
         problem = _unmapped(plan)
@@ -505,7 +505,7 @@ def _section_heads(
 
     A record that reads as a header (`pyflow.warn.columns.section_header`) and differs from the
     header above it starts a section; one that repeats that header does not (its row is
-    rejected as a repeat). Its empty cells at the end are unnamed columns as far as the
+    rejected as a repeat), and one that goes back to an earlier header starts a section again. Its empty cells at the end are unnamed columns as far as the
     source's header goes, so rows lined up with the source's columns keep their cells.
     """
     heads: list[tuple[int, reading.Layout]] = []

@@ -37,6 +37,9 @@ SAMPLE_BYTES = 1 << 17
 SCAN_BYTES = 1 << 23
 """Bytes read at a time while scanning a source for record boundaries."""
 
+MAX_HEADER_BYTES = 1 << 20
+"""The longest record looked at as a header part-way down a source (`header_records`)."""
+
 DELIMITERS = (",", ";", "\t", "|")
 """The cell separators a source may use: a comma, or another its first records show."""
 
@@ -52,7 +55,8 @@ MAX_EXTRA_COLUMNS = 512
 EXTRA = values.EXTRA_COLUMN
 """Column of the cells a row has beyond the header's, rendered as CSV (null when none)."""
 
-_DIGIT = re.compile(rb"[0-9]")
+_VALUE = re.compile(rb"\d{3}|\d\s*[-/.:]\s*\d")
+"""A year, a count or a date in a record: what a header never holds (`columns.section_header`)."""
 
 UTF8_NAMES = frozenset({"utf-8", "utf-8-sig"})
 _CP1252_UNDEFINED = frozenset({0x81, 0x8D, 0x8F, 0x90, 0x9D})
@@ -187,7 +191,7 @@ def header_of(cells: list[str], at_least: int = 0) -> tuple[str, ...]:
 
     An empty cell that stays is named by its place (``column 3``).
     """
-    cells = list(cells)
+    cells = [cell.replace("\ufeff", "") for cell in cells]
     while len(cells) > at_least and not cells[-1].strip():
         cells.pop()
     return tuple(name.strip() or f"column {i + 1}" for i, name in enumerate(cells))
@@ -199,8 +203,9 @@ def header_records(
     """Find the records after the header that hold a word of ``cue``, to look at as headers.
 
     A scan at memory speed: only lines where a word of ``cue`` (lower case) is found, in any
-    case, are looked at, and only those that start outside quotes (by quote parity), hold a
-    whole record and no digit (a header names columns) are parsed.
+    case, are looked at, and only those that start a record (by quote parity, outside quotes)
+    and hold no year, count or date (`_VALUE`) are parsed; a record may go on over quoted
+    line breaks (``"Number of<newline>Workers"``).
 
     Returns:
         For each such record, in file order: where it starts, where the next record starts,
@@ -218,17 +223,28 @@ def header_records(
             lines, carry = data[:cut], data[cut:]
             position = 0  # quote characters are counted up to here
             for start in _lines_holding(lines, lines.lower(), cue, mark):
-                end = lines.find(mark, start)
-                end = len(lines) if end == -1 else end + len(mark)
+                if start < position:
+                    continue  # within the record looked at last
                 quotes += lines.count(b'"', position, start)
-                inside = lines.count(b'"', start, end)
-                line = lines[start:end]
-                if quotes % 2 == 0 and inside % 2 == 0 and not _DIGIT.search(line):
-                    text = _lenient(layout, line).rstrip("\r\n")
-                    cells = next(csv.reader([text], delimiter=layout.delimiter), [])
-                    found.append((offset + start, offset + end, cells))
-                quotes += inside
+                position = start
+                if quotes % 2:
+                    continue  # inside a quoted cell
+                end = _record_end(lines, start, layout.newline)
+                if end is None and chunk and len(lines) - start < MAX_HEADER_BYTES:
+                    cut, carry = start, lines[start:] + carry  # it goes on: look with what follows
+                    lines = lines[:start]
+                    break
+                if end is None:  # the file's last record, or too long for a header
+                    if chunk or lines.count(b'"', start) % 2:
+                        continue
+                    end = len(lines)
+                record = lines[start:end]
+                quotes += record.count(b'"')
                 position = end
+                if not _VALUE.search(record):
+                    text = _lenient(layout, record)
+                    reader = csv.reader(io.StringIO(text, newline=""), delimiter=layout.delimiter)
+                    found.append((offset + start, offset + end, next(reader, [])))
             quotes += lines.count(b'"', position)
             offset += cut
             if not chunk:
@@ -247,18 +263,31 @@ def _lines_holding(data: bytes, lower: bytes, words: tuple[bytes, ...], mark: by
     return sorted(starts)
 
 
-def record_number(location: str, layout: Layout, offset: int) -> int:
-    """Return the number of the record that starts at ``offset`` (the first after the header is 1).
+def record_numbers(location: str, layout: Layout, offsets: list[int]) -> list[int]:
+    """Return the number of the record that starts at each offset (the first after the header is 1).
 
-    Numbered as rejects are: every record counts, blank ones too.
+    Numbered as rejects are: every record counts, blank ones too. One pass for all the offsets
+    (ascending), at memory speed where a stretch holds no quote character.
     """
+    mark = layout.newline.encode()
+    numbers: list[int] = []
+    number, quotes, at = 1, 0, layout.data_start
     with fsspec.open(location, "rb") as handle:
-        handle.seek(layout.data_start)
-        data = handle.read(offset - layout.data_start)
-    number, position = 1, 0
-    while (found := _record_end(data, position, layout.newline)) is not None:
-        number, position = number + 1, found
-    return number
+        handle.seek(at)
+        for offset in offsets:
+            while at < offset and (chunk := handle.read(min(SCAN_BYTES, offset - at))):
+                at += len(chunk)
+                if quotes % 2 == 0 and b'"' not in chunk:
+                    number += chunk.count(mark)
+                    continue
+                position = 0
+                while (line_end := chunk.find(mark, position)) != -1:
+                    quotes += chunk.count(b'"', position, line_end)
+                    number += quotes % 2 == 0
+                    position = line_end + len(mark)
+                quotes += chunk.count(b'"', position)
+            numbers.append(number)
+    return numbers
 
 
 def _lenient(layout: Layout, data: bytes) -> str:

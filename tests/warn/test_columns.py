@@ -227,15 +227,18 @@ def test_header_cue_holds_the_company_words_and_the_aliases(tmp_path: Path) -> N
     [
         (["Employer Name", "Location", "WARN Received Date", "Number of Workers"], True),
         (["", "Company", "", "Notice Date", "Jobs Affected", ""], True),
-        (["Employer Name", "Location", "Notice Date 2", "Number of Workers"], False),
+        (["Employer Name", "Address 1", "City", "Notice Date", "Number of\nWorkers"], True),
+        (["Employer Name", "Location", "1/2/2020", "Number of Workers"], False),
+        (["Employer Name", "Location", "Notice Date", "2020"], False),
         (["Acme Company", "Springfield Business Park", "TBD", "Unknown"], False),
+        (["Note: Company", "City", "and Notice Date are as the employer reported them"], False),
         (["Company", "Notice Date"], False),
     ],
 )
-def test_section_header_takes_names_of_three_fields_without_digits(
+def test_section_header_takes_names_of_three_fields_and_no_values(
     cells: list[str], header: bool
 ) -> None:
-    """A record is a header when its names map the company and two more fields, and hold no digit."""
+    """A record is a header when its names map the company and two more fields, and none is a value."""
     found = section_header(cells, RULES)
     assert (found is not None) == header
     if found:

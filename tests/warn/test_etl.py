@@ -345,6 +345,28 @@ def test_run_reads_a_second_table_by_its_own_header(tmp_path: Path, size: int) -
     assert (entry["rows_in"], entry["rows_kept"]) == (7, 4)
 
 
+@pytest.mark.parametrize("size", [0, 30])
+def test_run_maps_each_table_on_its_own_rows(tmp_path: Path, size: int) -> None:
+    """A header over two lines, with a numbered column, starts a table mapped on its own rows."""
+    rows = "".join(f"Bee {i},100{i} Main St,Hays,Closure,{i}\n" for i in range(12))
+    path = tmp_path / "ks.csv"
+    path.write_text(
+        "\ufeffCompany,City,Notice Date,Employees Affected\nAcme Foods,Topeka,1/2/2020,50\n"
+        'Employer Name,Address 1,City,Notice Type,"Number of\nWorkers"\n' + rows,
+        encoding="utf-8",
+    )
+    summary = run([Source(location=str(path), constants={"state": "KS"}, name="ks")], tmp_path / "out", size)  # fmt: skip
+    [entry] = summary.sources
+    assert entry["mapping"]["fields"]["jobs"] == "Employees Affected"
+    [section] = entry["mapping"]["sections"]
+    assert section["record"] == 2
+    assert section["fields"] == {"company": "Employer Name", "city": "City", "jobs": "Number of\nWorkers"}  # fmt: skip
+    notices = {row["company"]: row for row in read_rows(tmp_path / "out" / "notices.csv")}
+    assert (notices["Acme Foods"]["jobs"], notices["Acme Foods"]["notice_date"]) == ("50", "2020-01-02")  # fmt: skip
+    assert (notices["Bee 7"]["city"], notices["Bee 7"]["jobs"], notices["Bee 7"]["is_closure"]) == ("Hays", "7", "true")  # fmt: skip
+    assert (entry["rows_in"], entry["rows_kept"]) == (13, 13)
+
+
 def test_run_takes_no_row_for_a_header(tmp_path: Path) -> None:
     """A row whose cells hold digits, or name too few fields, is a row, not a new header."""
     path = tmp_path / "ks.csv"
@@ -352,14 +374,15 @@ def test_run_takes_no_row_for_a_header(tmp_path: Path) -> None:
         "Company,City,Notice Date,Employees Affected\n"
         "Acme Foods,Topeka,1/2/2020,50\n"
         "Acme Company,Springfield Business Park,TBD,Unknown\n"
-        "Employer Name,City,Notice Date 2,Workers\n"
+        "Employer Name,City,2/3/2020,Workers\n"
+        "Note: Company,City,and Notice Date are as the employer reported them\n"
         "Brick Co,Wichita,2/3/2020,12\n",
         encoding="utf-8",
     )
     summary = run([Source(location=str(path), constants={"state": "KS"}, name="ks")], tmp_path / "out")  # fmt: skip
     [entry] = summary.sources
     assert "sections" not in entry["mapping"]
-    assert entry["rows_in"] == 4
+    assert entry["rows_in"] == 5
 
 
 def test_run_gives_the_same_bytes_whatever_the_number_of_buckets(tmp_path: Path) -> None:

@@ -241,4 +241,24 @@ def test_header_records_finds_whole_records_outside_quotes(tmp_path: Path, newli
     [(start, end, cells)] = found
     assert cells == ["Employer Name", "Town", "Received"]
     assert data[start:end] == f"Employer Name,Town,Received{newline}".encode()
-    assert reading.record_number(str(path), layout, start) == 3
+    assert reading.record_numbers(str(path), layout, [start]) == [3]
+
+
+@pytest.mark.parametrize("scan", [1, 7, 1 << 23])
+def test_header_records_reads_a_header_over_quoted_line_breaks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scan: int
+) -> None:
+    """A header whose cell holds a line break is one record, found whatever the chunk size."""
+    monkeypatch.setattr(reading, "SCAN_BYTES", scan)
+    text = (
+        'Company,City,Date\nAcme,Topeka,1/2/2020\n\nEmployer Name,"Number of\nWorkers",Date\n'
+        'Brick,"4\n5",2/3/2020\nEmployer Name,"Number of\nWorkers",Date'
+    )
+    path = tmp_path / "two.csv"
+    path.write_text(text, encoding="utf-8")
+    layout = reading.read_layout(str(path), "utf-8", "two")
+    found = reading.header_records(str(path), layout, (b"employer",))
+    assert [cells for _, _, cells in found] == [["Employer Name", "Number of\nWorkers", "Date"]] * 2
+    starts = [start for start, _, _ in found]
+    assert found[1][1] == len(text)
+    assert reading.record_numbers(str(path), layout, starts) == [3, 5]
