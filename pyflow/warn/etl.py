@@ -121,10 +121,13 @@ class Section:
     """The byte where its header record starts."""
     layout: reading.Layout
     columns: ColumnMap
+    error: str | None = None
+    """Why its rows cannot be notices (no company or no state), with the fix; they are rejects."""
 
     def report(self, constants: Mapping[str, str]) -> dict[str, Any]:
         """Where the section starts, its header, and its column mapping, for ``summary.json``."""
-        return {"record": self.record, "header": list(self.layout.header), **self.columns.report(constants)}  # fmt: skip
+        found = {"record": self.record, "header": list(self.layout.header), **self.columns.report(constants)}  # fmt: skip
+        return {**found, "error": self.error} if self.error else found
 
 
 @dataclass(frozen=True)
@@ -187,6 +190,15 @@ class Partition:
         layout = self.plan.sections[self.section - 1].layout if self.section else self.plan.layout
         assert layout is not None
         return layout
+
+    @property
+    def reject_reason(self) -> str | None:
+        """Why all its rows are rejects: its source, or its section, has no company or state."""
+        if self.plan.error:
+            return self.plan.reject_reason
+        if self.section and self.plan.sections[self.section - 1].error:
+            return f"{self.plan.sections[self.section - 1].error} (see summary.json)"
+        return None
 
     @property
     def columns(self) -> ColumnMap:
@@ -478,8 +490,12 @@ def plan_sources(
         tables = found.get(index, [])
         numbers = reading.record_numbers(plan.location, plan.layout, [s for s, _, _ in tables])
         sections = tuple(
-            Section(
-                number, start, head, map_columns(head.header, profile.of(key), rules, constants)
+            _section(
+                plan,
+                number,
+                start,
+                head,
+                map_columns(head.header, profile.of(key), rules, constants),
             )
             for number, (start, head, key) in zip(numbers, tables, strict=True)
         )
@@ -534,6 +550,25 @@ def _cut(
         bounds = sorted({start, end, *(s for s in starts if start < s < end)})
         cut += itertools.pairwise(bounds)
     return tuple(cut)
+
+
+def _section(
+    plan: SourcePlan, record: int, start: int, layout: reading.Layout, columns: ColumnMap
+) -> Section:
+    """Return a section; with no state (a constant, or a column of its own), its `Section.error`."""
+    if "state" in {*columns.fields, *plan.source.constants}:
+        return Section(record, start, layout, columns)
+    return Section(
+        record,
+        start,
+        layout,
+        columns,
+        error=(
+            f"the section of source '{plan.label}' from record {record} has no state column: "
+            f"give the state as a constant, for example '{plan.source.shown_location}#state=TX', "
+            'or add its state column\'s name to an alias file (state = ["..."])'
+        ),
+    )
 
 
 def _unmapped(plan: SourcePlan) -> str | None:
@@ -799,7 +834,7 @@ def transform_stack(batch: list[Partition], work_dir: str, fix: str = "") -> lis
             errors[where] = plan.source.scrub(f"source '{plan.label}' {error}")
             continue
         frames[where] = frame
-        if plan.error:
+        if partition.reject_reason:
             failed.append(_reject_whole(frame, partition))
         else:
             raw = normalise.raw_fields(frame, partition.columns, plan.source.constants, *where)
@@ -811,7 +846,7 @@ def transform_stack(batch: list[Partition], work_dir: str, fix: str = "") -> lis
     notices = pl.DataFrame(schema=dict.fromkeys(normalise.NOTICE_COLUMNS, pl.String))
     rows = pl.DataFrame(schema={**dict.fromkeys(normalise.IDS, pl.UInt32), "rule": pl.String})
     unread: dict[tuple[int, int], dict[str, tuple[int, list[str]]]] = {}
-    rejects = list(failed)
+    rejects = [frame.drop("rule") for frame in failed]
     if raws:
         stack = pl.concat(raws).filter(~pl.col("blank"))
         normal, readings = normalise.normalise(stack)
@@ -826,7 +861,7 @@ def transform_stack(batch: list[Partition], work_dir: str, fix: str = "") -> lis
         rows = pl.concat(
             [
                 rows,
-                *(f.select(*normalise.IDS, pl.lit("source failed").alias("rule")) for f in failed),
+                *(f.select(*normalise.IDS, "rule") for f in failed),
             ]
         )
     fix = fix or publish.work_fix(work_dir)
@@ -865,8 +900,12 @@ def transform_stack(batch: list[Partition], work_dir: str, fix: str = "") -> lis
 
 
 def _reject_whole(frame: pl.DataFrame, partition: Partition) -> pl.DataFrame:
-    """Reject every non-blank row of a source that could not be mapped, with the plan's reason."""
+    """Reject every non-blank row of a source or section that could not be mapped, with why.
+
+    Its ``rule`` (for the counts) is ``source failed``, or ``section has no state``.
+    """
     plan, part_index, width = partition.plan, partition.index, partition.layout.width
+    rule = "source failed" if plan.error else "section has no state"
     blank = normalise.blank_rows(frame, width)
     if partition.header_first:
         blank = blank.scatter(0, True)
@@ -877,8 +916,9 @@ def _reject_whole(frame: pl.DataFrame, partition: Partition) -> pl.DataFrame:
             pl.lit(plan.index, dtype=pl.UInt32).alias("source_index"),
             pl.lit(part_index, dtype=pl.UInt32).alias("part_index"),
             "record",
-            pl.lit(plan.reject_reason, dtype=pl.String).alias("reason"),
+            pl.lit(partition.reject_reason, dtype=pl.String).alias("reason"),
             normalise.raw_row(width),
+            pl.lit(rule).alias("rule"),
         )
     )  # fmt: skip
 

@@ -309,6 +309,7 @@ def _details(entry: dict[str, Any]) -> list[tuple[str, str]]:
     sections = " / ".join(
         f"from record {section['record']}: "
         + "; ".join(f"{field} ← {header}" for field, header in section["fields"].items())
+        + (f" ({section['error']})" if section.get("error") else "")
         for section in mapping.get("sections", [])
     )
     return [

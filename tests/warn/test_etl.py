@@ -367,6 +367,35 @@ def test_run_maps_each_table_on_its_own_rows(tmp_path: Path, size: int) -> None:
     assert (entry["rows_in"], entry["rows_kept"]) == (13, 13)
 
 
+@pytest.mark.parametrize("size", [0, 20])
+def test_run_rejects_the_rows_of_a_section_with_no_state_and_says_why(
+    tmp_path: Path, size: int
+) -> None:
+    """A section without the state column the first table has: its rows are rejects, with the fix."""
+    path = tmp_path / "ks.csv"
+    path.write_text(
+        "Company,State,Notice Date,Jobs\nAcme,KS,1/2/2020,5\n"
+        "Employer Name,City,Notice Date,Number of Workers\nBee,Hays,2/3/2020,7\nCedar,Salina,,3\n",
+        encoding="utf-8",
+    )
+    summary = run([Source(location=str(path), name="ks")], tmp_path / "out", size)
+    [entry] = summary.sources
+    assert [row["company"] for row in read_rows(tmp_path / "out" / "notices.csv")] == ["Acme"]
+    rejects = read_rows(tmp_path / "out" / "rejects.csv")
+    reason = (
+        f"the section of source 'ks' from record 2 has no state column: give the state as a "
+        f"constant, for example '{path}#state=TX', or add its state column's name to an alias "
+        'file (state = ["..."])'
+    )
+    assert [(r["record"], r["reason"], r["raw"]) for r in rejects] == [
+        ("3", f"{reason} (see summary.json)", "Bee,Hays,2/3/2020,7"),
+        ("4", f"{reason} (see summary.json)", "Cedar,Salina,,3"),
+    ]
+    assert entry["mapping"]["sections"][0]["error"] == reason
+    assert entry["rejected_by"] == {"section has no state": 2}
+    assert entry["error"] is None and summary.sources_failed == 0
+
+
 def test_run_takes_no_row_for_a_header(tmp_path: Path) -> None:
     """A row whose cells hold digits, or name too few fields, is a row, not a new header."""
     path = tmp_path / "ks.csv"
